@@ -1,0 +1,222 @@
+"""The crystal text format: a crystal as plain text, the way the language model reads and writes it.
+
+A crystal is written (Gruver et al. 2024) as the lattice lengths, the lattice angles, then one pair
+of lines per site, its element and its fractional coordinates::
+
+    4.1 4.1 18.4
+    90 90 120
+    Ga
+    0.33 0.67 0.18
+    Te
+    0.67 0.33 0.89
+
+This module is the one place that writes and reads that text. `CrystalText` is the plain data
+object in between; `encode` and `decode` are the short way from and to a pymatgen `Structure`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from pymatgen.core import Element, Lattice, Structure
+
+__all__ = [
+    "CrystalText",
+    "CrystalTextError",
+    "FormatOptions",
+    "augment",
+    "decode",
+    "encode",
+]
+
+ELEMENT_SYMBOLS: frozenset[str] = frozenset(e.symbol for e in Element)
+
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
+# A line that is meant as an element symbol: one capital and at most one lower-case letter.
+_ELEMENT_LIKE = re.compile(r"[A-Z][a-z]?")
+
+Vector = tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class FormatOptions:
+    """Decimal places written for each kind of number; the defaults are the paper's."""
+
+    length_decimals: int = 1
+    angle_decimals: int = 0
+    coord_decimals: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("length_decimals", "angle_decimals", "coord_decimals"):
+            if not 0 <= getattr(self, name) <= 8:
+                raise ValueError(f"{name} must be between 0 and 8, got {getattr(self, name)}")
+
+
+class CrystalTextError(ValueError):
+    """A crystal (or its text) that the format cannot represent, saying what is wrong and where."""
+
+    def __init__(self, message: str, line: int | None = None) -> None:
+        self.line = line
+        super().__init__(f"line {line}: {message}" if line is not None else message)
+
+
+@dataclass(frozen=True)
+class CrystalText:
+    """A crystal as the text format sees it: lattice parameters, and an element and coordinates per site."""
+
+    lengths: Vector
+    angles: Vector
+    species: tuple[str, ...]
+    frac_coords: tuple[Vector, ...]
+
+    @classmethod
+    def from_structure(cls, structure: Structure) -> CrystalText:
+        """Read the lattice parameters and sites of an ordered structure (exact values, not yet rounded)."""
+        a, b, c, alpha, beta, gamma = (float(x) for x in structure.lattice.parameters)
+        if not all(math.isfinite(x) for x in (a, b, c, alpha, beta, gamma)):
+            raise CrystalTextError("lattice parameters are not all finite numbers")
+        species = []
+        for index, site in enumerate(structure, start=1):
+            if not site.is_ordered:
+                raise CrystalTextError(
+                    f"site {index} is disordered ({site.species.formula}): the format needs one element per site"
+                )
+            symbol = getattr(site.specie, "symbol", str(site.specie))
+            if symbol not in ELEMENT_SYMBOLS:
+                raise CrystalTextError(f'site {index} has no real element ("{site.specie}")')
+            species.append(symbol)
+        coords = np.asarray(structure.frac_coords, dtype=float).reshape(-1, 3)
+        if not np.isfinite(coords).all():
+            bad = int(np.flatnonzero(~np.isfinite(coords).all(axis=1))[0]) + 1
+            raise CrystalTextError(f"site {bad} has coordinates that are not finite numbers")
+        if not species:
+            raise CrystalTextError("the structure has no sites")
+        return cls((a, b, c), (alpha, beta, gamma), tuple(species), tuple(_vector(row) for row in coords))
+
+    @classmethod
+    def from_str(cls, text: str) -> CrystalText:
+        """Parse crystal text: strict, except that blank lines and junk after the last complete atom are ignored."""
+        lines = [(number, line.strip()) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
+        if not lines:
+            raise CrystalTextError("empty text: expected the lattice lengths")
+        lengths = _parse_numbers(lines[0], "lattice lengths")
+        if len(lines) < 2:
+            raise CrystalTextError("missing the lattice angles line after the lengths", lines[0][0])
+        angles = _parse_numbers(lines[1], "lattice angles")
+        _check_lattice(lengths, angles, lines[0][0], lines[1][0])
+
+        species: list[str] = []
+        coords: list[Vector] = []
+        index = 2
+        while index < len(lines):
+            number, token = lines[index]
+            if not _ELEMENT_LIKE.fullmatch(token):
+                if species and not _has_atom_from(lines, index + 1):
+                    break  # trailing junk after the last complete atom
+                raise CrystalTextError(f"expected an element symbol, got {_quote(token)}", number)
+            if token not in ELEMENT_SYMBOLS:
+                raise CrystalTextError(f'unknown element "{token}"', number)
+            if index + 1 >= len(lines):
+                raise CrystalTextError(f"element {token} has no coordinates line after it", number)
+            species.append(token)
+            coords.append(_parse_numbers(lines[index + 1], "fractional coordinates"))
+            index += 2
+        if not species:
+            raise CrystalTextError("no atoms: expected element and coordinates lines after the lattice angles")
+        return cls(lengths, angles, tuple(species), tuple(coords))
+
+    def to_str(self, options: FormatOptions | None = None) -> str:
+        """Write the text, rounding to `options`; coordinates are wrapped so they print inside [0, 1)."""
+        opts = options or FormatOptions()
+        cell = [
+            " ".join(f"{x:.{opts.length_decimals}f}" for x in self.lengths),
+            " ".join(f"{x:.{opts.angle_decimals}f}" for x in self.angles),
+        ]
+        sites = []
+        for symbol, xyz in zip(self.species, self.frac_coords):
+            wrapped = (round(x % 1.0, opts.coord_decimals) % 1.0 for x in xyz)
+            sites.append(symbol + "\n" + " ".join(f"{x:.{opts.coord_decimals}f}" for x in wrapped))
+        return "\n".join(cell + sites)
+
+    def to_structure(self) -> Structure:
+        """Build the pymatgen structure these parameters and sites describe."""
+        _check_lattice(self.lengths, self.angles)
+        lattice = Lattice.from_parameters(*self.lengths, *self.angles)
+        return Structure(lattice, list(self.species), [list(xyz) for xyz in self.frac_coords])
+
+    @property
+    def num_sites(self) -> int:
+        return len(self.species)
+
+
+def encode(structure: Structure, options: FormatOptions | None = None) -> str:
+    """Write a structure as crystal text."""
+    return CrystalText.from_structure(structure).to_str(options)
+
+
+def decode(text: str) -> Structure:
+    """Read crystal text back into a structure; raises `CrystalTextError` saying what is wrong and where."""
+    return CrystalText.from_str(text).to_structure()
+
+
+def augment(
+    crystal: CrystalText, rng: np.random.Generator, *, translate: bool = True, permute: bool = False
+) -> CrystalText:
+    """A random copy for training: all sites shifted by one random vector (wrapped), and optionally reordered.
+
+    Both leave the crystal physically the same; they teach the model that neither the origin nor
+    the order of sites carries meaning. Deterministic for a seeded `rng`.
+    """
+    coords = np.array(crystal.frac_coords, dtype=float)
+    species = list(crystal.species)
+    if translate:
+        coords = (coords + rng.uniform(size=3)) % 1.0
+    if permute:
+        order = rng.permutation(len(species))
+        coords, species = coords[order], [species[i] for i in order]
+    return CrystalText(crystal.lengths, crystal.angles, tuple(species), tuple(_vector(row) for row in coords))
+
+
+def _vector(values: Sequence[float]) -> Vector:
+    return (float(values[0]), float(values[1]), float(values[2]))
+
+
+def _quote(token: str, limit: int = 40) -> str:
+    return repr(token if len(token) <= limit else token[:limit] + "...")
+
+
+def _parse_numbers(line: tuple[int, str], what: str) -> Vector:
+    number, content = line
+    fields = content.split()
+    if len(fields) != 3:
+        raise CrystalTextError(f"{what} line has {len(fields)} values, expected 3: {_quote(content)}", number)
+    for field in fields:
+        if not _NUMBER.fullmatch(field):
+            raise CrystalTextError(f"bad number {_quote(field)} in the {what}", number)
+    return _vector([float(f) for f in fields])
+
+
+def _has_atom_from(lines: list[tuple[int, str]], start: int) -> bool:
+    """Whether an element line followed by a coordinates line appears anywhere from `start` on."""
+    for i in range(start, len(lines) - 1):
+        if lines[i][1] in ELEMENT_SYMBOLS:
+            fields = lines[i + 1][1].split()
+            if len(fields) == 3 and all(_NUMBER.fullmatch(f) for f in fields):
+                return True
+    return False
+
+
+def _check_lattice(lengths: Vector, angles: Vector, length_line: int | None = None, angle_line: int | None = None) -> None:
+    for value in lengths:
+        if value <= 0:
+            raise CrystalTextError(f"non-positive lattice length {value:g}", length_line)
+    shown = " ".join(f"{x:g}" for x in angles)
+    if not all(0 < x < 180 for x in angles):
+        raise CrystalTextError(f"lattice angles {shown} must each lie strictly between 0 and 180", angle_line)
+    ca, cb, cg = (math.cos(math.radians(x)) for x in angles)
+    if 1 - ca * ca - cb * cb - cg * cg + 2 * ca * cb * cg <= 1e-8:
+        raise CrystalTextError(f"lattice angles {shown} give no valid lattice (zero or imaginary volume)", angle_line)
