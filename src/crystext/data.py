@@ -233,12 +233,12 @@ def training_set(
     )
 
 
-def _structure_from_cif(text: str) -> Structure:
-    if not text or not str(text).strip():
+def _structure_from_cif(text: object) -> Structure:
+    if not isinstance(text, str) or not text.strip():  # an empty CSV cell arrives as NaN
         raise ValueError("empty CIF")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return Structure.from_str(str(text), fmt="cif")
+        return Structure.from_str(text, fmt="cif")
 
 
 def _first_line(err: BaseException) -> str:

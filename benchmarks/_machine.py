@@ -1,0 +1,31 @@
+"""Describe the machine a benchmark ran on, for the committed results."""
+
+from __future__ import annotations
+
+import os
+import platform
+from datetime import datetime, timezone
+
+
+def machine() -> dict[str, str | int]:
+    """CPU model, core count, memory and Python/torch versions, so numbers can be compared honestly."""
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as info:
+            cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    memory = ""
+    try:
+        with open("/proc/meminfo") as info:
+            kib = int(next(line.split()[1] for line in info if line.startswith("MemTotal")))
+            memory = f"{kib / 2**20:.0f} GiB"
+    except (OSError, StopIteration):
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count() or 0,
+        "memory": memory,
+        "python": platform.python_version(),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }

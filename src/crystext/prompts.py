@@ -1,0 +1,103 @@
+"""Prompt templates for the two tasks the model learns, shared by training and sampling.
+
+Generation: a request for a bulk crystal, optionally stating attributes, then the crystal text.
+Infill: a crystal text with one element replaced by [MASK], then the element that belongs there.
+All template words are lower case so the scratch tokenizer can keep element symbols (capitalised)
+apart from prose.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+
+from crystext.textformat import CrystalText, FormatOptions
+
+MASK = "[MASK]"
+GENERATION_HEADER = "bulk crystal."
+GENERATION_REQUEST = " lattice lengths and angles, then each element and its fractional coordinates:\n"
+INFILL_HEADER = f"bulk crystal with one element written as {MASK}:\n"
+INFILL_REQUEST = f"\nelement for {MASK}:"
+#: Significant decimals for property values in prompts (energies, band gaps).
+PROPERTY_DECIMALS = 4
+
+
+@dataclass(frozen=True)
+class Attributes:
+    """What a generation prompt may state about the crystal; None means not stated."""
+
+    formula: str | None = None
+    spacegroup: int | None = None
+    e_above_hull: float | None = None
+    formation_energy: float | None = None
+    band_gap: float | None = None
+
+    @classmethod
+    def from_properties(cls, properties: Mapping[str, Any]) -> Attributes:
+        """Read the attributes a CDVAE-layout dataset row carries (missing or NaN values stay None)."""
+        return cls(
+            formula=_clean(properties.get("pretty_formula"), str),
+            spacegroup=_clean(properties.get("spacegroup.number"), int),
+            e_above_hull=_clean(properties.get("e_above_hull"), float),
+            formation_energy=_clean(properties.get("formation_energy_per_atom"), float),
+            band_gap=_clean(properties.get("band_gap"), float),
+        )
+
+    def subset(self, rng: np.random.Generator) -> Attributes:
+        """A random subset of the known attributes (each size equally likely, then which ones), as the paper trains."""
+        known = [f.name for f in fields(self) if getattr(self, f.name) is not None]
+        count = int(rng.integers(0, len(known) + 1))
+        keep = set(rng.choice(known, size=count, replace=False)) if count else set()
+        return Attributes(**{name: getattr(self, name) for name in keep})
+
+    def to_prompt(self) -> str:
+        """The generation prompt stating these attributes."""
+        parts = [GENERATION_HEADER]
+        if self.formula is not None:
+            parts.append(f" formula {self.formula}.")
+        if self.spacegroup is not None:
+            parts.append(f" space group {self.spacegroup}.")
+        if self.e_above_hull is not None:
+            parts.append(f" energy above hull {_number(self.e_above_hull)} ev/atom.")
+        if self.formation_energy is not None:
+            parts.append(f" formation energy {_number(self.formation_energy)} ev/atom.")
+        if self.band_gap is not None:
+            parts.append(f" band gap {_number(self.band_gap)} ev.")
+        return "".join(parts) + GENERATION_REQUEST
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+
+def generation_example(crystal: CrystalText, attributes: Attributes, options: FormatOptions) -> tuple[str, str]:
+    """(prompt, completion) for the generation task; the caller appends the end-of-sequence token."""
+    return attributes.to_prompt(), crystal.to_str(options)
+
+
+def infill_prompt(crystal: CrystalText, element: str, options: FormatOptions) -> str:
+    """The infill prompt: the crystal text with every site of `element` written as [MASK]."""
+    if element not in crystal.species:
+        raise ValueError(f"element {element} is not in the crystal ({' '.join(sorted(set(crystal.species)))})")
+    text = crystal.to_str(options).split("\n")
+    masked = [MASK if i >= 2 and i % 2 == 0 and line == element else line for i, line in enumerate(text)]
+    return INFILL_HEADER + "\n".join(masked) + INFILL_REQUEST
+
+
+def infill_example(crystal: CrystalText, rng: np.random.Generator, options: FormatOptions) -> tuple[str, str]:
+    """(prompt, completion) for the infill task with a random element of the crystal masked."""
+    element = str(rng.choice(sorted(set(crystal.species))))
+    return infill_prompt(crystal, element, options), " " + element
+
+
+def _number(value: float) -> str:
+    return f"{round(value, PROPERTY_DECIMALS):g}"
+
+
+def _clean(value: Any, kind: type) -> Any:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return kind(value)

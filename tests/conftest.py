@@ -1,0 +1,32 @@
+"""Shared fixtures: the real crystal data in ../shared/data, read in place and never copied."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(os.environ.get("CRYSTEXT_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The folder of benchmark datasets (MP-20, Perov-5, Carbon-24, MPTS-52, hull references)."""
+    if not (SHARED_DATA / "mp_20" / "test.csv").is_file():
+        pytest.skip(f"shared data not found at {SHARED_DATA} (set CRYSTEXT_SHARED_DATA)")
+    return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep each test session's caches out of the user's home."""
+    monkeypatch.setenv("CRYSTEXT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def head_csv(source: Path, rows: int, target: Path) -> Path:
+    """Copy the first `rows` rows of a (possibly gzipped) dataset CSV, to test on real data quickly."""
+    import pandas as pd
+
+    pd.read_csv(source, nrows=rows).to_csv(target, index=False)
+    return target

@@ -1,0 +1,158 @@
+"""The crystal text format: exact text, round trips on real crystals, augmentation, and every kind of bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pymatgen.analysis.structure_matcher import StructureMatcher
+from pymatgen.core import Lattice, Structure
+
+from conftest import head_csv
+from crystext.data import read_csv, read_split
+from crystext.textformat import CrystalText, CrystalTextError, FormatOptions, augment, decode, encode
+
+NACL = "5.6 5.6 5.6\n90 90 90\nNa\n0.00 0.00 0.00\nCl\n0.50 0.50 0.50"
+
+
+def gate() -> Structure:
+    """GaTe, mp-10009, the first row of the MP-20 test split (hexagonal, 8 sites)."""
+    lattice = Lattice.from_parameters(4.13459945, 4.13459945, 18.42557, 90, 90, 119.99999121)
+    coords = [
+        [0.333333, 0.666667, 0.182959],
+        [0.666667, 0.333333, 0.682959],
+        [0.666667, 0.333333, 0.817041],
+        [0.333333, 0.666667, 0.317041],
+        [0.333333, 0.666667, 0.886204],
+        [0.666667, 0.333333, 0.386204],
+        [0.666667, 0.333333, 0.113796],
+        [0.333333, 0.666667, 0.613796],
+    ]
+    return Structure(lattice, ["Ga"] * 4 + ["Te"] * 4, coords)
+
+
+def test_encode_writes_the_papers_layout() -> None:
+    text = encode(gate())
+    lines = text.split("\n")
+    assert lines[:4] == ["4.1 4.1 18.4", "90 90 120", "Ga", "0.33 0.67 0.18"]
+    assert lines[-2:] == ["Te", "0.33 0.67 0.61"]
+    assert len(lines) == 2 + 2 * 8
+
+
+def test_precision_is_configurable() -> None:
+    text = encode(gate(), FormatOptions(length_decimals=3, angle_decimals=1, coord_decimals=4))
+    assert text.split("\n")[:4] == ["4.135 4.135 18.426", "90.0 90.0 120.0", "Ga", "0.3333 0.6667 0.1830"]
+
+
+def test_coordinates_are_wrapped_after_rounding() -> None:
+    structure = Structure(Lattice.cubic(3.0), ["Fe", "Fe"], [[0.999, -0.25, 1.5], [0.004, 0.5, 0.996]])
+    assert encode(structure).split("\n")[3::2] == ["0.00 0.75 0.50", "0.00 0.50 0.00"]
+
+
+def test_decode_reads_values_back() -> None:
+    structure = decode(NACL)
+    assert structure.lattice.abc == pytest.approx((5.6, 5.6, 5.6))
+    assert structure.lattice.angles == pytest.approx((90, 90, 90))
+    assert [site.specie.symbol for site in structure] == ["Na", "Cl"]
+    assert structure.frac_coords[1] == pytest.approx([0.5, 0.5, 0.5])
+
+
+def test_decode_ignores_blank_lines_and_trailing_junk() -> None:
+    messy = "\n\n" + NACL.replace("\nNa", "\n\n  Na  ") + "\n\nThe material is stable.\n1 2\n<eos>"
+    assert CrystalText.from_str(messy) == CrystalText.from_str(NACL)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "empty text: expected the lattice lengths"),
+        ("  \n\n ", "empty text: expected the lattice lengths"),
+        ("4.1 4.1\n90 90 90\nNa\n0 0 0", "line 1: lattice lengths line has 2 values, expected 3: '4.1 4.1'"),
+        ("4.1 4.1 x\n90 90 90\nNa\n0 0 0", "line 1: bad number 'x' in the lattice lengths"),
+        ("4.1 4.1 4.1", "line 1: missing the lattice angles line after the lengths"),
+        ("0.0 4.1 4.1\n90 90 90\nNa\n0 0 0", "line 1: non-positive lattice length 0"),
+        ("-4 4 4\n90 90 90\nNa\n0 0 0", "line 1: non-positive lattice length -4"),
+        ("4 4 4\n90 90 200\nNa\n0 0 0", "line 2: lattice angles 90 90 200 must each lie strictly between 0 and 180"),
+        ("4 4 4\n120 120 120\nNa\n0 0 0", "line 2: lattice angles 120 120 120 give no valid lattice (zero or imaginary volume)"),
+        ("4 4 4\n90 90 90", "no atoms: expected element and coordinates lines after the lattice angles"),
+        ("4 4 4\n90 90 90\nXx\n0 0 0", 'line 3: unknown element "Xx"'),
+        ("4 4 4\n90 90 90\nhello\n0 0 0", "line 3: expected an element symbol, got 'hello'"),
+        ("4 4 4\n90 90 90\nNa\n0.1 0.2", "line 4: fractional coordinates line has 2 values, expected 3: '0.1 0.2'"),
+        ("4 4 4\n90 90 90\nNa\n0.1 nan 0.2", "line 4: bad number 'nan' in the fractional coordinates"),
+        ("4 4 4\n90 90 90\nNa\n0.1 inf 0.2", "line 4: bad number 'inf' in the fractional coordinates"),
+        ("4 4 4\n90 90 90\nNa", "line 3: element Na has no coordinates line after it"),
+        ("4 4 4\n90 90 90\nNa\n0 0 0\nCl", "line 5: element Cl has no coordinates line after it"),
+        (
+            "4 4 4\n90 90 90\nNa\n0 0 0\nCl 0.5 0.5 0.5\nK\n0 0 0.5",
+            "line 5: expected an element symbol, got 'Cl 0.5 0.5 0.5'",
+        ),
+        ("\n\n4 4 4\n\n90 90 90\n\nNa\n\n1e-3 0 0", "line 9: bad number '1e-3' in the fractional coordinates"),
+    ],
+)
+def test_malformed_text_raises_one_error_type_saying_what_and_where(text: str, message: str) -> None:
+    with pytest.raises(CrystalTextError) as caught:
+        decode(text)
+    assert str(caught.value) == message
+
+
+def test_random_corruptions_only_ever_raise_crystal_text_errors() -> None:
+    rng = np.random.default_rng(0)
+    base = encode(gate())
+    alphabet = list("0123456789. \n-GaTeXx")
+    for _ in range(3000):
+        chars = list(base)
+        for _ in range(rng.integers(1, 4)):
+            position = int(rng.integers(len(chars) + 1))
+            action = rng.integers(3)
+            if action == 0:
+                del chars[position : position + 1]
+            elif action == 1:
+                chars.insert(position, str(rng.choice(alphabet)))
+            else:
+                chars = chars[:position]
+        try:
+            decode("".join(chars))
+        except CrystalTextError:
+            pass
+
+
+def test_encode_rejects_what_the_format_cannot_hold() -> None:
+    disordered = Structure(Lattice.cubic(3.6), [{"Fe": 0.5, "Ni": 0.5}], [[0, 0, 0]])
+    with pytest.raises(CrystalTextError, match=r"site 1 is disordered \(Fe0.5 Ni0.5\)"):
+        encode(disordered)
+    broken = Structure(Lattice.cubic(3.0), ["Fe", "Fe"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    broken.replace(1, "Fe", [np.nan, 0.5, 0.5])
+    with pytest.raises(CrystalTextError, match="site 2 has coordinates that are not finite numbers"):
+        encode(broken)
+
+
+def test_augment_is_seeded_and_keeps_the_crystal() -> None:
+    crystal = CrystalText.from_structure(gate())
+    first = augment(crystal, np.random.default_rng(7), translate=True, permute=True)
+    again = augment(crystal, np.random.default_rng(7), translate=True, permute=True)
+    other = augment(crystal, np.random.default_rng(8), translate=True, permute=True)
+    assert first == again
+    assert first != other
+    assert sorted(first.species) == sorted(crystal.species)
+    assert all(0 <= x < 1 for xyz in first.frac_coords for x in xyz)
+    assert StructureMatcher().fit(first.to_structure(), gate())
+    # Translation alone keeps the order of sites and shifts every site by the same vector.
+    shifted = augment(crystal, np.random.default_rng(7))
+    assert shifted.species == crystal.species
+    delta = (np.array(shifted.frac_coords) - np.array(crystal.frac_coords)) % 1.0
+    assert np.allclose(delta, delta[0])
+
+
+@pytest.mark.parametrize(("dataset", "rows"), [("mp_20", 150), ("perov_5", 100), ("carbon_24", 100)])
+def test_real_crystals_survive_the_round_trip(shared_data, tmp_path, dataset: str, rows: int) -> None:
+    records = read_csv(head_csv(shared_data / dataset / "test.csv", rows, tmp_path / "head.csv")).records
+    assert len(records) == rows
+    matcher = StructureMatcher()
+    matched = sum(matcher.fit(r.structure, decode(encode(r.structure))) for r in records)
+    assert matched / rows >= 0.95
+
+
+def test_full_split_reads_and_every_text_decodes(shared_data) -> None:
+    dataset = read_split(shared_data / "perov_5", "val")
+    assert len(dataset) == 3787 and not dataset.skipped
+    for record in dataset:
+        assert decode(encode(record.structure)).composition == record.structure.composition
