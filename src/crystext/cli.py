@@ -13,9 +13,15 @@ import numpy as np
 
 from crystext import __version__
 from crystext.data import DATASETS, DatasetError, dataset_dir, fetch, read_structures
+from crystext.model import SCRATCH_PRESETS, LoraSettings, ModelError, ModelSpec
 from crystext.textformat import CrystalText, CrystalTextError, FormatOptions, augment
+from crystext.train import TrainConfig, train
 
 Handler = Callable[[argparse.Namespace], int]
+#: TrainConfig fields that the CLI exposes one-to-one as numeric options.
+_TRAIN_NUMBERS = ("epochs", "max_steps", "batch_size", "grad_accum", "learning_rate", "warmup_steps", "weight_decay",
+                  "grad_clip", "infill_fraction", "eval_every", "eval_examples", "save_every", "max_length",
+                  "max_atoms", "seed")
 
 
 class CliError(Exception):
@@ -56,6 +62,27 @@ def _build_parser() -> argparse.ArgumentParser:
     decode = _command(commands, "decode", _decode, "read crystal text back into CIF")
     decode.add_argument("input", help="a text file with one crystal, a .jsonl of {id, text}, or - for stdin")
     decode.add_argument("-o", "--output", type=Path, help="CIF file for one crystal, folder for many")
+
+    train = _command(commands, "train", _train, "fine-tune a causal LM (LoRA) or train a small one from scratch")
+    train.add_argument("--model", default="scratch-small", help=f"{', '.join(SCRATCH_PRESETS)}, a hub id or a local dir")
+    train.add_argument("--data-dir", type=Path, required=True, help="dataset folder in the CDVAE layout")
+    train.add_argument("--splits", default="train,val", help="comma-separated splits to train on")
+    train.add_argument("--holdout", type=float, default=0.05, help="fraction held out for the validation loss")
+    train.add_argument("--out", type=Path, required=True, help="output model directory")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    defaults = TrainConfig(out=Path(), data_dir=Path())
+    for name in _TRAIN_NUMBERS:
+        value = getattr(defaults, name)
+        kind = float if isinstance(value, float) else int
+        train.add_argument("--" + name.replace("_", "-"), type=kind, default=value, help=f"default {value}")
+    train.add_argument("--permute", action="store_true", help="also shuffle the order of atoms")
+    train.add_argument("--full-sequence-loss", action="store_true", help="train on prompt tokens too")
+    train.add_argument("--lora-rank", type=int, default=LoraSettings.rank)
+    train.add_argument("--lora-alpha", type=int, default=LoraSettings.alpha)
+    train.add_argument("--lora-dropout", type=float, default=LoraSettings.dropout)
+    train.add_argument("--lora-targets", default=",".join(LoraSettings.target_modules))
+    train.add_argument("--no-lora", action="store_true", help="fine-tune all weights of a pretrained model")
+    train.add_argument("--quantization", choices=["4bit", "8bit"], help="load the base model quantized (CUDA only)")
 
     data = _command(commands, "data", None, "benchmark datasets: list, fetch, locate")
     data_commands = data.add_subparsers(title="data commands", metavar="ACTION")
@@ -155,6 +182,26 @@ def _decode(args: argparse.Namespace) -> int:
         good += 1
     print(f"decoded {good} of {len(pairs)} crystals into {args.output}", file=sys.stderr)
     return 0 if good else 1
+
+
+def _train(args: argparse.Namespace) -> int:
+    lora = LoraSettings(args.lora_rank, args.lora_alpha, args.lora_dropout, tuple(args.lora_targets.split(",")))
+    config = TrainConfig(
+        out=args.out,
+        data_dir=args.data_dir,
+        model=ModelSpec(args.model, None if args.no_lora else lora, args.quantization),
+        splits=tuple(args.splits.split(",")),
+        holdout=args.holdout,
+        permute=args.permute,
+        completion_only=not args.full_sequence_loss,
+        **{name: getattr(args, name) for name in _TRAIN_NUMBERS},
+    )
+    try:
+        out = train(config, resume=args.resume)
+    except (FileExistsError, FileNotFoundError, ValueError, ModelError) as err:
+        raise CliError(str(err)) from None
+    print(f"model written to {out}")
+    return 0
 
 
 def _data_list(args: argparse.Namespace) -> int:

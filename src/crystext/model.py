@@ -1,0 +1,227 @@
+"""Models: small LLaMA-architecture decoders trained from scratch, or pretrained Hugging Face causal LMs with LoRA.
+
+Either way the result is an ordinary Hugging Face model directory (`save_pretrained`, safetensors)
+plus its tokenizer, so `from_pretrained` loads it back and other tools can read it.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+
+from crystext import constants
+from crystext.prompts import INFILL_HEADER, INFILL_REQUEST, MASK, Attributes
+from crystext.textformat import ELEMENT_SYMBOLS
+
+PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
+#: Pre-tokenizer pattern: [MASK], element-like capitalised symbols, lower-case words, single digits,
+#: single whitespace characters, and any other single character.
+TOKEN_PATTERN = r"\[MASK\]|[A-Z][a-z]?|[a-z]+|\d|\s|[^\sA-Za-z\d]"
+#: File in a model directory that records how crystext made it.
+CRYSTEXT_CONFIG = "crystext.json"
+
+
+class ModelError(RuntimeError):
+    """A model that cannot be built or loaded as asked (e.g. 4-bit loading without CUDA)."""
+
+
+@dataclass(frozen=True)
+class ScratchPreset:
+    """Sizes of a LLaMA-architecture decoder trained from scratch."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    max_position_embeddings: int = 1024
+
+
+SCRATCH_PRESETS: dict[str, ScratchPreset] = {
+    "scratch-tiny": ScratchPreset(32, 64, 2, 2, 512),  # for tests: builds and steps in milliseconds
+    "scratch-small": ScratchPreset(256, 704, 8, 8, 1024),  # ~6.5M parameters: trains on a CPU
+    "scratch-base": ScratchPreset(512, 1408, 12, 8, 1024),  # ~38M parameters: for a GPU
+}
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """LoRA adapter settings; the defaults are the paper's (rank 8, alpha 32, dropout 0.05)."""
+
+    rank: int = constants.LORA_RANK
+    alpha: int = constants.LORA_ALPHA
+    dropout: float = constants.LORA_DROPOUT
+    target_modules: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model to train: a scratch preset name, or a hub id / local directory of a pretrained causal LM."""
+
+    name: str = "scratch-small"
+    lora: LoraSettings | None = field(default_factory=LoraSettings)
+    quantization: str | None = None  # None, "4bit" or "8bit" (CUDA only)
+
+    @property
+    def is_scratch(self) -> bool:
+        return self.name in SCRATCH_PRESETS
+
+
+def device() -> torch.device:
+    """CUDA when present, else the CPU (with all its cores)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def train_scratch_tokenizer(texts: Iterable[str]) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer trained on `texts`: one token per element, digit, template word and symbol.
+
+    Every element symbol and digit is in the vocabulary even if the training text lacks it, so the
+    model can be asked about (and infill) any element.
+    """
+    backend = Tokenizer(models.WordLevel(unk_token=UNK))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(TOKEN_PATTERN), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    trainer = trainers.WordLevelTrainer(special_tokens=[PAD, BOS, EOS, UNK, MASK], min_frequency=1)
+    always = " ".join(sorted(ELEMENT_SYMBOLS)) + " 0123456789 .-:,\n"
+    every_attribute = Attributes(formula="H", spacegroup=1, e_above_hull=0.1, formation_energy=-1.0, band_gap=1.0)
+    templates = every_attribute.to_prompt() + INFILL_HEADER + INFILL_REQUEST
+    backend.train_from_iterator([always, templates, *texts], trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token=PAD, bos_token=BOS, eos_token=EOS, unk_token=UNK, mask_token=MASK
+    )
+
+
+def build_scratch_model(preset: str, tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> LlamaForCausalLM:
+    """A freshly initialised LLaMA-architecture decoder of the preset's size, for `tokenizer`'s vocabulary."""
+    sizes = SCRATCH_PRESETS[preset]
+    config = LlamaConfig(
+        vocab_size=max(tokenizer.get_vocab().values()) + 1,
+        hidden_size=sizes.hidden_size,
+        intermediate_size=sizes.intermediate_size,
+        num_hidden_layers=sizes.num_hidden_layers,
+        num_attention_heads=sizes.num_attention_heads,
+        num_key_value_heads=sizes.num_attention_heads,
+        max_position_embeddings=sizes.max_position_embeddings,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def load_pretrained(spec: ModelSpec) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A pretrained causal LM and its tokenizer, with pad/eos tokens ensured and LoRA adapters attached."""
+    load_kwargs = _quantization_kwargs(spec.quantization)  # fail before any download
+    tokenizer = AutoTokenizer.from_pretrained(spec.name)
+    added = {}
+    if tokenizer.eos_token is None:
+        added["eos_token"] = EOS
+    if tokenizer.pad_token is None:
+        added["pad_token"] = PAD
+    if added:
+        tokenizer.add_special_tokens(added)
+    check_digit_tokenization(tokenizer)
+    model = AutoModelForCausalLM.from_pretrained(spec.name, **load_kwargs)
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if spec.lora is not None:
+        model = add_lora(model, spec.lora, quantized=spec.quantization is not None)
+    return model, tokenizer
+
+
+def add_lora(model: PreTrainedModel, settings: LoraSettings, quantized: bool = False) -> PreTrainedModel:
+    """Wrap `model` with trainable LoRA adapters; the base weights are frozen."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if quantized:
+        model = prepare_model_for_kbit_training(model)
+    config = LoraConfig(
+        r=settings.rank,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=list(settings.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def check_digit_tokenization(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Warn (and return False) when numbers do not tokenize digit by digit, which the paper found matters."""
+    pieces = [t for t in tokenizer.tokenize("12.345 0.678") if t.strip("▁Ġ ")]
+    ok = all(len(t.strip("▁Ġ ")) == 1 for t in pieces)
+    if not ok:
+        warnings.warn(
+            f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} does not split numbers into single digits "
+            f"({pieces}); crystal coordinates will be learned less well",
+            stacklevel=2,
+        )
+    return ok
+
+
+def _quantization_kwargs(quantization: str | None) -> dict[str, Any]:
+    if quantization is None:
+        return {}
+    if quantization not in ("4bit", "8bit"):
+        raise ModelError(f"quantization must be 4bit or 8bit, got {quantization!r}")
+    if not torch.cuda.is_available():
+        raise ModelError(f"{quantization} loading needs a CUDA GPU (bitsandbytes); none is available here")
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "4bit":
+        config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
+    else:
+        config = BitsAndBytesConfig(load_in_8bit=True)
+    return {"quantization_config": config, "device_map": "auto"}
+
+
+def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: Path, info: dict[str, Any]) -> None:
+    """Write model (or LoRA adapter), tokenizer and crystext's own settings into one directory."""
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    (out / CRYSTEXT_CONFIG).write_text(json.dumps(info, indent=2, default=_jsonable) + "\n")
+
+
+def load_model(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict[str, Any]]:
+    """Load a directory `crystext train` wrote (full model or LoRA adapter) with its tokenizer and settings."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelError(f"{path}: no such model directory")
+    info_file = path / CRYSTEXT_CONFIG
+    info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if (path / "adapter_config.json").is_file():
+        from peft import AutoPeftModelForCausalLM
+
+        model = AutoPeftModelForCausalLM.from_pretrained(path)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path)
+    return model, tokenizer, info
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "__dataclass_fields__"):
+        return asdict(value)
+    if isinstance(value, (Path, torch.device)):
+        return str(value)
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")

@@ -1,0 +1,349 @@
+"""Fine-tune a causal LM on crystals as text (or train a small one from scratch), with exact resume.
+
+One short loop in the spirit of nanoGPT: build a batch of fresh (augmented) examples, step, log,
+evaluate on the held-out set now and then, checkpoint. `accelerate` runs it on one CPU, one GPU or
+several GPUs (`accelerate launch -m crystext.cli train ...`), with bf16 on GPUs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_cosine_schedule_with_warmup
+
+from crystext.data import Dataset, Record, training_set
+from crystext.model import (
+    ModelSpec,
+    build_scratch_model,
+    load_model,
+    load_pretrained,
+    save_model,
+    train_scratch_tokenizer,
+)
+from crystext.prompts import Attributes, generation_example, infill_example
+from crystext.textformat import CrystalText, CrystalTextError, FormatOptions, augment
+
+IGNORE = -100  # label value the loss skips
+STATE_FILE = "trainer_state.pt"
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run; saved with the model so the run can be repeated."""
+
+    out: Path
+    data_dir: Path
+    model: ModelSpec = field(default_factory=ModelSpec)
+    splits: tuple[str, ...] = ("train", "val")
+    holdout: float = 0.05
+    max_atoms: int | None = None
+    epochs: float = 1.0
+    max_steps: int | None = None  # overrides epochs when set
+    batch_size: int = 16
+    grad_accum: int = 1
+    learning_rate: float = 5e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    infill_fraction: float = 1 / 3  # the paper mixes about 2/3 generation and 1/3 infill
+    permute: bool = False
+    completion_only: bool = True
+    eval_every: int = 200
+    eval_examples: int = 256
+    save_every: int = 200
+    max_length: int = 1024
+    seed: int = 0
+    text_format: FormatOptions = field(default_factory=FormatOptions)
+
+
+@dataclass
+class Example:
+    """A training crystal with the attributes its prompts may state."""
+
+    id: str
+    crystal: CrystalText
+    attributes: Attributes
+
+    @classmethod
+    def from_record(cls, record: Record) -> Example:
+        return cls(record.id, CrystalText.from_structure(record.structure), Attributes.from_properties(record.properties))
+
+
+@dataclass
+class TrainState:
+    """Where a run is: step count, position in the data, best validation loss."""
+
+    step: int = 0
+    epoch: int = 0
+    position: int = 0
+    best_val: float = math.inf
+    tokens_seen: int = 0
+
+
+def to_examples(dataset: Dataset) -> tuple[list[Example], list[tuple[str, str]]]:
+    """Examples for every record the text format can hold, and (id, reason) for the others."""
+    examples, skipped = [], []
+    for record in dataset:
+        try:
+            examples.append(Example.from_record(record))
+        except CrystalTextError as err:
+            skipped.append((record.id, str(err)))
+    return examples, skipped
+
+
+def make_pair(example: Example, rng: np.random.Generator, config: TrainConfig) -> tuple[str, str]:
+    """One fresh (prompt, completion): a random translation, then infill or generation with random attributes."""
+    crystal = augment(example.crystal, rng, translate=True, permute=config.permute)
+    if rng.random() < config.infill_fraction:
+        return infill_example(crystal, rng, config.text_format)
+    return generation_example(crystal, example.attributes.subset(rng), config.text_format)
+
+
+def tokenize_pair(
+    tokenizer: PreTrainedTokenizerBase, prompt: str, completion: str, completion_only: bool, max_length: int
+) -> tuple[list[int], list[int]]:
+    """Token ids and labels for prompt + completion + end-of-sequence; prompt labels masked if `completion_only`."""
+    head = ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + tokenizer(
+        prompt, add_special_tokens=False
+    )["input_ids"]
+    tail = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    ids = (head + tail)[:max_length]
+    labels = ([IGNORE] * len(head) if completion_only else head) + tail
+    return ids, labels[:max_length]
+
+
+def collate(rows: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a batch; padding is masked out of attention and loss."""
+    width = max(len(ids) for ids, _ in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (row_ids, row_labels) in enumerate(rows):
+        ids[i, : len(row_ids)] = torch.tensor(row_ids)
+        labels[i, : len(row_labels)] = torch.tensor(row_labels)
+        mask[i, : len(row_ids)] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def validation_batches(
+    examples: list[Example], tokenizer: PreTrainedTokenizerBase, config: TrainConfig
+) -> list[dict[str, torch.Tensor]]:
+    """Fixed held-out batches: unconditional generation of each crystal at one seeded translation.
+
+    Fixed so that the validation loss is comparable across evaluations and runs; the loss is the
+    mean per-token loss of the crystal text and end token.
+    """
+    rng = np.random.default_rng(config.seed + 1)
+    rows = []
+    for example in examples[: config.eval_examples]:
+        prompt, completion = generation_example(augment(example.crystal, rng), Attributes(), config.text_format)
+        rows.append(tokenize_pair(tokenizer, prompt, completion, True, config.max_length))
+    return [collate(rows[i : i + config.batch_size], tokenizer.pad_token_id) for i in range(0, len(rows), config.batch_size)]
+
+
+@torch.no_grad()
+def validation_loss(model: PreTrainedModel, batches: list[dict[str, torch.Tensor]], device: torch.device) -> float:
+    """Token-weighted mean loss over the fixed validation batches."""
+    model.eval()
+    total, count = 0.0, 0
+    for batch in batches:
+        n = int((batch["labels"][:, 1:] != IGNORE).sum())
+        total += float(model(**{k: v.to(device) for k, v in batch.items()}).loss) * n
+        count += n
+    model.train()
+    return total / max(count, 1)
+
+
+def train(config: TrainConfig, resume: bool = False, on_step: Callable[[int, float], None] | None = None) -> Path:
+    """Train as `config` says and return the output directory (the best model by validation loss).
+
+    With `resume`, continue exactly from the last checkpoint: weights, optimizer, schedule, data
+    position and random states. `on_step(step, loss)` is called after each optimizer step.
+    """
+    from accelerate import Accelerator
+
+    out = Path(config.out)
+    last = out / "checkpoints" / "last"
+    if resume and not (last / STATE_FILE).is_file():
+        raise FileNotFoundError(f"{last}: no checkpoint to resume from")
+    if not resume and (last / STATE_FILE).is_file():
+        raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+
+    accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
+    kept, held = training_set(config.data_dir, config.splits, config.holdout, config.seed, max_atoms=config.max_atoms)
+    examples, skipped = to_examples(kept)
+    held_examples, _ = to_examples(held)
+    if not examples:
+        raise ValueError(f"no usable training structures in {config.data_dir}")
+    if kept.skipped or skipped:
+        print(f"skipped {len(kept.skipped) + len(skipped)} structures: {kept.summary()}")
+
+    if resume:
+        model, tokenizer, _ = load_model(last)
+    elif config.model.is_scratch:
+        tokenizer = train_scratch_tokenizer(e.crystal.to_str(config.text_format) for e in examples)
+        model = build_scratch_model(config.model.name, tokenizer, config.seed)
+    else:
+        model, tokenizer = load_pretrained(config.model)
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+    per_step = config.batch_size * config.grad_accum * accelerator.num_processes
+    total_steps = config.max_steps or max(1, math.ceil(config.epochs * len(examples) / per_step))
+    scheduler = get_cosine_schedule_with_warmup(optimizer, min(config.warmup_steps, total_steps // 10), total_steps)
+    state = TrainState()
+    rng = np.random.default_rng(config.seed)
+    if resume:
+        saved = torch.load(last / STATE_FILE, weights_only=False)
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        state = TrainState(**saved["state"])
+        rng.bit_generator.state = saved["numpy_rng"]
+        torch.set_rng_state(saved["torch_rng"])
+        random.setstate(saved["python_rng"])
+    else:
+        torch.manual_seed(config.seed)
+        random.seed(config.seed)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    val_batches = validation_batches(held_examples, tokenizer, config) if held_examples else []
+
+    def epoch_order(epoch: int) -> np.ndarray:
+        return np.random.default_rng([config.seed, epoch]).permutation(len(examples))
+
+    def next_rows() -> list[tuple[list[int], list[int]]]:
+        """This process's share of the next batch, walking a seeded permutation of the data epoch by epoch."""
+        rows = []
+        order = epoch_order(state.epoch)
+        for _ in range(config.batch_size):
+            if state.position >= len(examples):
+                state.epoch, state.position = state.epoch + 1, 0
+                order = epoch_order(state.epoch)
+            index = order[(state.position + accelerator.process_index) % len(examples)]
+            state.position += accelerator.num_processes
+            prompt, completion = make_pair(examples[int(index)], rng, config)
+            rows.append(tokenize_pair(tokenizer, prompt, completion, config.completion_only, config.max_length))
+        return rows
+
+    def save_checkpoint() -> None:
+        if not accelerator.is_main_process:
+            return
+        staging = last.with_name("last.tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        save_model(accelerator.unwrap_model(model), tokenizer, staging, run_info(config, state))
+        torch.save(
+            {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "state": asdict(state),
+                "numpy_rng": rng.bit_generator.state,
+                "torch_rng": torch.get_rng_state(),
+                "python_rng": random.getstate(),
+            },
+            staging / STATE_FILE,
+        )
+        shutil.rmtree(last, ignore_errors=True)
+        staging.rename(last)
+
+    def evaluate_and_keep_best() -> float | None:
+        if not val_batches:
+            return None
+        loss = validation_loss(model, val_batches, accelerator.device)
+        if loss < state.best_val and accelerator.is_main_process:
+            state.best_val = loss
+            save_model(accelerator.unwrap_model(model), tokenizer, out, run_info(config, state))
+        return loss
+
+    out.mkdir(parents=True, exist_ok=True)
+    log = open(out / "log.jsonl", "a") if accelerator.is_main_process else None
+    model.train()
+    bar = tqdm(total=total_steps, initial=state.step, desc="training", disable=not accelerator.is_main_process)
+    started, tokens_at_start = time.perf_counter(), state.tokens_seen
+    while state.step < total_steps:
+        step_loss = 0.0
+        for _ in range(config.grad_accum):
+            batch = {k: v.to(accelerator.device) for k, v in collate(next_rows(), tokenizer.pad_token_id).items()}
+            state.tokens_seen += int(batch["attention_mask"].sum()) * accelerator.num_processes
+            with accelerator.autocast():
+                loss = model(**batch).loss / config.grad_accum
+            accelerator.backward(loss)
+            step_loss += loss.detach().item()
+        accelerator.clip_grad_norm_(trainable, config.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+
+        record: dict[str, Any] = {"step": state.step, "loss": round(step_loss, 5), "lr": scheduler.get_last_lr()[0]}
+        record["tokens_per_s"] = round((state.tokens_seen - tokens_at_start) / (time.perf_counter() - started), 1)
+        if state.step % config.eval_every == 0 or state.step == total_steps:
+            record["val_loss"] = evaluate_and_keep_best()
+        if log:
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+        bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
+        bar.update(1)
+        if state.step % config.save_every == 0 or state.step == total_steps:
+            save_checkpoint()
+        if on_step:
+            on_step(state.step, step_loss)
+    bar.close()
+    if log:
+        log.close()
+    if accelerator.is_main_process:
+        if not val_batches:
+            save_model(accelerator.unwrap_model(model), tokenizer, out, run_info(config, state))
+        write_model_card(out, config, state, len(examples), len(held_examples))
+    return out
+
+
+def run_info(config: TrainConfig, state: TrainState) -> dict[str, Any]:
+    """What crystext records in a model directory: the full config and where training stood."""
+    info = asdict(config)
+    info.update(out=str(config.out), data_dir=str(config.data_dir), state=asdict(state))
+    return info
+
+
+def write_model_card(out: Path, config: TrainConfig, state: TrainState, n_train: int, n_holdout: int) -> None:
+    """A README.md model card: data, settings, losses and tokens seen."""
+    lines = [line.rstrip() for line in (out / "log.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in lines if line]
+    final_val = next((r["val_loss"] for r in reversed(records) if r.get("val_loss") is not None), None)
+    spec = config.model
+    kind = f"LLaMA-architecture `{spec.name}` trained from scratch" if spec.is_scratch else f"`{spec.name}` + LoRA {spec.lora}"
+    card = f"""---
+library_name: transformers
+tags: [crystext, crystal-generation, materials]
+---
+# crystext model
+
+{kind}, on crystals written as text (crystext format: lengths 1 decimal, integer angles, fractional
+coordinates {config.text_format.coord_decimals} decimals).
+
+## Data
+- source: `{config.data_dir}`, splits {', '.join(config.splits)}, {config.holdout:.0%} held out for validation loss
+- {n_train} training structures, {n_holdout} held out
+- tasks: generation with a random subset of attributes (formula, space group, energy above hull,
+  formation energy, band gap) and infill ({config.infill_fraction:.2f} of examples); random translation
+  of every example{', random atom order' if config.permute else ''}
+
+## Training
+- steps: {state.step}, batch {config.batch_size} x {config.grad_accum} accumulation, learning rate {config.learning_rate}
+  (cosine, warmup {min(config.warmup_steps, state.step // 10)}), weight decay {config.weight_decay}, gradient clip {config.grad_clip}, seed {config.seed}
+- tokens seen: {state.tokens_seen:,}
+- final training loss: {records[-1]['loss'] if records else 'n/a'}
+- validation loss (unconditional generation, per token): best {state.best_val:.4f}, last {final_val if final_val is not None else 'n/a'}
+
+Load with `crystext sample --model {out}` or `transformers.AutoModelForCausalLM.from_pretrained("{out}")`.
+"""
+    (out / "README.md").write_text(card)
