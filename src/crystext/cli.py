@@ -14,6 +14,16 @@ import numpy as np
 from crystext import __version__
 from crystext.data import DATASETS, DatasetError, dataset_dir, fetch, read_structures
 from crystext.model import SCRATCH_PRESETS, LoraSettings, ModelError, ModelSpec
+from crystext.prompts import Attributes
+from crystext.sample import (
+    SampleConfig,
+    Sampler,
+    SampleWriter,
+    read_conditions,
+    similar_elements,
+    substitution_row,
+    write_structures,
+)
 from crystext.textformat import CrystalText, CrystalTextError, FormatOptions, augment
 from crystext.train import TrainConfig, train
 
@@ -83,6 +93,39 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lora-targets", default=",".join(LoraSettings.target_modules))
     train.add_argument("--no-lora", action="store_true", help="fine-tune all weights of a pretrained model")
     train.add_argument("--quantization", choices=["4bit", "8bit"], help="load the base model quantized (CUDA only)")
+
+    from crystext.evaluate.cli import add_parser as add_evaluate
+
+    add_evaluate(commands)
+
+    sample = _command(commands, "sample", _sample, "sample crystals: unconditional, conditional or infill")
+    sample.add_argument("--model", type=Path, required=True, help="a model directory written by `crystext train`")
+    sample.add_argument("-n", type=int, default=100, help="parseable structures wanted (infill: answers kept)")
+    sample.add_argument("-o", "--out", type=Path, default=Path("samples.csv"), help="samples CSV (one row per attempt)")
+    sample.add_argument("--resume", action="store_true", help="continue an interrupted run up to -n")
+    sample.add_argument("--batch-size", type=int, default=SampleConfig.batch_size)
+    sample.add_argument("--temperature", type=float, default=SampleConfig.temperature)
+    sample.add_argument("--top-p", type=float, default=SampleConfig.top_p)
+    sample.add_argument("--seed", type=int, default=SampleConfig.seed)
+    sample.add_argument("--max-atoms", type=int, default=SampleConfig.max_atoms)
+    sample.add_argument("--max-new-tokens", type=int, help="default: enough for --max-atoms atoms")
+    sample.add_argument("--max-attempts", type=int, help="give up after this many attempts (default 10 n)")
+    sample.add_argument("--no-constraint", action="store_true", help="sample without the grammar constraint")
+    conditions = sample.add_argument_group("conditions (text-conditional generation)")
+    conditions.add_argument("--formula", help="e.g. LiFePO4")
+    conditions.add_argument("--spacegroup", type=int, help="space group number, 1-230")
+    conditions.add_argument("--e-above-hull", type=float, help="eV/atom")
+    conditions.add_argument("--formation-energy", type=float, help="eV/atom")
+    conditions.add_argument("--band-gap", type=float, help="eV")
+    conditions.add_argument("--conditions", type=Path, help="CSV of conditions, one per row (dataset columns)")
+    conditions.add_argument("--force-composition", action="store_true", help="cells hold whole formula units only")
+    infill = sample.add_argument_group("infill (element substitution)")
+    infill.add_argument("--infill", type=Path, help="a structure file (CIF, or CSV/extxyz: first record)")
+    infill.add_argument("--mask-element", help="the element to replace (default: a random one of the structure)")
+    infill.add_argument("--similar-only", action="store_true", help="only elements of similar ionic radius and charge")
+    outputs = sample.add_argument_group("extra outputs")
+    outputs.add_argument("--cif-dir", type=Path, help="also write each parseable sample as a .cif file here")
+    outputs.add_argument("--extxyz", type=Path, help="also write the parseable samples into one extxyz file")
 
     data = _command(commands, "data", None, "benchmark datasets: list, fetch, locate")
     data_commands = data.add_subparsers(title="data commands", metavar="ACTION")
@@ -201,6 +244,56 @@ def _train(args: argparse.Namespace) -> int:
     except (FileExistsError, FileNotFoundError, ValueError, ModelError) as err:
         raise CliError(str(err)) from None
     print(f"model written to {out}")
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    config = SampleConfig(
+        n=args.n, batch_size=args.batch_size, temperature=args.temperature, top_p=args.top_p,
+        constrained=not args.no_constraint, force_composition=args.force_composition, max_atoms=args.max_atoms,
+        max_new_tokens=args.max_new_tokens, max_attempts=args.max_attempts, seed=args.seed,
+    )
+    try:
+        sampler = Sampler.from_pretrained(args.model)
+    except (OSError, ModelError) as err:
+        raise CliError(f"cannot load model {args.model}: {str(err).splitlines()[0]}") from None
+    if args.infill:
+        return _infill(args, sampler)
+    given = Attributes(args.formula, args.spacegroup, args.e_above_hull, args.formation_energy, args.band_gap)
+    try:
+        conditions = read_conditions(args.conditions) if args.conditions else ([given] if given.to_dict() else None)
+        summary = sampler.sample(config, args.out, conditions, resume=args.resume)
+    except (FileExistsError, ValueError) as err:
+        raise CliError(str(err)) from None
+    print(
+        f"{summary.valid} parseable structures from {summary.attempts} attempts in {args.out} "
+        f"({summary.valid_per_second:.2f} per second this run)",
+        file=sys.stderr,
+    )
+    if args.cif_dir or args.extxyz:
+        write_structures(args.out, args.cif_dir, args.extxyz)
+    return 0 if summary.valid >= config.n else 1
+
+
+def _infill(args: argparse.Namespace, sampler: Sampler) -> int:
+    dataset = read_structures(args.infill)
+    if not dataset.records:
+        raise CliError(f"{args.infill}: no readable structure ({dataset.summary()})")
+    record = dataset.records[0]
+    elements = sorted({site.specie.symbol for site in record.structure})
+    element = args.mask_element or str(np.random.default_rng(args.seed).choice(elements))
+    if element not in elements:
+        raise CliError(f"{record.id} has no {element} (elements: {' '.join(elements)})")
+    candidates = similar_elements(element) if args.similar_only else None
+    if candidates is not None and not candidates:
+        raise CliError(f"no elements of similar charge and ionic radius are known for {element}")
+    ranked = sampler.infill(record.structure, element, candidates)[: args.n]
+    rows = [
+        substitution_row(f"{record.id}-{element}-{s.element}", record.id, element, s) for s in ranked
+    ]
+    SampleWriter(args.out, resume=False).append(rows)
+    for s in ranked:
+        print(f"{element} -> {s.element:3s} log p = {s.log_prob:8.3f}  {s.structure.composition.reduced_formula}")
     return 0
 
 

@@ -1,0 +1,126 @@
+"""Sampling with a tiny trained model: every mode, constrained decoding, forced composition, exact resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from pymatgen.core import Composition, Lattice, Structure
+
+from crystext.cli import main
+from crystext.model import ModelSpec
+from crystext.prompts import Attributes
+from crystext.sample import SampleConfig, Sampler, read_conditions, similar_elements, write_structures
+from crystext.textformat import decode
+from crystext.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, shared_data) -> Path:
+    """A scratch-tiny model trained for a few steps on 40 MP-20 structures."""
+    data = tmp_path_factory.mktemp("data")
+    pd.read_csv(shared_data / "mp_20" / "val.csv", nrows=40).to_csv(data / "train.csv", index=False)
+    config = TrainConfig(out=tmp_path_factory.mktemp("model"), data_dir=data, model=ModelSpec("scratch-tiny"),
+                         splits=("train",), holdout=0.1, max_steps=4, batch_size=4, learning_rate=3e-3)
+    return train(config)
+
+
+@pytest.fixture(scope="module")
+def sampler(model_dir) -> Sampler:
+    return Sampler.from_pretrained(model_dir)
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def small(**changes) -> SampleConfig:
+    settings = dict(n=4, batch_size=4, max_atoms=4, seed=1)
+    settings.update(changes)
+    return SampleConfig(**settings)
+
+
+def test_constrained_decoding_parses_every_attempt_where_free_sampling_fails(sampler, tmp_path) -> None:
+    free = sampler.sample(small(constrained=False, max_attempts=4, max_new_tokens=60), tmp_path / "free.csv", progress=False)
+    constrained = sampler.sample(small(), tmp_path / "constrained.csv", progress=False)
+    assert free.attempts == 4 and free.valid < 4  # an almost untrained model rarely writes a whole crystal
+    assert all(r["error"] for r in rows(tmp_path / "free.csv") if not r["cif"])
+    assert constrained.valid == constrained.attempts == 4
+    for row in rows(tmp_path / "constrained.csv"):
+        structure = decode(row["raw_text"])
+        assert row["mode"] == "unconditional" and row["error"] == "" and 1 <= len(structure) <= 4
+        assert Structure.from_str(row["cif"], fmt="cif").composition == structure.composition
+
+
+def test_forced_composition_is_exact(sampler, tmp_path) -> None:
+    out = tmp_path / "nacl.csv"
+    config = small(force_composition=True, max_atoms=8)
+    sampler.sample(config, out, conditions=[Attributes(formula="NaCl", spacegroup=225)], progress=False)
+    for row in rows(out):
+        assert json.loads(row["conditions"]) == {"formula": "NaCl", "spacegroup": 225}
+        assert row["mode"] == "conditional"
+        assert Composition(decode(row["raw_text"]).composition.reduced_formula) == Composition("NaCl")
+
+
+def test_conditions_come_from_a_dataset_csv(shared_data, tmp_path) -> None:
+    pd.read_csv(shared_data / "mp_20" / "test.csv", nrows=3).to_csv(tmp_path / "c.csv", index=False)
+    conditions = read_conditions(tmp_path / "c.csv")
+    assert conditions[0].formula == "GaTe" and conditions[0].spacegroup == 194
+    (tmp_path / "empty.csv").write_text("material_id\nmp-1\n")
+    with pytest.raises(ValueError, match="no conditions"):
+        read_conditions(tmp_path / "empty.csv")
+
+
+def test_resume_continues_to_exactly_n_with_the_same_samples(sampler, tmp_path) -> None:
+    straight = tmp_path / "straight.csv"
+    sampler.sample(small(n=6, batch_size=2), straight, progress=False)
+    interrupted = tmp_path / "interrupted.csv"
+    sampler.sample(small(n=2, batch_size=2), interrupted, progress=False)  # as if killed after one batch
+    with open(interrupted, "a") as handle:
+        handle.write('s0000002,unconditional,"{}","4.1 4')  # a row cut off mid-write
+    with pytest.raises(FileExistsError, match="pass --resume"):
+        sampler.sample(small(n=6, batch_size=2), interrupted, progress=False)
+    summary = sampler.sample(small(n=6, batch_size=2), interrupted, resume=True, progress=False)
+    assert summary.valid == summary.attempts == 6
+    got = rows(interrupted)
+    assert [r["id"] for r in got] == [f"s{i:07d}" for i in range(6)]
+    assert [r["raw_text"] for r in got] == [r["raw_text"] for r in rows(straight)]
+
+
+def test_infill_ranks_every_candidate_and_substitutes(sampler) -> None:
+    nacl = Structure(Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    ranked = sampler.infill(nacl, "Na", ["K", "Li", "Na", "Rb"])
+    assert sorted(s.element for s in ranked) == ["K", "Li", "Na", "Rb"]
+    assert [s.log_prob for s in ranked] == sorted((s.log_prob for s in ranked), reverse=True)
+    assert all(s.log_prob < 0 for s in ranked)
+    k = next(s for s in ranked if s.element == "K")
+    assert k.structure.composition.reduced_formula == "KCl" and nacl.composition.reduced_formula == "NaCl"
+
+
+def test_similar_elements_share_charge_and_radius() -> None:
+    fe = similar_elements("Fe")
+    assert {"Co", "Ni", "Mn"} <= set(fe) and "Na" not in fe and "Fe" not in fe
+
+
+def test_cli_sample_and_infill(model_dir, tmp_path, capsys) -> None:
+    out = tmp_path / "s.csv"
+    args = ["sample", "--model", str(model_dir), "-n", "3", "--batch-size", "3", "--max-atoms", "3", "-o", str(out),
+            "--formula", "NaCl", "--force-composition", "--cif-dir", str(tmp_path / "cifs"),
+            "--extxyz", str(tmp_path / "s.extxyz")]
+    assert main(args) == 0
+    assert len(rows(out)) == 3 and len(list((tmp_path / "cifs").glob("*.cif"))) == 3
+    assert write_structures(out) == 3
+    cif = tmp_path / "nacl.cif"
+    Structure(Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]).to(filename=str(cif))
+    capsys.readouterr()
+    assert main(["sample", "--model", str(model_dir), "-n", "2", "-o", str(tmp_path / "i.csv"), "--infill", str(cif),
+                 "--mask-element", "Cl", "--similar-only"]) == 0
+    infill_rows = rows(tmp_path / "i.csv")
+    assert len(infill_rows) == 2 and all(r["mode"] == "infill" for r in infill_rows)
+    assert all(json.loads(r["conditions"])["masked"] == "Cl" for r in infill_rows)
+    assert capsys.readouterr().out.count("Cl -> ") == 2
+    assert main(["sample", "--model", str(tmp_path / "nope"), "-o", str(tmp_path / "x.csv")]) == 1
