@@ -1,0 +1,66 @@
+"""Sampling speed of a model directory at several batch sizes, with and without the grammar constraint.
+
+    python benchmarks/sample_throughput.py runs/scratch-small --batch-sizes 1,8,32,128
+
+Writes benchmarks/results/sample_<name>.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from _machine import machine
+from crystext.sample import SampleConfig, Sampler
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", type=Path)
+    parser.add_argument("--batch-sizes", default="1,8,32,128")
+    parser.add_argument("--name", default="scratch-small")
+    parser.add_argument("--temperature", type=float, default=0.7)
+    args = parser.parse_args()
+
+    sampler = Sampler.from_pretrained(args.model)
+    runs = []
+    for constrained in (True, False):
+        for batch in (int(b) for b in args.batch_sizes.split(",")):
+            n = max(batch, 16)
+            config = SampleConfig(n=n, batch_size=batch, temperature=args.temperature, constrained=constrained,
+                                  max_attempts=n, max_atoms=20, seed=0)
+            out = Path(tempfile.mkdtemp()) / "samples.csv"
+            start = time.perf_counter()
+            summary = sampler.sample(config, out, progress=False)
+            seconds = time.perf_counter() - start
+            runs.append({"constrained": constrained, "batch_size": batch, "attempts": summary.attempts,
+                         "valid": summary.valid, "seconds": round(seconds, 2),
+                         "structures_per_s": round(summary.attempts / seconds, 2),
+                         "valid_per_s": round(summary.valid / seconds, 2),
+                         "parse_failure_rate": round(1 - summary.valid / summary.attempts, 3)})
+            print(runs[-1])
+    result = {"model": str(args.model), "temperature": args.temperature, "runs": runs, "machine": machine()}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"sample_{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    md = [
+        f"# Sampling speed: {args.name}",
+        "",
+        f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, {result['machine']['memory']}; "
+        f"{result['machine']['date']}. Command: `python benchmarks/sample_throughput.py {args.model} "
+        f"--batch-sizes {args.batch_sizes}`; temperature {args.temperature}, top-p 0.9, max 20 atoms.",
+        "",
+        "| constrained | batch | attempts | parseable | structures/s | parseable/s | parse failures |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    md += [f"| {r['constrained']} | {r['batch_size']} | {r['attempts']} | {r['valid']} | {r['structures_per_s']} | "
+           f"{r['valid_per_s']} | {r['parse_failure_rate']:.1%} |" for r in runs]
+    (RESULTS / f"sample_{args.name}.md").write_text("\n".join(md) + "\n")
+
+
+if __name__ == "__main__":
+    main()
