@@ -355,7 +355,7 @@ def test_cli(small_files: dict[str, Path], tmp_path: Path, capsys) -> None:
     assert main(["evaluate", str(tmp_path / "missing.csv"), "--reference", str(small_files["test"])]) == 1
 
 
-def test_ipt_with_a_tiny_model(small_files: dict[str, Path]) -> None:
+def test_ipt_with_a_tiny_model(small_files: dict[str, Path], tmp_path: Path) -> None:
     pytest.importorskip("torch")
     from crystext.evaluate.ipt import ipt
     from crystext.model import build_scratch_model, train_scratch_tokenizer
@@ -367,3 +367,10 @@ def test_ipt_with_a_tiny_model(small_files: dict[str, Path]) -> None:
     result = ipt((model, tokenizer), structures, n_translations=4, seed=0)
     assert result["n_structures"] == 2 and len(result["per_structure"]) == 2
     assert result["ipt"] >= 0 and math.isfinite(result["mean_min_perplexity"])
+    # The same through a saved model directory, as `crystext evaluate --ipt-model DIR` loads it.
+    from crystext.model import save_model
+
+    save_model(model, tokenizer, tmp_path / "model", {"text_format": {"length_decimals": 1, "angle_decimals": 0,
+                                                                      "coord_decimals": 2}})
+    again = ipt(tmp_path / "model", structures, n_translations=4, seed=0)
+    assert again["ipt"] == pytest.approx(result["ipt"], rel=1e-4)
