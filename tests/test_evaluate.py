@@ -1,376 +1,319 @@
-"""crystext evaluate: validity by hand-checked cases, the two protocols, coverage rules, cache, report, CLI.
-
-Fingerprints cost ~0.2 s per structure, so the real-data tests share one small evaluation (a few
-dozen MP-20 structures) and the protocol arithmetic is checked on hand-made fingerprints.
-"""
+"""`crystext evaluate` on small subsets of real data: both protocols, bad input, joins, cache and the CLI."""
 
 from __future__ import annotations
 
+import argparse
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from pymatgen.core import Lattice, Structure
+from pymatgen.core import Composition
 
-from crystext.cli import main
+from crystext.data import DatasetError
 from crystext.evaluate import (
-    Analysed,
-    AnalysisSettings,
+    EvaluateConfig,
+    EvaluateError,
+    FingerprintSettings,
     ProtocolSettings,
-    analyse,
-    analyse_file,
-    composition_validity,
-    compute_metrics,
-    coverage,
+    add_arguments,
     evaluate,
-    load_items,
-    structure_validity,
-    write_report,
+    run,
 )
-from crystext.evaluate import analysis as analysis_module
-from crystext.evaluate._cdvae_constants import COMP_FP_MEANS, COMP_FP_STDS
-from crystext.evaluate.validity import structure_validity_reason
+from crystext.evaluate.profiles import profile_file
+from crystext.evaluate.validity import compositional_validity
+from crystext.textformat import decode, encode
 
-BROKEN_CIF = "data_broken\n_cell_length_a 3.0\nloop_\n_atom_site_label\n"
-
-
-# --------------------------------------------------------------------------- validity, by hand
+QUIET = EvaluateConfig(progress=False)
+BROKEN_CIF = "data_broken\n_cell_length_a 4.0\nloop_\n_atom_site_label\nNa 0 0"
 
 
-def test_two_atoms_0_3_angstrom_apart_are_structurally_invalid() -> None:
-    s = Structure(Lattice.cubic(5.0), ["Na", "Cl"], [[0, 0, 0], [0.06, 0, 0]])  # 0.30 A
-    assert not structure_validity(s)
-    assert structure_validity_reason(s) == "sites 1 and 2 are 0.300 A apart (< 0.5)"
-    far = Structure(Lattice.cubic(5.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
-    assert structure_validity(far)
+def config(protocol: str = "paper", **kwargs) -> EvaluateConfig:
+    return EvaluateConfig(protocol=ProtocolSettings(protocol), progress=False, **kwargs)
 
 
-def test_periodic_images_count_for_distances() -> None:
-    # 0.02 and 0.98 are 0.2 A apart through the cell boundary.
-    s = Structure(Lattice.cubic(5.0), ["Na", "Cl"], [[0.02, 0, 0], [0.98, 0, 0]])
-    assert not structure_validity(s)
+@pytest.fixture(scope="module")
+def test_rows(shared_data: Path) -> pd.DataFrame:
+    """The first 30 rows of the MP-20 test split (27 compositionally valid)."""
+    return pd.read_csv(shared_data / "mp_20" / "test.csv", nrows=30)
 
 
-def test_tiny_cell_is_structurally_invalid() -> None:
-    s = Structure(Lattice.cubic(0.4), ["Fe"], [[0, 0, 0]])
-    assert structure_validity_reason(s).startswith("cell volume")
+@pytest.fixture(scope="module")
+def reference(test_rows: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("reference") / "reference.csv"
+    test_rows.to_csv(path, index=False)
+    return path
 
 
-@pytest.mark.parametrize(
-    ("counts", "valid"),
-    [
-        ({"Na": 1, "Cl": 2}, False),  # NaCl2: no charge-neutral assignment
-        ({"Na": 1, "Cl": 1}, True),
-        ({"Na": 4, "Cl": 4}, True),  # reduced first
-        ({"Fe": 1, "Ni": 3}, True),  # an alloy: all metals
-        ({"Si": 8}, True),  # one element
-        ({"Fe": 2, "O": 3}, True),
-        ({"Li": 1, "Fe": 1, "P": 1, "O": 4}, True),
-        ({"O": 1, "F": 5}, False),
-    ],
-)
-def test_compositional_validity(counts: dict[str, int], valid: bool) -> None:
-    assert composition_validity(counts) is valid
+def sample_csv(path: Path, rows: list[dict]) -> Path:
+    """A samples CSV as `crystext sample` writes it."""
+    pd.DataFrame(rows, columns=["id", "mode", "conditions", "raw_text", "cif", "error"]).to_csv(path, index=False)
+    return path
 
 
-def test_oxidation_state_decorations_are_ignored() -> None:
-    s = Structure(Lattice.cubic(5.6), ["Na+", "Cl-"], [[0, 0, 0], [0.5, 0.5, 0.5]])
-    assert composition_validity(s)
-    row = analysis_module._analyse_one((0, "x", s, "", AnalysisSettings(fingerprint="valid")))
-    assert row["formula"] == "NaCl" and row["comp_valid"] and row["fp_ok"]
+def as_samples(frame: pd.DataFrame, conditions: dict[str, dict] | None = None) -> list[dict]:
+    return [
+        {"id": f"s{i}", "mode": "unconditional", "conditions": json.dumps((conditions or {}).get(f"s{i}", {})),
+         "raw_text": "", "cif": cif, "error": ""}
+        for i, cif in enumerate(frame["cif"])
+    ]
 
 
-def test_compositional_validity_of_the_mp20_test_split(shared_data: Path) -> None:
-    """smact 2.5.5 gives the paper's data row (0.9113 there; 0.9116 here, on the same 9,046 structures)."""
-    frame = pd.read_csv(shared_data / "mp_20" / "test.csv")
-    flags = []
-    for cif in frame["cif"]:
-        s = Structure.from_str(cif, fmt="cif")
-        flags.append(composition_validity(s))
-    assert len(flags) == 9046
-    assert round(float(np.mean(flags)), 4) == 0.9116
+def test_a_set_against_itself_has_full_coverage_and_no_distance(test_rows: pd.DataFrame, tmp_path: Path) -> None:
+    valid_rows = test_rows[[compositional_validity(Composition(f)) for f in test_rows["pretty_formula"]]]
+    path = tmp_path / "valid.csv"
+    valid_rows.to_csv(path, index=False)
+    for protocol in ("paper", "cdvae"):
+        m = evaluate(path, path, config=config(protocol, cache_samples=True)).metrics
+        assert m["n_valid"] == len(valid_rows) == 27
+        assert (m["cov_recall"], m["cov_precision"]) == (1.0, 1.0)
+        assert (m["amsd_recall"], m["amsd_precision"], m["amcd_recall"], m["amcd_precision"]) == (0, 0, 0, 0)
+        assert (m["wdist_density"], m["wdist_num_elems"], m["wdist_num_atoms"]) == (0, 0, 0)
+        assert (m["tvd_spacegroup"], m["tvd_elements"]) == (0, 0)
+        assert m["uniqueness"] == 1.0
 
 
-def test_constants_match_the_published_copy(shared_data: Path) -> None:
-    published = json.loads((shared_data / "cdvae_metric_constants" / "constants.json").read_text())
-    assert list(COMP_FP_MEANS) == published["comp_fingerprint_means"]
-    assert list(COMP_FP_STDS) == published["comp_fingerprint_stds"]
-    from crystext.constants import COVERAGE_CUTOFFS
+def test_malformed_cifs_are_reported_by_id_and_counted_as_each_protocol_says(
+    test_rows: pd.DataFrame, reference: Path, tmp_path: Path
+) -> None:
+    rows = as_samples(test_rows.iloc[:12])  # row 11 is compositionally invalid
+    rows.insert(7, {"id": "broken", "mode": "unconditional", "conditions": "{}", "raw_text": "x", "cif": BROKEN_CIF,
+                    "error": ""})
+    rows.append({"id": "no-cif", "mode": "unconditional", "conditions": "{}", "raw_text": "Na", "cif": "",
+                 "error": "line 1: expected three lattice lengths"})
+    samples = sample_csv(tmp_path / "samples.csv", rows)
 
-    for name, cut in published["coverage_cutoffs"].items():
-        assert COVERAGE_CUTOFFS[name] == (cut["struct"], cut["comp"])
-
-
-# --------------------------------------------------------------------------- coverage rules on hand-made fingerprints
-
-
-def test_a_reference_recalled_through_two_different_samples() -> None:
-    """Separate minima (the default, as both codes do) recall it; the joint variant does not."""
-    ref_s, ref_c = np.zeros((1, 2)), np.zeros((1, 2))
-    # Sample A is close in structure, far in composition; sample B the other way round.
-    smp_s = np.array([[0.1, 0.0], [5.0, 0.0]])
-    smp_c = np.array([[50.0, 0.0], [1.0, 0.0]])
-    separate = coverage(smp_s, smp_c, ref_s, ref_c, 0.4, 10.0)
-    joint = coverage(smp_s, smp_c, ref_s, ref_c, 0.4, 10.0, mode="joint")
-    assert separate.cov_recall == 1.0 and joint.cov_recall == 0.0
-    assert separate.cov_precision == 0.0 and joint.cov_precision == 0.0
-    assert separate.amsd_recall == pytest.approx(0.1) and separate.amcd_recall == pytest.approx(1.0)
-    assert separate.amsd_precision == pytest.approx((0.1 + 5.0) / 2)
-
-
-def test_cdvae_precision_divides_by_samples_generated() -> None:
-    ref = np.zeros((1, 2))
-    smp = np.zeros((2, 2))
-    assert coverage(smp, smp, ref, ref, 0.4, 10.0).cov_precision == 1.0
-    assert coverage(smp, smp, ref, ref, 0.4, 10.0, n_generated=4).cov_precision == 0.5
-
-
-def _fake(rows: list[dict], struct: list[list[float]], comp: list[list[float]]) -> Analysed:
-    """An analysed set from hand-made per-structure values (fingerprints padded to the real sizes)."""
-    base = {"parsed": True, "parse_error": "", "formula": "NaCl", "n_atoms": 2, "n_elements": 2, "density": 2.0,
-            "volume": 40.0, "spacegroup": 225, "struct_valid": True, "struct_reason": "", "comp_valid": True,
-            "comp_reason": "", "fp_attempted": True, "fp_ok": True, "fp_error": "", "elements": "Cl Na"}
-    table = pd.DataFrame([{**base, "id": f"s{i}", **r} for i, r in enumerate(rows)])
-    s = np.zeros((len(rows), 61))
-    s[:, : len(struct[0])] = struct
-    # Composition fingerprints are standardised: feed raw = mean + std * wanted.
-    c = np.tile(np.array(COMP_FP_MEANS), (len(rows), 1))
-    c[:, : len(comp[0])] += np.array(comp) * np.array(COMP_FP_STDS)[: len(comp[0])]
-    for i, r in enumerate(rows):
-        if not r.get("fp_ok", True):
-            s[i], c[i] = np.nan, np.nan
-    return Analysed(table, s, c)
-
-
-def test_the_two_protocols_count_differently() -> None:
-    samples = _fake(
-        [
-            {},  # valid, on the reference
-            {"comp_valid": False},  # invalid composition, but fingerprinted (cdvae counts it for coverage)
-            {"parsed": False, "struct_valid": False, "comp_valid": False, "fp_attempted": False, "fp_ok": False,
-             "density": math.nan},  # did not parse
-            {"fp_ok": False, "fp_error": "fingerprint time limit"},  # fingerprint failure: invalid in both
-        ],
-        struct=[[0.0], [0.05], [0.0], [0.0]],
-        comp=[[0.0], [0.5], [0.0], [0.0]],
+    paper = evaluate(samples, reference, config=config("paper", cache_samples=True))
+    assert paper.metrics["n_samples"] == 14
+    assert paper.metrics["n_unparsed"] == 2
+    assert paper.metrics["n_counted"] == 12  # dropped before anything is counted
+    assert paper.metrics["comp_valid"] == pytest.approx(11 / 12)
+    assert paper.metrics["struct_valid"] == 1.0
+    assert paper.metrics["cov_precision"] == 1.0  # over the 11 valid samples
+    assert paper.notes[0] == (
+        "2 samples did not parse: broken: unreadable structure (ValueError: Invalid CIF file with no structures!); "
+        "no-cif: no CIF (line 1: expected three lattice lengths)"
     )
-    reference = _fake([{}, {"comp_valid": False}], struct=[[0.0], [0.1]], comp=[[0.0], [1.0]])
-    paper = compute_metrics(samples, reference, ProtocolSettings("paper")).metrics
-    cdvae = compute_metrics(samples, reference, ProtocolSettings("cdvae", n_valid=1)).metrics
-    # paper: the unparsed sample is dropped; 3 counted; valid = 1 of 3; coverage among valid samples, valid refs.
-    assert paper["n_counted"] == 3 and paper["comp_valid"] == pytest.approx(2 / 3)
-    assert paper["valid"] == pytest.approx(1 / 3) and paper["n_reference_fingerprinted"] == 1
-    assert paper["cov_recall"] == 1.0 and paper["cov_precision"] == 1.0
-    # cdvae: 4 generated; both fingerprinted samples are within the cut-offs -> 2/4; both refs recalled.
-    assert cdvae["n_counted"] == 4 and cdvae["comp_valid"] == pytest.approx(2 / 4)
-    assert cdvae["valid"] == pytest.approx(1 / 4) and cdvae["n_reference_fingerprinted"] == 2
-    assert cdvae["cov_precision"] == pytest.approx(2 / 4) and cdvae["cov_recall"] == 1.0
-    assert cdvae["n_distribution_samples"] == 1 and cdvae["n_fingerprint_failures"] == 1
+
+    cdvae = evaluate(samples, reference, config=config("cdvae", cache_samples=True))
+    assert cdvae.metrics["n_counted"] == 14  # counted as generated, invalid
+    assert cdvae.metrics["struct_valid"] == pytest.approx(12 / 14)
+    assert cdvae.metrics["comp_valid"] == pytest.approx(11 / 14)
+    assert cdvae.metrics["valid"] == pytest.approx(11 / 14)
+    assert cdvae.metrics["cov_precision"] == pytest.approx(12 / 14)  # every parsed sample is a reference
+    assert cdvae.metrics["n_reference_in_coverage"] == 30 and paper.metrics["n_reference_in_coverage"] == 27
+
+    per_sample = paper.per_sample.set_index("id")
+    assert per_sample.index.tolist()[7] == "broken"  # the file's order
+    assert not per_sample.loc["broken", "parsed"] and not per_sample.loc["broken", "counted"]
+    assert per_sample.loc["no-cif", "parse_error"] == "no CIF (line 1: expected three lattice lengths)"
+    assert per_sample.loc["s0", "nearest_ref_struct_dist"] == 0.0
 
 
-def test_paper_protocol_subsamples_with_replacement_above_max_samples() -> None:
-    samples = _fake([{} for _ in range(30)], struct=[[0.0]] * 30, comp=[[0.0]] * 30)
-    result = compute_metrics(samples, samples, ProtocolSettings("paper", max_samples=10, seed=1))
-    assert result.metrics["n_counted"] == 10
-    assert any("with replacement" in w for w in result.warnings)
+def test_paper_protocol_fingerprints_only_valid_samples_and_cdvae_all(test_rows: pd.DataFrame, reference: Path,
+                                                                       tmp_path: Path) -> None:
+    samples = sample_csv(tmp_path / "samples.csv", as_samples(test_rows.iloc[8:16]))
+    paper = evaluate(samples, reference, config=config("paper", matcher=False)).per_sample
+    cdvae = evaluate(samples, reference, config=config("cdvae", matcher=False)).per_sample
+    invalid = ~paper["comp_valid"]
+    assert invalid.sum() == 2
+    assert not paper.loc[invalid, "fp_ok"].any() and cdvae.loc[invalid, "fp_ok"].all()
+    assert paper.loc[invalid, "nearest_ref_struct_dist"].isna().all()
+    assert (cdvae.loc[invalid, "nearest_ref_struct_dist"] == 0).all()
 
 
-def test_unknown_dataset_needs_cutoffs() -> None:
-    with pytest.raises(ValueError, match="no published coverage cut-offs"):
-        ProtocolSettings(dataset="mpts_52").cutoffs
-    assert ProtocolSettings(dataset="mpts_52", struct_cutoff=0.4, comp_cutoff=10).cutoffs == (0.4, 10.0)
+def test_cdvae_draws_n_valid_samples_for_the_distributions(reference: Path) -> None:
+    drawn = evaluate(reference, reference, config=EvaluateConfig(
+        protocol=ProtocolSettings("cdvae", n_valid=10, seed=3), progress=False, cache_samples=True))
+    assert drawn.metrics["n_distribution_samples"] == 10
+    assert drawn.per_sample["in_distributions"].sum() == 10
+    assert drawn.per_sample.loc[drawn.per_sample["in_distributions"], "valid"].all()
+    again = evaluate(reference, reference, config=EvaluateConfig(
+        protocol=ProtocolSettings("cdvae", n_valid=10, seed=3), progress=False, cache_samples=True))
+    assert again.metrics["wdist_density"] == drawn.metrics["wdist_density"] > 0
 
 
-# --------------------------------------------------------------------------- real structures, end to end
+def test_reference_fingerprints_are_cached_by_content_and_settings(
+    reference: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CRYSTEXT_CACHE_DIR", str(tmp_path / "cache"))
+    small = _head(reference, 3, tmp_path)
+    first = profile_file(small, progress=False)
+    assert not first.from_cache
+    assert len(list((tmp_path / "cache" / "fingerprints").glob("*.npz"))) == 1
+    copy = tmp_path / "copy.csv"
+    copy.write_bytes(small.read_bytes())
+    second = profile_file(copy, progress=False)
+    assert second.from_cache  # the same bytes at another path
+    pd.testing.assert_frame_equal(second.table, first.table)
+    np.testing.assert_array_equal(second.struct_fp, first.struct_fp)
+    assert second.structure(2) == first.structure(2)
+    profile_file(small, FingerprintSettings(time_limit=30.0), progress=False)
+    assert len(list((tmp_path / "cache" / "fingerprints").glob("*.npz"))) == 2  # the settings are part of the key
+    assert not list((tmp_path / "cache" / "fingerprints").glob(".*"))  # no partial files left
 
 
-@pytest.fixture(scope="module")
-def small_files(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("eval")
-    test = pd.read_csv(shared_data / "mp_20" / "test.csv").head(12)
-    train = pd.read_csv(shared_data / "mp_20" / "train.csv").head(10)
-    samples = pd.concat([pd.read_csv(shared_data / "mp_20" / "val.csv").head(6), train.head(2)], ignore_index=True)
-    samples = samples[["material_id", "cif"]].rename(columns={"material_id": "id"})
-    samples.loc[len(samples)] = {"id": "broken-cif", "cif": BROKEN_CIF}
-    samples["error"] = ""
-    samples.loc[len(samples)] = {"id": "never-parsed", "cif": "", "error": "line 7: unknown element 'Xx'"}
-    # Conditions as `crystext sample` writes them (a JSON column), and as a plain column.
-    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+def test_novelty_uniqueness_stability_and_sun(test_rows: pd.DataFrame, reference: Path, tmp_path: Path) -> None:
+    train = [tmp_path / "train.csv", tmp_path / "val.csv"]  # a model's training set in two files
+    test_rows.iloc[:6].to_csv(train[0], index=False)
+    test_rows.iloc[6:10].to_csv(train[1], index=False)
+    # s0..s7 are rows 8-15 (rows 11 and 14, s3 and s6, are compositionally invalid); s8 repeats row 12 (s4).
+    samples = sample_csv(tmp_path / "samples.csv", as_samples(pd.concat([test_rows.iloc[8:16], test_rows.iloc[[12]]])))
+    stability = tmp_path / "stability.csv"
+    pd.DataFrame({
+        "id": ["s2", "s3", "s4", "s5", "s8", "ghost"],
+        "e_above_hull": [-0.01, 0.05, -0.02, 0.3, -0.02, 0.0],
+        "error": ["", "", "", "", "", ""],
+    }).to_csv(stability, index=False)
 
-    first = Structure.from_str(samples.loc[0, "cif"], fmt="cif")
-    wanted = {"formula": first.composition.reduced_formula,
-              "spacegroup": SpacegroupAnalyzer(first, symprec=0.1).get_space_group_number()}
-    samples["conditions"] = [json.dumps(wanted)] + ["{}"] * (len(samples) - 1)
-    samples["cond_formula"] = ""
-    samples.loc[1, "cond_formula"] = "NaCl"
-    paths = {"test": folder / "test.csv", "train": folder / "train.csv", "samples": folder / "samples.csv"}
-    test.to_csv(paths["test"], index=False)
-    train.to_csv(paths["train"], index=False)
-    samples.to_csv(paths["samples"], index=False)
-    stability = pd.DataFrame({"id": samples["id"], "e_above_hull": [0.0 - 0.01, 0.05, 0.3] + [0.5] * (len(samples) - 3)})
-    stability.to_csv(folder / "stability.csv", index=False)
-    paths["stability"] = folder / "stability.csv"
-    return paths
-
-
-@pytest.fixture(scope="module")
-def small_result(small_files: dict[str, Path]):
-    return evaluate(small_files["samples"], small_files["test"], small_files["train"], protocols=("paper", "cdvae"),
-                    stability=small_files["stability"], jobs=2, progress=False)
+    result = evaluate(samples, reference, train=train, stability=stability, config=config("paper"))
+    m, per = result.metrics, result.per_sample.set_index("id")
+    assert m["n_counted"] == 9 and m["n_valid"] == 7
+    assert m["uniqueness"] == pytest.approx(6 / 7)  # s8 repeats s4
+    assert bool(per.loc["s4", "unique"]) and not bool(per.loc["s8", "unique"])
+    assert pd.isna(per.loc["s3", "unique"])  # invalid samples are not judged
+    assert m["novelty_matcher"] == pytest.approx(5 / 7)  # s0 and s1 (rows 8, 9) are in the second training file
+    assert not bool(per.loc["s0", "novel_matcher"]) and bool(per.loc["s2", "novel_matcher"])
+    assert m["novelty"] == pytest.approx(5 / 7)  # the paper's fingerprint rule agrees here
+    assert per.loc["s0", "nearest_train_struct_dist"] == 0.0
+    assert m["n_with_e_above_hull"] == 5
+    assert m["metastable_rate"] == pytest.approx(4 / 9)  # s2, s3, s4, s8
+    assert m["stable_rate"] == pytest.approx(3 / 9)  # s2, s4, s8
+    assert m["sun_rate"] == pytest.approx(2 / 9)  # s2 and s4; s8 repeats s4, s3 is invalid
+    assert m["msun_rate"] == pytest.approx(2 / 9)
+    assert f"{stability}: 1 ids match no sample" in result.notes
 
 
-def test_malformed_samples_are_reported_and_handled_per_protocol(small_result) -> None:
-    table = small_result.per_sample
-    broken = table.set_index("id").loc[["broken-cif", "never-parsed"]]
-    assert not broken["parsed"].any()
-    assert "unreadable structure" in broken.loc["broken-cif", "parse_error"]
-    assert broken.loc["never-parsed", "parse_error"] == "line 7: unknown element 'Xx'"
-    paper, cdvae = small_result.metrics["paper"], small_result.metrics["cdvae"]
-    assert paper["n_samples"] == cdvae["n_samples"] == 10
-    assert paper["n_counted"] == 8 and cdvae["n_counted"] == 10
-    assert paper["struct_valid"] == 1.0 and cdvae["struct_valid"] == pytest.approx(0.8)
-    assert any("2 samples did not parse (broken-cif" in w for w in small_result.warnings)
+def test_conditional_accuracy(test_rows: pd.DataFrame, reference: Path, tmp_path: Path) -> None:
+    rows = test_rows.iloc[:4]
+    asked = {
+        "s0": {"formula": "GaTe", "spacegroup": 194},  # mp-10009 is GaTe in P6_3/mmc
+        "s1": {"formula": "NaCl"},
+        "s2": {"spacegroup": 1, "e_above_hull": 0.0},
+    }
+    samples = sample_csv(tmp_path / "samples.csv", as_samples(rows, asked))
+    stability = tmp_path / "stability.csv"
+    pd.DataFrame({"id": ["s2"], "e_above_hull": [0.04]}).to_csv(stability, index=False)
+    m = evaluate(samples, reference, stability=stability, config=config("paper", matcher=False)).metrics
+    assert (m["n_formula_conditioned"], m["formula_accuracy"]) == (2, 0.5)
+    assert (m["n_spacegroup_conditioned"], m["spacegroup_accuracy"]) == (2, 0.5)
+    assert m["n_stability_conditioned"] == 1
+    assert m["stability_conditioned_e_above_hull_mae"] == pytest.approx(0.04)
+    assert m["stability_conditioned_metastable_rate"] == 1.0
 
 
-def test_uniqueness_novelty_stability_conditions(small_result) -> None:
-    m = small_result.metrics["paper"]
-    table = small_result.per_sample.set_index("id")
-    # The two training structures among the samples are not novel, by both rules.
-    train_ids = list(table.index[6:8])
-    assert not table.loc[train_ids, "novel"].any()
-    assert not table.loc[train_ids, "novel_fingerprint"].any()
-    assert m["uniqueness"] == 1.0
-    assert m["stable_rate"] == pytest.approx(1 / 8) and m["metastable_rate"] == pytest.approx(2 / 8)
-    assert m["formula_accuracy"] == pytest.approx(1 / 2) and m["n_formula_conditioned"] == 2
-    assert m["spacegroup_accuracy"] == 1.0 and m["n_spacegroup_conditioned"] == 1
-    assert "sun_rate" in m and "msun_rate" in m
-
-
-def test_versions_and_protocol_are_recorded(small_result, tmp_path: Path) -> None:
-    paths = write_report(small_result, tmp_path / "report", "tiny")
-    data = json.loads(paths["json"].read_text())
-    assert data["settings"]["default_protocol"] == "paper"
-    assert set(data["protocols"]) == {"paper", "cdvae"}
-    assert data["versions"]["smact"] == "2.5.5" and "matminer" in data["versions"] and "pymatgen" in data["versions"]
-    assert data["protocols"]["paper"]["protocol"] == "paper"
-    html = paths["html"].read_text()
-    assert html.count("data:image/png;base64,") >= 5 and "broken-cif" in html
-    table = paths["markdown"].read_text().splitlines()
-    assert table[0].startswith("| method | Struct. valid | Comp. valid | COV-R | COV-P | wdist density | wdist # elem")
-    per_sample = pd.read_csv(paths["csv"])
-    assert {"parsed", "struct_valid", "comp_valid", "nearest_ref_struct_dist", "density", "spacegroup", "unique",
-            "novel"} <= set(per_sample.columns)
-
-
-def test_reference_against_itself(small_files: dict[str, Path]) -> None:
-    """Scored against itself a set covers itself fully; with every structure valid the distances are 0."""
-    result = evaluate(small_files["test"], small_files["test"], protocols=("paper", "cdvae"), jobs=2, progress=False,
-                      structure_matcher=False)
-    for name in ("paper", "cdvae"):
-        assert result.metrics[name]["cov_recall"] == 1.0 and result.metrics[name]["cov_precision"] == 1.0
-    valid = result.per_sample["valid"].to_numpy(bool)
-    if valid.all():
-        assert result.metrics["paper"]["wdist_density"] == 0.0
-    only_valid = pd.read_csv(small_files["test"])[valid]
-    path = small_files["test"].with_name("valid_test.csv")
-    only_valid.to_csv(path, index=False)
-    # One analysis serves both roles: the samples file is cached under the reference's key.
-    again = evaluate(path, path, protocols=("cdvae", "paper"), jobs=2, progress=False, structure_matcher=False)
-    assert again.timings["reference_cached"] == 1.0
-    again = again.metrics["paper"]
-    assert again["wdist_density"] == 0.0 and again["wdist_num_elems"] == 0.0 and again["cov_recall"] == 1.0
-
-
-def test_reference_fingerprints_are_cached(small_files: dict[str, Path]) -> None:
-    first = analyse_file(small_files["test"], jobs=2, progress=False)
-    second = analyse_file(small_files["test"], jobs=2, progress=False)
-    assert second.cached
-    np.testing.assert_array_equal(first.struct_fp, second.struct_fp)
-    np.testing.assert_array_equal(first.comp_fp, second.comp_fp)
-    pd.testing.assert_frame_equal(first.table, second.table, check_dtype=False)
-    other = analyse_file(small_files["test"], AnalysisSettings(site_timeout=7.0), jobs=2, progress=False)
-    assert not other.cached
-
-
-def test_a_fingerprint_time_limit_is_a_fingerprint_failure() -> None:
-    s = Structure(Lattice.cubic(5.6), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
-    row = analysis_module._analyse_one((0, "x", s, "", AnalysisSettings(site_timeout=1e-6)))
-    assert row["fp_attempted"] and not row["fp_ok"] and row["fp_error"] == "fingerprint time limit"
-
-
-def test_one_malformed_cif_among_a_thousand(shared_data: Path, tmp_path: Path, monkeypatch) -> None:
-    """1,000 good MP-20 rows and a broken one: reported by id, dropped (paper) or counted invalid (cdvae).
-
-    The CrystalNN fingerprint is replaced by a cheap stand-in here so this runs in seconds; the real
-    one is exercised by the other tests.
-    """
-    monkeypatch.setattr(analysis_module, "_structure_fingerprint", lambda s, settings: np.full(61, len(s) / 20))
-    frame = pd.read_csv(shared_data / "mp_20" / "val.csv").head(1000)[["material_id", "cif"]]
-    frame = pd.concat([frame.iloc[:500], pd.DataFrame([{"material_id": "bad-one", "cif": BROKEN_CIF}]),
-                       frame.iloc[500:]], ignore_index=True)
-    frame.to_csv(tmp_path / "samples.csv", index=False)
-    frame.iloc[:50].drop(index=500, errors="ignore").to_csv(tmp_path / "ref.csv", index=False)
-    result = evaluate(tmp_path / "samples.csv", tmp_path / "ref.csv", protocols=("paper", "cdvae"), jobs=2,
-                      progress=False, use_cache=False, structure_matcher=False)
-    row = result.per_sample.iloc[500]
-    assert row["id"] == "bad-one" and not row["parsed"]
-    assert result.metrics["paper"]["n_counted"] == 1000 and result.metrics["cdvae"]["n_counted"] == 1001
-    assert result.metrics["cdvae"]["struct_valid"] == pytest.approx(1000 / 1001)
-
-
-def test_inputs_folder_and_extxyz(small_files: dict[str, Path], tmp_path: Path) -> None:
-    items = load_items(small_files["test"])[:3]
+def test_other_input_kinds_score_the_same(test_rows: pd.DataFrame, reference: Path, tmp_path: Path) -> None:
     folder = tmp_path / "cifs"
     folder.mkdir()
-    structures = [Structure.from_str(it.payload, fmt="cif") for it in items]
-    for it, s in zip(items, structures):
-        s.to(filename=str(folder / f"{it.id}.cif"))
-    (folder / "zz-broken.cif").write_text(BROKEN_CIF)
-    from_folder = analyse(load_items(folder), AnalysisSettings(fingerprint="valid"), jobs=1, progress=False)
-    assert from_folder.table["parsed"].tolist() == [True, True, True, False]
+    for i, cif in enumerate(test_rows["cif"].iloc[:5]):
+        (folder / f"c{i}.cif").write_text(cif)
+    from_folder = evaluate(folder, reference, config=config("paper", matcher=False))
+    from_csv = evaluate(_head(reference, 5, tmp_path), reference, config=config("paper", matcher=False))
+    for key in ("struct_valid", "comp_valid", "cov_precision", "wdist_density"):
+        assert from_folder.metrics[key] == pytest.approx(from_csv.metrics[key])
+
+
+def _head(path: Path, rows: int, tmp_path: Path) -> Path:
+    target = tmp_path / "head.csv"
+    pd.read_csv(path, nrows=rows).to_csv(target, index=False)
+    return target
+
+
+def test_text_format_round_trip_samples(test_rows: pd.DataFrame, reference: Path, tmp_path: Path) -> None:
+    """Samples as the model writes them (rounded by the text format) are valid and near their originals."""
+    rows = as_samples(test_rows.iloc[:6])
+    for row, cif in zip(rows, test_rows["cif"].iloc[:6]):
+        from pymatgen.core import Structure
+
+        text = encode(Structure.from_str(cif, fmt="cif"))
+        row["raw_text"], row["cif"] = text, decode(text).to(fmt="cif")
+    result = evaluate(sample_csv(tmp_path / "s.csv", rows), reference, config=config("paper", matcher=False))
+    assert result.metrics["struct_valid"] == 1.0
+    assert np.nanmax(result.per_sample["nearest_ref_struct_dist"]) < 0.4
+
+
+def test_bad_inputs_give_one_line_messages(reference: Path, tmp_path: Path) -> None:
+    no_cif = tmp_path / "no_cif.csv"
+    pd.DataFrame({"id": ["a"], "text": ["x"]}).to_csv(no_cif, index=False)
+    with pytest.raises(DatasetError, match=r"no_cif.csv: no 'cif' column \(columns: id, text\)$"):
+        evaluate(no_cif, reference, config=QUIET)
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(EvaluateError, match=r"empty.csv: not a readable CSV \(EmptyDataError\)$"):
+        evaluate(empty, reference, config=QUIET)
+    header_only = tmp_path / "header.csv"
+    header_only.write_text("id,cif\n")
+    with pytest.raises(EvaluateError, match=r"header.csv: no samples records$"):
+        evaluate(header_only, reference, config=QUIET)
+    repeated = sample_csv(tmp_path / "repeated.csv", [{"id": "a", "cif": BROKEN_CIF}, {"id": "a", "cif": ""}])
+    with pytest.raises(EvaluateError, match=r"repeated.csv: id 'a' appears 2 times; ids must be unique$"):
+        evaluate(repeated, reference, config=QUIET)
+    bad_stability = tmp_path / "stability.csv"
+    pd.DataFrame({"id": ["s0"], "energy": [1.0]}).to_csv(bad_stability, index=False)
+    with pytest.raises(EvaluateError, match=r"stability.csv: no 'e_above_hull' column \(columns: id, energy\)$"):
+        evaluate(reference, reference, stability=bad_stability, config=config(cache_samples=True, matcher=False))
+    with pytest.raises(ValueError, match="unknown protocol 'diffcsp' \\(known: paper, cdvae\\)"):
+        ProtocolSettings("diffcsp")
+
+
+def test_nan_coordinates_and_huge_cells_are_reported_per_record(reference: Path, tmp_path: Path) -> None:
+    from ase import Atoms
     from ase.io import write
-    from pymatgen.io.ase import AseAtomsAdaptor
+    from pymatgen.core import Lattice, Structure
 
-    write(tmp_path / "s.extxyz", [AseAtomsAdaptor.get_atoms(s) for s in structures], format="extxyz")
-    from_xyz = analyse(load_items(tmp_path / "s.extxyz"), AnalysisSettings(fingerprint="valid"), jobs=1,
-                       progress=False)
-    assert from_xyz.table["parsed"].all()
-    np.testing.assert_allclose(from_xyz.table["density"], from_folder.table["density"][:3], rtol=1e-6)
+    salt = Structure(Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    big = salt.copy()
+    big.make_supercell([5, 5, 10])
+    rows = [{"id": "salt", "cif": salt.to(fmt="cif")}, {"id": "big", "cif": big.to(fmt="cif")}]
+    samples = sample_csv(tmp_path / "samples.csv", rows)
+    limited = EvaluateConfig(
+        protocol=ProtocolSettings("cdvae"), fingerprint=FingerprintSettings(time_limit=0.05), progress=False,
+        matcher=False,
+    )
+    per = evaluate(samples, reference, config=limited).per_sample.set_index("id")
+    assert per.loc["big", "n_atoms"] == 500
+    assert per.loc["big", "fp_error"] == "structure fingerprint took more than 0.05 s of CPU time"
+    assert not per.loc["big", "valid"] and per.loc["salt", "valid"]
+    capped = evaluate(samples, reference, config=config("paper", matcher=False, max_atoms=100)).per_sample
+    assert capped.set_index("id").loc["big", "parse_error"] == "500 atoms, more than max_atoms=100"
+
+    frames = [Atoms("NaCl", scaled_positions=[[0, 0, 0], [0.5, 0.5, 0.5]], cell=[5.64] * 3, pbc=True) for _ in range(2)]
+    frames[1].positions[1, 0] = np.nan
+    frames[0].info["id"], frames[1].info["id"] = "good", "nan"
+    write(tmp_path / "frames.extxyz", frames, format="extxyz")
+    per = evaluate(tmp_path / "frames.extxyz", reference, config=config("paper", matcher=False)).per_sample
+    assert per.set_index("id").loc["nan", "parse_error"] == "coordinates or lattice are not finite numbers"
 
 
-def test_cli(small_files: dict[str, Path], tmp_path: Path, capsys) -> None:
-    out = tmp_path / "cli"
-    code = main(["evaluate", str(small_files["samples"]), "--reference", str(small_files["test"]), "--train",
-                 str(small_files["train"]), "-o", str(out), "--protocol", "cdvae,paper", "--quiet", "--jobs", "2"])
-    assert code == 0
-    printed = capsys.readouterr()
-    assert "| samples.csv (cdvae) |" in printed.out and "broken-cif" in printed.err
-    data = json.loads((out / "metrics.json").read_text())
-    assert data["settings"]["default_protocol"] == "cdvae"
-    assert main(["evaluate", str(small_files["samples"]), "--reference", str(small_files["test"]),
-                 "--protocol", "nonsense"]) == 1
-    assert main(["evaluate", str(tmp_path / "missing.csv"), "--reference", str(small_files["test"])]) == 1
+def test_cli_writes_every_output(reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    out = tmp_path / "out"
+    args = parser.parse_args([str(reference), "--reference", str(reference), "--out", str(out), "--quiet",
+                              "--protocol", "cdvae", "--joint-coverage", "--cache-samples"])
+    assert run(args) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "per_sample.csv", "report.html", "table.md"]
+    document = json.loads((out / "metrics.json").read_text())
+    assert document["protocol"]["name"] == "cdvae"
+    assert document["versions"]["smact"] == "2.5.5"
+    assert {"matminer", "pymatgen", "spglib"} <= set(document["versions"])
+    assert document["metrics"]["cov_recall_joint"] == 1.0
+    assert len(pd.read_csv(out / "per_sample.csv")) == 30
+    printed = capsys.readouterr().out
+    assert printed.splitlines()[0].startswith(
+        "| Samples | Protocol | Struct. valid | Comp. valid | COV-R | COV-P | wdist density | wdist #elem |"
+    )
+    assert "| reference.csv | cdvae | 1.0000 | 0.9000 | 1.0000 | 1.0000 |" in printed
 
 
-def test_ipt_with_a_tiny_model(small_files: dict[str, Path], tmp_path: Path) -> None:
-    pytest.importorskip("torch")
-    from crystext.evaluate.ipt import ipt
-    from crystext.model import build_scratch_model, train_scratch_tokenizer
-    from crystext.textformat import CrystalText
+def test_crystext_evaluate_command(reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from crystext.cli import main
 
-    structures = [Structure.from_str(it.payload, fmt="cif") for it in load_items(small_files["test"])[:2]]
-    tokenizer = train_scratch_tokenizer(CrystalText.from_structure(s).to_str() for s in structures)
-    model = build_scratch_model("scratch-tiny", tokenizer, seed=0)
-    result = ipt((model, tokenizer), structures, n_translations=4, seed=0)
-    assert result["n_structures"] == 2 and len(result["per_structure"]) == 2
-    assert result["ipt"] >= 0 and math.isfinite(result["mean_min_perplexity"])
-    # The same through a saved model directory, as `crystext evaluate --ipt-model DIR` loads it.
-    from crystext.model import save_model
-
-    save_model(model, tokenizer, tmp_path / "model", {"text_format": {"length_decimals": 1, "angle_decimals": 0,
-                                                                      "coord_decimals": 2}})
-    again = ipt(tmp_path / "model", structures, n_translations=4, seed=0)
-    assert again["ipt"] == pytest.approx(result["ipt"], rel=1e-4)
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(reference), "--reference", str(reference), "-o", str(out), "--quiet",
+                 "--cache-samples", "--no-matcher"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["protocol"]["name"] == "paper"
+    assert main(["evaluate", str(tmp_path / "missing.csv"), "--reference", str(reference)]) == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error == f"crystext evaluate: error: {tmp_path / 'missing.csv'}: no such file"

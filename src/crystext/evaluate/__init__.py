@@ -1,40 +1,32 @@
-"""Evaluate generated crystals: the paper's generation metrics under its two protocols, and a report.
+"""Evaluate generated crystals with the paper's metrics, under the protocol that produced published numbers.
 
-The short way::
+    from crystext.evaluate import EvaluateConfig, ProtocolSettings, evaluate
+    result = evaluate("samples.csv", "mp_20/test.csv", train=["mp_20/train.csv", "mp_20/val.csv"],
+                      config=EvaluateConfig(protocol=ProtocolSettings("cdvae")))
+    result.metrics["cov_recall"]; result.per_sample; result.write("out/")
 
-    from crystext.evaluate import evaluate, write_report
-    result = evaluate("samples.csv", reference="mp_20/test.csv", train=["mp_20/train.csv"])
-    write_report(result, "eval/")
-
-Modules: `validity` (structural and SMACT compositional validity), `analysis` (per-structure work in
-parallel, fingerprints, the on-disk reference cache), `metrics` (the ``paper`` and ``cdvae``
-protocols), `core` (`evaluate`), `report` (JSON, CSV, Markdown, HTML), `ipt` (translation invariance).
+Modules: `validity` (structural, compositional), `fingerprints` (CrystalNN and magpie),
+`profiles` (per-structure work, parallel and cached), `coverage` (COV, AMSD/AMCD, diversity),
+`distributions`, `matching` (StructureMatcher uniqueness/novelty), `conditions` (stability,
+S.U.N., conditional accuracy), `protocols` (`paper` and `cdvae`), `ipt` (translation
+invariance of a model, an optional step), `evaluation` (all of it), `cli` (the subcommand).
 """
 
-from crystext.evaluate.analysis import Analysed, AnalysisSettings, Item, analyse, analyse_file, load_items
-from crystext.evaluate.core import EvaluationResult, evaluate, guess_dataset, read_stability
-from crystext.evaluate.metrics import PROTOCOLS, ProtocolSettings, compute_metrics, coverage
-from crystext.evaluate.report import markdown_table, write_report
-from crystext.evaluate.validity import composition_validity, smact_validity, structure_validity
+from crystext.evaluate.cli import add_arguments, run
+from crystext.evaluate.evaluation import EvaluateConfig, Evaluation, IptSettings, evaluate
+from crystext.evaluate.fingerprints import FingerprintSettings
+from crystext.evaluate.inputs import EvaluateError
+from crystext.evaluate.protocols import PROTOCOLS, ProtocolSettings
 
 __all__ = [
     "PROTOCOLS",
-    "Analysed",
-    "AnalysisSettings",
-    "EvaluationResult",
-    "Item",
+    "EvaluateConfig",
+    "EvaluateError",
+    "Evaluation",
+    "FingerprintSettings",
+    "IptSettings",
     "ProtocolSettings",
-    "analyse",
-    "analyse_file",
-    "composition_validity",
-    "compute_metrics",
-    "coverage",
+    "add_arguments",
     "evaluate",
-    "guess_dataset",
-    "load_items",
-    "markdown_table",
-    "read_stability",
-    "smact_validity",
-    "structure_validity",
-    "write_report",
+    "run",
 ]

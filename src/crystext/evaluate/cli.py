@@ -1,4 +1,4 @@
-"""`crystext evaluate`: the command line over `crystext.evaluate`."""
+"""The `crystext evaluate` subcommand: its arguments, and a run that writes metrics, per-sample CSV and report."""
 
 from __future__ import annotations
 
@@ -7,83 +7,81 @@ import sys
 from pathlib import Path
 
 from crystext.constants import COVERAGE_CUTOFFS
-from crystext.evaluate.metrics import PROTOCOLS
+from crystext.evaluate.evaluation import EvaluateConfig, IptSettings, evaluate
+from crystext.evaluate.fingerprints import PAPER_FINGERPRINT_TIME_LIMIT, FingerprintSettings
+from crystext.evaluate.inputs import EvaluateError
+from crystext.evaluate.protocols import CDVAE_N_VALID, PROTOCOLS, ProtocolSettings
+
+__all__ = ["add_arguments", "add_parser", "run"]
 
 HELP = "score generated crystals against a reference set (the paper's metrics) and write a report"
 
 
 def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = commands.add_parser("evaluate", help=HELP, description=HELP)
-    p.set_defaults(command="evaluate", handler=run)
-    p.add_argument("samples", type=Path, help="samples CSV (a cif column), a folder of .cif, or an .extxyz file")
-    p.add_argument("--reference", required=True, type=Path, help="reference set, e.g. mp_20/test.csv")
-    p.add_argument("--train", type=Path, action="append", default=[],
-                   help="training set for novelty (repeat for several files, e.g. train.csv and val.csv)")
-    p.add_argument("-o", "--out", type=Path, default=Path("eval"), help="output folder (default: eval/)")
-    p.add_argument("--protocol", default="paper",
-                   help=f"one of {', '.join(PROTOCOLS)}, or several comma-separated (the first is the default); "
-                        "default: paper")
-    p.add_argument("--dataset", choices=sorted(COVERAGE_CUTOFFS),
-                   help="whose coverage cut-offs to use (default: guessed from the reference path, else mp_20)")
-    p.add_argument("--struct-cutoff", type=float, help="override the structure-fingerprint cut-off")
-    p.add_argument("--comp-cutoff", type=float, help="override the composition-fingerprint cut-off")
-    p.add_argument("--joint-coverage", action="store_true",
-                   help="stricter COV-R/COV-P: one sample within both cut-offs (not what the papers report)")
-    p.add_argument("--n-valid", type=int, default=1000, help="cdvae: valid samples for Wasserstein/diversity")
-    p.add_argument("--max-samples", type=int, default=10000,
-                   help="paper: more parsed samples than this are subsampled as crystal-text-llm does (0: never)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--stability", type=Path, help="a `crystext stability` CSV (id, e_above_hull) to join")
-    p.add_argument("--fingerprint-timeout", type=float, default=5.0,
-                   help="seconds per site of the CrystalNN fingerprint (the paper: 5); 0 for none")
-    p.add_argument("--structure-timeout", type=float, default=120.0,
-                   help="seconds for a whole structure's fingerprint; 0 for none")
-    p.add_argument("--jobs", type=int, help="worker processes (default: all cores)")
-    p.add_argument("--no-cache", action="store_true", help="do not read or write the reference fingerprint cache")
-    p.add_argument("--no-matcher", action="store_true", help="skip StructureMatcher uniqueness and novelty")
-    p.add_argument("--ipt-model", type=Path, help="model directory: also measure IPT (translation invariance)")
-    p.add_argument("--ipt-structures", type=int, default=100, help="reference structures for IPT")
-    p.add_argument("--ipt-translations", type=int, default=20)
-    p.add_argument("--label", default=None, help="row label in the tables (default: the samples file name)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    return p
+    """Register `evaluate` on the `crystext` subcommands."""
+    parser = commands.add_parser("evaluate", help=HELP, description=HELP)
+    parser.set_defaults(command="evaluate", handler=run)
+    add_arguments(parser)
+    return parser
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the `crystext evaluate` arguments to a (sub)parser."""
+    parser.add_argument("samples", type=Path, help="samples CSV from `crystext sample`, any CSV with a cif column, "
+                        "a folder of .cif files, a .cif or an .extxyz file")
+    parser.add_argument("--reference", type=Path, required=True, help="reference set, e.g. MP-20 test.csv")
+    parser.add_argument("--train", type=Path, action="append", default=[],
+                        help="training set, for novelty and S.U.N. (repeat for several files: train.csv, val.csv)")
+    parser.add_argument("--stability", type=Path, help="`crystext stability` CSV, joined by id")
+    parser.add_argument("-o", "--out", type=Path, default=Path("eval"), help="output folder (default: eval)")
+    parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="paper",
+                        help="paper: crystal-text-llm basic_eval.py (default); cdvae: CDVAE compute_metrics.py")
+    parser.add_argument("--dataset", choices=sorted(COVERAGE_CUTOFFS), default="mp_20",
+                        help="whose coverage cut-offs to use (default: mp_20)")
+    parser.add_argument("--struct-cutoff", type=float, help="structure-fingerprint cut-off (overrides --dataset)")
+    parser.add_argument("--comp-cutoff", type=float, help="composition-fingerprint cut-off (overrides --dataset)")
+    parser.add_argument("--joint-coverage", action="store_true",
+                        help="also report the stricter joint COV-R/COV-P (one structure within both cut-offs)")
+    parser.add_argument("--n-valid", type=int, default=CDVAE_N_VALID,
+                        help=f"cdvae protocol: valid samples drawn for the distributions (default {CDVAE_N_VALID})")
+    parser.add_argument("--seed", type=int, default=0, help="seed of that draw and of IPT (default 0)")
+    parser.add_argument("--fingerprint-time-limit", type=float, default=PAPER_FINGERPRINT_TIME_LIMIT,
+                        help="CPU seconds per structure fingerprint, 0 for none "
+                        f"(default {PAPER_FINGERPRINT_TIME_LIMIT:g}, as the paper)")
+    parser.add_argument("--symprec", type=float, default=0.1, help="space-group tolerance (default 0.1)")
+    parser.add_argument("--max-atoms", type=int, help="treat structures with more atoms as unreadable")
+    parser.add_argument("--no-matcher", action="store_true", help="skip StructureMatcher uniqueness and novelty")
+    parser.add_argument("--ipt-model", type=Path, help="a `crystext train` model directory: also measure IPT")
+    parser.add_argument("--ipt-structures", type=int, default=100, help="reference structures for IPT (default 100)")
+    parser.add_argument("--ipt-translations", type=int, default=20, help="translations per structure (default 20)")
+    parser.add_argument("--jobs", type=int, help="worker processes (default: all cores)")
+    parser.add_argument("--no-cache", action="store_true", help="do not read or write cached reference fingerprints")
+    parser.add_argument("--cache-samples", action="store_true", help="cache the samples' fingerprints too")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
-    from crystext.evaluate.analysis import AnalysisSettings, load_items
-    from crystext.evaluate.core import evaluate
-    from crystext.evaluate.report import markdown_table, write_report
+    """Evaluate, write metrics.json, per_sample.csv, table.md and report.html into --out, print the table."""
+    from crystext.report import markdown_table, write_report
 
-    protocols = [p.strip() for p in args.protocol.split(",") if p.strip()]
-    bad = [p for p in protocols if p not in PROTOCOLS]
-    if bad or not protocols:
-        print(f"crystext evaluate: error: unknown protocol {', '.join(bad) or '(none)'} "
-              f"(known: {', '.join(PROTOCOLS)})", file=sys.stderr)
-        return 1
     try:
-        result = evaluate(
-            args.samples, args.reference, args.train or None, protocols, args.dataset, args.struct_cutoff,
-            args.comp_cutoff, "joint" if args.joint_coverage else "separate", args.n_valid,
-            args.max_samples or None, args.seed, args.stability,
-            AnalysisSettings(args.fingerprint_timeout or None, args.structure_timeout or None),
-            args.jobs, not args.quiet, not args.no_cache, not args.no_matcher,
+        config = EvaluateConfig(
+            protocol=ProtocolSettings(
+                protocol=args.protocol, dataset=args.dataset, struct_cutoff=args.struct_cutoff,
+                comp_cutoff=args.comp_cutoff, joint_coverage=args.joint_coverage, n_valid=args.n_valid, seed=args.seed,
+            ),
+            fingerprint=FingerprintSettings(time_limit=args.fingerprint_time_limit or None, symprec=args.symprec),
+            matcher=not args.no_matcher, max_atoms=args.max_atoms, jobs=args.jobs, cache=not args.no_cache,
+            cache_samples=args.cache_samples, progress=not args.quiet,
+            ipt=IptSettings(args.ipt_model, args.ipt_structures, args.ipt_translations, args.seed)
+            if args.ipt_model else None,
         )
     except ValueError as err:
-        print(f"crystext evaluate: error: {err}", file=sys.stderr)
-        return 1
-    if args.ipt_model is not None:
-        from crystext.evaluate.analysis import _parse
-        from crystext.evaluate.ipt import ipt
-
-        refs = [it for it in load_items(args.reference) if it.payload is not None][: args.ipt_structures]
-        result.extra["ipt"] = ipt(args.ipt_model, [_parse(it.payload) for it in refs], args.ipt_translations,
-                                  args.seed, progress=not args.quiet)
-        for m in result.metrics.values():
-            m["ipt"] = result.extra["ipt"]["ipt"]
-    label = args.label or args.samples.name
-    paths = write_report(result, args.out, label)
-    for warning in result.warnings:
-        print(f"crystext evaluate: {warning}", file=sys.stderr)
-    print(markdown_table([(f"{label} ({name})", m) for name, m in result.metrics.items()], extra=False))
-    print("wrote " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
+        raise EvaluateError(str(err)) from None
+    result = evaluate(args.samples, args.reference, args.train, args.stability, config)
+    written = result.write(args.out) + write_report(result, args.out)
+    for note in result.notes:
+        print(f"crystext evaluate: {note}", file=sys.stderr)
+    print(markdown_table([(args.samples.name, result)]))
+    print(f"wrote {', '.join(str(p) for p in written)}", file=sys.stderr)
     return 0

@@ -1,14 +1,13 @@
-"""Structural and compositional validity, as CDVAE defines them and crystal-text-llm uses them.
+"""Structural and compositional validity, as CDVAE defines them and crystal-text-llm reuses them.
 
-- Structural: the smallest periodic interatomic distance (pymatgen's ``distance_matrix``, the
-  diagonal ignored) is at least 0.5 A, and the cell volume is at least 0.1 A^3.
-- Compositional: over the reduced composition, some assignment of SMACT oxidation states is charge
-  neutral and passes the Pauling electronegativity test; a single element, or a composition made of
-  metals only (an alloy), is valid as it is.
+- Structural: no two sites closer than 0.5 A (pymatgen's `distance_matrix`, the diagonal ignored)
+  and a cell volume of at least 0.1 A^3.
+- Compositional: over the reduced composition, some combination of SMACT oxidation states is
+  charge neutral and passes the Pauling electronegativity test; a single element, or a composition
+  of metals only, is valid as it is.
 
-The oxidation-state table is SMACT's, and its version moves the numbers: smact 2.5.5 (the version
-the published tables used) scores the MP-20 test split 0.9116, smact 4.x about 0.9095. The project
-pins smact 2.5.5; `smact_version()` is recorded with every result.
+The oxidation-state table moves the numbers, so the project pins smact 2.5.5 (the table the
+published results used) and records the installed version with every result.
 """
 
 from __future__ import annotations
@@ -16,124 +15,85 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
-from pymatgen.core import Structure
+from pymatgen.core import Composition, Structure
 
 from crystext.constants import MIN_CELL_VOLUME, MIN_INTERATOMIC_DISTANCE
 
-__all__ = [
-    "composition_validity",
-    "reduced_counts",
-    "smact_validity",
-    "smact_version",
-    "structure_validity",
-    "structure_validity_reason",
-]
+__all__ = ["compositional_validity", "smact_version", "structural_problem"]
+
+#: The smact release whose oxidation-state table the published numbers used.
+PAPER_SMACT_VERSION = "2.5.5"
 
 
-def structure_validity_reason(
-    structure: Structure,
-    min_distance: float = MIN_INTERATOMIC_DISTANCE,
-    min_volume: float = MIN_CELL_VOLUME,
-) -> str | None:
-    """Why a structure is structurally invalid (atoms too close, cell too small), or None when it is valid."""
+def structural_problem(structure: Structure) -> str | None:
+    """Why a structure is structurally invalid (cell too small, two sites too close), or None when it is valid."""
     volume = float(structure.volume)
-    if not math.isfinite(volume) or volume < min_volume:
-        return f"cell volume {volume:.3g} A^3 < {min_volume}"
-    if len(structure) > 1:
-        distances = np.array(structure.distance_matrix, dtype=float)
-        np.fill_diagonal(distances, np.inf)
-        closest = float(distances.min())
-        if not closest >= min_distance:  # also catches NaN
-            i, j = np.unravel_index(int(np.argmin(distances)), distances.shape)
-            return f"sites {i + 1} and {j + 1} are {closest:.3f} A apart (< {min_distance})"
+    if not volume >= MIN_CELL_VOLUME:  # also catches NaN
+        return f"cell volume {volume:.3g} A^3 is below {MIN_CELL_VOLUME} A^3"
+    if len(structure) < 2:
+        return None
+    distances = np.array(structure.distance_matrix, dtype=float)
+    np.fill_diagonal(distances, np.inf)
+    i, j = np.unravel_index(int(np.argmin(distances)), distances.shape)
+    closest = float(distances[i, j])
+    if not closest >= MIN_INTERATOMIC_DISTANCE:
+        return f"sites {min(i, j)} and {max(i, j)} are {closest:.3f} A apart, closer than {MIN_INTERATOMIC_DISTANCE} A"
     return None
-
-
-def structure_validity(structure: Structure, **kwargs: float) -> bool:
-    """True when no two sites are closer than 0.5 A and the cell volume is at least 0.1 A^3."""
-    return structure_validity_reason(structure, **kwargs) is None
-
-
-def reduced_counts(counts: Mapping[str, float]) -> tuple[tuple[str, ...], tuple[int, ...]]:
-    """Elements sorted by symbol and their counts divided by the greatest common divisor (as CDVAE does)."""
-    elements = tuple(sorted(counts))
-    values = np.array([int(round(counts[e])) for e in elements], dtype=int)
-    if len(values) == 0 or (values <= 0).any():
-        raise ValueError(f"composition needs positive integer counts, got {dict(counts)}")
-    values = values // np.gcd.reduce(values)
-    return elements, tuple(int(v) for v in values)
 
 
 @functools.cache
 def _smact_element(symbol: str) -> tuple[tuple[int, ...], float | None, bool]:
-    """(oxidation states, Pauling electronegativity, is a metal) from SMACT's tables, cached per process."""
+    """(oxidation states, Pauling electronegativity, is a metal) from SMACT's tables, read once per process."""
     import smact
 
     element = smact.Element(symbol)
     return tuple(element.oxidation_states or ()), element.pauling_eneg, symbol in smact.metals
 
 
-def smact_validity(
-    elements: Sequence[str],
-    counts: Sequence[int],
-    use_pauling_test: bool = True,
-    include_alloys: bool = True,
-) -> bool:
-    """SMACT charge neutrality plus the Pauling test for one (reduced) composition.
+def compositional_validity(composition: Composition) -> bool:
+    """SMACT charge neutrality plus the Pauling test over the reduced composition (CDVAE's `smact_validity`).
 
-    The logic of CDVAE's and crystal-text-llm's ``smact_validity``: valid when the composition is a
-    single element, or (``include_alloys``) only metals, or when some combination of the elements'
-    oxidation states is charge neutral at these counts (``smact.neutral_ratios`` with the counts as
-    the only allowed stoichiometry) and passes ``smact.screening.pauling_test`` (taken as passed when
-    an electronegativity is missing). It stops at the first combination that passes, which gives the
-    same answer as enumerating all of them.
+    Valid when the composition is one element or only metals, or when some combination of the elements'
+    oxidation states is neutral at exactly the reduced counts and puts anions above cations in
+    electronegativity (a missing electronegativity passes, as in the reference code). Raises
+    ValueError for an element SMACT has no data for.
     """
     import smact
     from smact.screening import pauling_test
 
-    symbols = tuple(elements)
-    if len(set(symbols)) == 1:
+    reduced = composition.element_composition.reduced_composition
+    symbols = [element.symbol for element in sorted(reduced.elements, key=lambda e: e.Z)]
+    counts = [int(round(reduced[s])) for s in symbols]
+    if any(not math.isclose(reduced[s], c) for s, c in zip(symbols, counts)):
+        raise ValueError(f"composition {composition.formula} has non-integer amounts")
+    if len(symbols) == 1:
         return True
-    data = [_smact_element(s) for s in symbols]
-    if include_alloys and all(is_metal for _, _, is_metal in data):
+    try:
+        data = [_smact_element(s) for s in symbols]
+    except (NameError, KeyError) as err:
+        raise ValueError(f"SMACT has no data for an element of {reduced.reduced_formula} ({err})") from None
+    if all(is_metal for _, _, is_metal in data):
         return True
     electronegativities = [eneg for _, eneg, _ in data]
-    stoichs = [(int(c),) for c in counts]
-    threshold = int(np.max(counts))
+    stoichs = [(c,) for c in counts]
     for ox_states in itertools.product(*(states for states, _, _ in data)):
-        neutral, _ = smact.neutral_ratios(ox_states, stoichs=stoichs, threshold=threshold)
+        neutral, _ = smact.neutral_ratios(ox_states, stoichs=stoichs, threshold=max(counts))
         if not neutral:
             continue
-        if not use_pauling_test:
-            return True
         try:
             if pauling_test(ox_states, electronegativities):
                 return True
-        except TypeError:  # no electronegativity for some element: the reference code counts it as passed
+        except TypeError:  # an electronegativity is missing: the reference code counts the test as passed
             return True
     return False
 
 
-def composition_validity(structure_or_counts: Structure | Mapping[str, float]) -> bool:
-    """Compositional validity of a structure (or an {element: count} mapping), over its reduced composition."""
-    if isinstance(structure_or_counts, Structure):
-        counts: dict[str, float] = {}
-        for site in structure_or_counts:
-            symbol = site.specie.symbol if hasattr(site.specie, "symbol") else str(site.specie)
-            counts[symbol] = counts.get(symbol, 0) + 1
-    else:
-        counts = dict(structure_or_counts)
-    elements, reduced = reduced_counts(counts)
-    return smact_validity(elements, reduced)
-
-
 def smact_version() -> str:
+    """The installed smact version (results depend on its oxidation-state table)."""
     try:
-        from importlib.metadata import version
-
         return version("smact")
-    except Exception:  # not installed under that name
-        return "unknown"
+    except PackageNotFoundError:
+        return "not installed"

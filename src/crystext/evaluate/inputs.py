@@ -1,0 +1,97 @@
+"""Reading what evaluation joins to the structures: the samples' own columns and stability results."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from crystext.data import DatasetError
+from crystext.evaluate.profiles import id_column, is_csv
+
+__all__ = ["EvaluateError", "SampleColumns", "read_stability"]
+
+
+class EvaluateError(DatasetError):
+    """An input that evaluation cannot use, with a one-line message naming the file or record."""
+
+
+@dataclass
+class SampleColumns:
+    """The columns `crystext sample` writes beside each CIF (mode, conditions, error), by sample id.
+
+    `order` is the file's order of ids (read as `crystext.evaluate.profiles.read_any` reads them).
+    """
+
+    order: list[str] = field(default_factory=list)
+    mode: dict[str, str] = field(default_factory=dict)
+    conditions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)  # why a sample has no CIF, where the file says
+
+    @classmethod
+    def from_file(cls, path: Path) -> tuple[SampleColumns, list[str]]:
+        """Read the side columns of a samples file (none for a folder or extxyz), and notes on bad conditions."""
+        if not is_csv(path):
+            return cls(), []
+        try:
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, OSError) as err:
+            raise EvaluateError(f"{path}: not a readable CSV ({type(err).__name__})") from None
+        column = id_column(frame.columns)
+        ids = frame[column].tolist() if column else [f"row{i}" for i in range(len(frame))]
+        repeated = pd.Series(ids).value_counts()
+        if len(repeated) and repeated.iloc[0] > 1:
+            repeats = f"id '{repeated.index[0]}' appears {repeated.iloc[0]} times"
+            raise EvaluateError(f"{path}: {repeats}; ids must be unique")
+        notes = []
+        conditions: dict[str, dict[str, Any]] = {}
+        for rid, text in zip(ids, frame.get("conditions", pd.Series([""] * len(frame)))):
+            if not text.strip():
+                continue
+            try:
+                parsed = json.loads(text)
+                if not isinstance(parsed, dict):
+                    raise ValueError("not a JSON object")
+            except ValueError:
+                notes.append(f"{path}: sample {rid}: conditions are not a JSON object, ignored: {text[:80]}")
+                continue
+            conditions[rid] = {k: v for k, v in parsed.items() if v is not None}
+        mode = dict(zip(ids, frame["mode"])) if "mode" in frame.columns else {}
+        errors = {}
+        if "error" in frame.columns and "cif" in frame.columns:
+            errors = {r: e.strip() for r, e, c in zip(ids, frame["error"], frame["cif"]) if e.strip() and not c.strip()}
+        return cls(ids, mode, conditions, errors), notes
+
+
+def read_stability(path: str | Path) -> pd.Series:
+    """Energy above hull (eV/atom) by id from a `crystext stability` CSV; NaN where the row reports an error."""
+    path = Path(path)
+    try:
+        frame = pd.read_csv(path, dtype={"id": str})
+    except FileNotFoundError:
+        raise EvaluateError(f"{path}: no such file") from None
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, OSError) as err:
+        raise EvaluateError(f"{path}: not a readable CSV ({type(err).__name__})") from None
+    for column in ("id", "e_above_hull"):
+        if column not in frame.columns:
+            raise EvaluateError(f"{path}: no '{column}' column (columns: {', '.join(map(str, frame.columns))})")
+    repeated = frame["id"].value_counts()
+    if len(repeated) and repeated.iloc[0] > 1:
+        raise EvaluateError(f"{path}: id '{repeated.index[0]}' appears {repeated.iloc[0]} times")
+    energy = pd.to_numeric(frame["e_above_hull"], errors="coerce").astype(float)
+    if "error" in frame.columns:
+        failed = frame["error"].map(_present).to_numpy(bool)
+        energy = energy.where(~failed, np.nan)
+    return pd.Series(energy.to_numpy(), index=frame["id"].astype(str), name="e_above_hull")
+
+
+def _present(value: Any) -> bool:
+    """Whether a CSV cell holds something (not empty, not NaN)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return False
+    return bool(str(value).strip())

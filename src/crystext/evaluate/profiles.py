@@ -1,0 +1,410 @@
+"""Per-structure work: validity, density, space group and fingerprints, in parallel, cached on disk.
+
+Every metric is computed from these profiles. The CrystalNN fingerprint costs 0.1-0.2 s per
+structure, so profiling runs in worker processes over all cores with a progress bar, and a
+reference or training file is profiled once and cached under $CRYSTEXT_CACHE_DIR/fingerprints/,
+keyed by the file's content hash and every setting that changes a profile. A cached set keeps
+its structures as arrays, so a warm run never parses the reference file again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pymatgen.core import Lattice, Structure
+from tqdm.auto import tqdm
+
+from crystext.data import CACHE_DIR_ENV, Dataset, read_csv, read_structures
+from crystext.evaluate.fingerprints import (
+    COMPOSITION_FP_SIZE,
+    STRUCTURE_FP_SIZE,
+    FingerprintFailure,
+    FingerprintSettings,
+    composition_fingerprint,
+    describe,
+    structure_fingerprint,
+    warm_up,
+)
+from crystext.evaluate.validity import compositional_validity, structural_problem
+
+__all__ = ["Profiles", "cache_path", "package_versions", "profile_dataset", "profile_file"]
+
+#: Bump when the profile columns or their meaning change, so old cache files are not read.
+PROFILE_FORMAT = 1
+#: The columns a CSV's ids come from, in order of preference.
+ID_COLUMNS = ("id", "material_id")
+#: Packages whose versions change a profile (and so are part of the cache key and every result).
+VERSIONED_PACKAGES = ("smact", "matminer", "pymatgen", "spglib")
+
+#: The per-structure columns and their types ("str", "bool", "int", "float").
+COLUMNS: dict[str, str] = {
+    "id": "str",
+    "parsed": "bool",
+    "parse_error": "str",
+    "n_atoms": "int",
+    "formula": "str",
+    "elements": "str",  # element symbols, space separated, sorted
+    "n_elements": "int",
+    "volume": "float",
+    "density": "float",
+    "spacegroup": "int",  # 0: not determined
+    "struct_valid": "bool",
+    "struct_problem": "str",
+    "comp_valid": "bool",
+    "comp_problem": "str",
+    "fingerprinted": "bool",  # a fingerprint was attempted
+    "fp_ok": "bool",
+    "fp_error": "str",
+    "fp_seconds": "float",
+}
+_EMPTY = {"str": "", "bool": False, "int": 0, "float": np.nan}
+_DTYPES = {"str": str, "bool": bool, "int": np.int64, "float": float}
+_EMPTY_ROW: dict[str, Any] = {name: _EMPTY[kind] for name, kind in COLUMNS.items()}
+_COMPOSITION_INVALID = "no charge-neutral oxidation states that pass the Pauling test"
+
+
+@dataclass
+class Profiles:
+    """The per-structure results for one set of structures, in input order, unparsed records included.
+
+    `struct_fp` and `comp_fp` (raw magpie) hold a row per record, meaningful where `fp_ok`. The
+    structures are kept as arrays (lattice, atomic numbers, fractional coordinates) for `structure(i)`.
+    """
+
+    table: pd.DataFrame
+    struct_fp: np.ndarray
+    comp_fp: np.ndarray
+    lattices: np.ndarray  # (n, 3, 3), NaN for unparsed records
+    offsets: np.ndarray  # (n + 1,): the sites of record i are offsets[i]:offsets[i + 1]
+    numbers: np.ndarray  # atomic numbers of all sites
+    frac_coords: np.ndarray  # (sites, 3)
+    source: str = ""
+    from_cache: bool = False
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def column(self, name: str) -> np.ndarray:
+        """One column of the table as a numpy array."""
+        return self.table[name].to_numpy()
+
+    def structure(self, i: int) -> Structure | None:
+        """The structure of record i (elements only), or None when it did not parse."""
+        if not self.table["parsed"].iat[i]:
+            return None
+        sites = slice(self.offsets[i], self.offsets[i + 1])
+        return Structure(Lattice(self.lattices[i]), self.numbers[sites].tolist(), self.frac_coords[sites])
+
+    @classmethod
+    def concat(cls, parts: Sequence[Profiles]) -> Profiles:
+        """One set made of several (e.g. the train and val splits a model was trained on)."""
+        sizes = [p.offsets[-1] for p in parts]
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        return cls(
+            pd.concat([p.table for p in parts], ignore_index=True),
+            np.concatenate([p.struct_fp for p in parts]),
+            np.concatenate([p.comp_fp for p in parts]),
+            np.concatenate([p.lattices for p in parts]),
+            np.concatenate([[0]] + [p.offsets[1:] + s for p, s in zip(parts, starts)]).astype(np.int64),
+            np.concatenate([p.numbers for p in parts]),
+            np.concatenate([p.frac_coords for p in parts]),
+            " + ".join(p.source for p in parts),
+            all(p.from_cache for p in parts),
+        )
+
+    def to_npz(self, path: Path) -> None:
+        """Write to `path` atomically (a temporary file in the same folder, then a rename)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.stem}.{os.getpid()}.partial.npz")
+        columns = {f"col_{name}": self.table[name].to_numpy(dtype=_DTYPES[kind]) for name, kind in COLUMNS.items()}
+        np.savez_compressed(
+            partial, struct_fp=self.struct_fp, comp_fp=self.comp_fp, lattices=self.lattices, offsets=self.offsets,
+            numbers=self.numbers, frac_coords=self.frac_coords, source=np.array(self.source), **columns,
+        )
+        os.replace(partial, path)
+
+    @classmethod
+    def from_npz(cls, path: Path) -> Profiles:
+        """Read what `to_npz` wrote."""
+        with np.load(path, allow_pickle=False) as data:
+            table = pd.DataFrame({name: data[f"col_{name}"].astype(_DTYPES[kind]) for name, kind in COLUMNS.items()})
+            return cls(
+                table, data["struct_fp"], data["comp_fp"], data["lattices"], data["offsets"], data["numbers"],
+                data["frac_coords"], str(data["source"]), from_cache=True,
+            )
+
+
+# --------------------------------------------------------------------------- one structure (in a worker)
+
+
+@dataclass(frozen=True)
+class _Task:
+    lattice: np.ndarray
+    numbers: np.ndarray
+    frac_coords: np.ndarray
+    fingerprint_invalid: bool
+    settings: FingerprintSettings
+
+
+def _profile_one(task: _Task) -> dict[str, Any]:
+    """Everything the metrics need about one structure; never raises.
+
+    A structure that breaks the analysis itself is reported as unreadable, so it cannot cost the rest.
+    """
+    try:
+        return _analyse(task)
+    except Exception as err:
+        return {"parsed": False, "parse_error": f"could not be analysed ({describe(err)})"}
+
+
+def _analyse(task: _Task) -> dict[str, Any]:
+    structure = Structure(Lattice(task.lattice), task.numbers.tolist(), task.frac_coords)
+    composition = structure.composition
+    elements = sorted(e.symbol for e in composition.elements)
+    row: dict[str, Any] = {
+        "parsed": True, "n_atoms": len(structure), "formula": composition.reduced_formula,
+        "elements": " ".join(elements), "n_elements": len(elements), "volume": float(structure.volume),
+    }
+    row["density"] = float(structure.density) if row["volume"] > 0 else np.nan
+    try:
+        problem = structural_problem(structure)
+    except Exception as err:  # a degenerate lattice can break the distance computation
+        problem = f"distances could not be computed ({describe(err)})"
+    row["struct_valid"], row["struct_problem"] = problem is None, problem or ""
+    try:
+        row["comp_valid"] = compositional_validity(composition)
+        row["comp_problem"] = "" if row["comp_valid"] else _COMPOSITION_INVALID
+    except Exception as err:  # an element without SMACT data, or SMACT failing on it
+        row["comp_valid"], row["comp_problem"] = False, str(err) if isinstance(err, ValueError) else describe(err)
+    row["spacegroup"] = _spacegroup(structure, task.settings.symprec)
+    if task.fingerprint_invalid or (row["struct_valid"] and row["comp_valid"]):
+        row["fingerprinted"] = True
+        start = time.process_time()
+        try:
+            row["comp_fp"] = composition_fingerprint(composition)
+            row["struct_fp"] = structure_fingerprint(structure, task.settings.time_limit)
+            row["fp_ok"] = True
+        except FingerprintFailure as err:
+            row["fp_error"] = str(err)
+        row["fp_seconds"] = time.process_time() - start
+    return row
+
+
+def _spacegroup(structure: Structure, symprec: float) -> int:
+    """The space-group number spglib finds at `symprec`, or 0 when it finds none."""
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return int(SpacegroupAnalyzer(structure, symprec=symprec).get_space_group_number())
+    except Exception:  # spglib gives up on degenerate cells
+        return 0
+
+
+# --------------------------------------------------------------------------- a whole set
+
+
+def default_jobs() -> int:
+    """All cores this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _as_arrays(structure: Structure) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lattice matrix, atomic numbers, fractional coordinates); ValueError for a site that is not an element."""
+    numbers = []
+    for site in structure:
+        z = getattr(site.specie, "Z", 0)
+        if not z:
+            raise ValueError(f"site species {site.specie} is not an element")
+        numbers.append(z)
+    return np.array(structure.lattice.matrix, dtype=float), np.array(numbers, dtype=np.int64), structure.frac_coords
+
+
+def profile_dataset(
+    dataset: Dataset,
+    settings: FingerprintSettings = FingerprintSettings(),
+    *,
+    fingerprint_invalid: bool = True,
+    jobs: int | None = None,
+    progress: bool = True,
+    desc: str = "profiling",
+) -> Profiles:
+    """Profile every record of a dataset in parallel; its skipped records become unparsed rows at the end.
+
+    `fingerprint_invalid=False` skips the fingerprints of invalid structures (the paper never uses them).
+    """
+    ids: list[str] = []
+    errors: list[str] = []
+    arrays: list[tuple[np.ndarray, np.ndarray, np.ndarray] | None] = []
+    for record in dataset.records:
+        ids.append(record.id)
+        try:
+            arrays.append(_as_arrays(record.structure))
+            errors.append("")
+        except ValueError as err:
+            arrays.append(None)
+            errors.append(str(err))
+    for rid, reason in dataset.skipped:
+        ids.append(rid)
+        arrays.append(None)
+        errors.append(reason)
+    tasks = [_Task(*a, fingerprint_invalid, settings) for a in arrays if a is not None]
+    results = iter(_run(tasks, jobs or default_jobs(), progress, desc))
+    rows = []
+    struct_fp = np.full((len(ids), STRUCTURE_FP_SIZE), np.nan)
+    comp_fp = np.full((len(ids), COMPOSITION_FP_SIZE), np.nan)
+    for i, (rid, error, arr) in enumerate(zip(ids, errors, arrays)):
+        row = dict(_EMPTY_ROW, id=rid, parse_error=error)
+        if arr is not None:
+            row.update(next(results))
+            if row.get("fp_ok"):
+                struct_fp[i], comp_fp[i] = row.pop("struct_fp"), row.pop("comp_fp")
+        rows.append({name: row[name] for name in COLUMNS})
+    return _assemble(rows, struct_fp, comp_fp, arrays, dataset.source)
+
+
+def _run(tasks: Sequence[_Task], jobs: int, progress: bool, desc: str) -> list[dict[str, Any]]:
+    """`_profile_one` over the tasks, in order, in `jobs` processes, with a progress bar."""
+    bar = tqdm(total=len(tasks), desc=desc, unit="structure", disable=not progress, smoothing=0.05)
+    warm_up()  # here too, so that forked workers start warm
+    try:
+        if jobs == 1 or len(tasks) < 2 * jobs:
+            results = []
+            for task in tasks:
+                results.append(_profile_one(task))
+                bar.update()
+            return results
+        with multiprocessing.get_context().Pool(jobs, initializer=warm_up) as pool:
+            results = []
+            for result in pool.imap(_profile_one, tasks, chunksize=4):
+                results.append(result)
+                bar.update()
+            return results
+    finally:
+        bar.close()
+
+
+def _assemble(
+    rows: list[dict[str, Any]],
+    struct_fp: np.ndarray,
+    comp_fp: np.ndarray,
+    arrays: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray] | None],
+    source: str,
+) -> Profiles:
+    table = pd.DataFrame(rows, columns=list(COLUMNS)).astype({n: _DTYPES[k] for n, k in COLUMNS.items()})
+    sizes = [0 if a is None else len(a[1]) for a in arrays]
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    lattices = np.array([np.full((3, 3), np.nan) if a is None else a[0] for a in arrays], dtype=float).reshape(-1, 3, 3)
+    present = [a for a in arrays if a is not None]
+    numbers = np.concatenate([a[1] for a in present]) if present else np.zeros(0, np.int64)
+    frac = np.concatenate([a[2] for a in present]) if present else np.zeros((0, 3))
+    return Profiles(table, struct_fp, comp_fp, lattices, offsets, numbers, frac, source)
+
+
+# --------------------------------------------------------------------------- files, with the cache
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that change the numbers."""
+    found = {}
+    for name in VERSIONED_PACKAGES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def content_hash(path: Path) -> str:
+    """SHA-256 of a file's bytes, or of a folder's .cif file names and bytes."""
+    digest = hashlib.sha256()
+    files = sorted(path.glob("*.cif")) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(file.name.encode() + b"\0")
+        with open(file, "rb") as handle:
+            while block := handle.read(1 << 20):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def cache_root() -> Path:
+    """$CRYSTEXT_CACHE_DIR/fingerprints, default ~/.cache/crystext/fingerprints."""
+    return Path(os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "crystext") / "fingerprints"
+
+
+def cache_path(path: Path, settings: FingerprintSettings, read_options: dict[str, Any]) -> Path:
+    """Where the profiles of `path` under these settings are cached."""
+    key = {
+        "content": content_hash(path), "settings": asdict(settings), "read": read_options,
+        "versions": package_versions(), "format": PROFILE_FORMAT,
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+    return cache_root() / f"{digest}.npz"
+
+
+def is_csv(path: Path) -> bool:
+    return path.is_file() and path.name.lower().endswith((".csv", ".csv.gz"))
+
+
+def id_column(columns: Sequence[str]) -> str | None:
+    """Where a CSV's ids come from: its `id` column, else `material_id`, else (None) the row numbers."""
+    return next((c for c in ID_COLUMNS if c in columns), None)
+
+
+def read_any(path: Path, max_atoms: int | None = None, progress: bool = False) -> Dataset:
+    """Read structures from any supported input, CSV ids as `id_column` says."""
+    if is_csv(path):
+        try:
+            columns = pd.read_csv(path, nrows=0).columns
+        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, OSError):
+            columns = pd.Index([])  # read_csv below says what is wrong with the file
+        return read_csv(path, id_column=id_column(columns), max_atoms=max_atoms, progress=progress)
+    return read_structures(path, max_atoms=max_atoms, progress=progress)
+
+
+def profile_file(
+    path: str | Path,
+    settings: FingerprintSettings = FingerprintSettings(),
+    *,
+    cache: bool = True,
+    fingerprint_invalid: bool = True,
+    max_atoms: int | None = None,
+    jobs: int | None = None,
+    progress: bool = True,
+) -> Profiles:
+    """Profile every structure of a file or folder, from the cache when it holds this file under these settings.
+
+    A cached set always has the fingerprints of every structure, so any protocol can use it.
+    """
+    path = Path(path)
+    target = cache_path(path, settings, {"max_atoms": max_atoms}) if cache else None
+    if target is not None and target.is_file():
+        try:
+            return Profiles.from_npz(target)
+        except (OSError, ValueError, KeyError):  # a damaged cache file is rebuilt below
+            pass
+    dataset = read_any(path, max_atoms, progress)
+    profiles = profile_dataset(
+        dataset, settings, fingerprint_invalid=fingerprint_invalid or cache, jobs=jobs, progress=progress,
+        desc=f"fingerprinting {path.name}",
+    )
+    if target is not None:
+        profiles.to_npz(target)
+    return profiles
