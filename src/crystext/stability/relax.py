@@ -1,0 +1,345 @@
+"""Relaxation with machine-learned potentials: one interface, several backends, MP2020-compatible energies.
+
+A backend supplies an ASE calculator; `Backend.relax` does the rest the same way for all of them:
+a structural check, positions and cell relaxed together (FIRE or BFGS on a FrechetCellFilter) until
+the largest force is below `fmax`, with a step cap and a wall-clock limit, and the final energy put
+on the Materials Project 2020 scale. Failures come back as a `Relaxation` with an error, never raised.
+
+Which backends already predict MP2020-corrected energies was measured (benchmarks/stability.md):
+single points on 120 DFT-relaxed MP-20 test structures, formation energy from MP2020 elemental
+references, mean absolute difference to the dataset's formation energy (eV/atom):
+CHGNet 0.021 as predicted, 0.223 with the corrections added again; SevenNet-0 0.219 as predicted,
+0.011 with them. CHGNet (trained on corrected MPtrj energies) is used as is; SevenNet and M3GNet
+(trained on raw VASP energies) get `MaterialsProject2020Compatibility` applied.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import signal
+import threading
+import time
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from pymatgen.core import Structure
+
+from crystext.constants import MIN_CELL_VOLUME, MIN_INTERATOMIC_DISTANCE
+from crystext.stability.errors import StabilityError
+
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "BackendError",
+    "RelaxConfig",
+    "Relaxation",
+    "check_structure",
+    "load_backend",
+    "mp2020_energy",
+]
+
+#: Relaxation stops once the largest force (and cell-filter stress component) is below this (eV/Angstrom).
+DEFAULT_FMAX = 0.1
+#: Optimizer steps allowed per structure before it is reported as not converged.
+DEFAULT_MAX_STEPS = 500
+#: Wall-clock seconds per structure (the paper's M3GNet relaxations used 30 s).
+DEFAULT_TIMEOUT_S = 30.0
+#: Seconds past the timeout after which a step that never returns is interrupted by a signal.
+HARD_TIMEOUT_GRACE_S = 10.0
+#: A relaxation whose cell volume grows or shrinks by more than this factor has exploded or collapsed
+#: (generous: a sample generated much too dense may legitimately expand several times).
+MAX_VOLUME_CHANGE = 10.0
+#: M3GNet model name in matgl (downloaded from its hub on first use).
+M3GNET_MODEL = "M3GNet-MP-2021.2.8-PES"
+#: Error kinds: every failed row's error starts with one of these and a colon.
+ERROR_INVALID = "invalid structure"
+ERROR_TIMEOUT = "timeout"
+ERROR_EXPLODED = "exploded"
+ERROR_FAILED = "relaxation failed"
+ERROR_MP2020 = "mp2020 correction"
+
+
+class BackendError(StabilityError):
+    """A potential that cannot be loaded (unknown name, missing package, weights unreachable offline)."""
+
+
+@dataclass(frozen=True)
+class RelaxConfig:
+    """How each structure is relaxed."""
+
+    fmax: float = DEFAULT_FMAX
+    max_steps: int = DEFAULT_MAX_STEPS
+    timeout: float | None = DEFAULT_TIMEOUT_S
+    optimizer: Literal["FIRE", "BFGS"] = "FIRE"
+    relax_cell: bool = True
+
+    def __post_init__(self) -> None:
+        if self.fmax <= 0 or self.max_steps < 0 or (self.timeout is not None and self.timeout <= 0):
+            raise ValueError(f"fmax and timeout must be positive and max_steps >= 0, got {self}")
+        if self.optimizer not in ("FIRE", "BFGS"):
+            raise ValueError(f"optimizer must be FIRE or BFGS, got {self.optimizer}")
+
+
+@dataclass(frozen=True)
+class Relaxation:
+    """The outcome for one structure: relaxed structure and MP2020-compatible total energy (eV), or an error."""
+
+    structure: Structure | None
+    energy: float | None
+    steps: int
+    converged: bool
+    seconds: float
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def check_structure(structure: Structure) -> str | None:
+    """Why a structure is not physically valid (atoms closer than 0.5 A, cell under 0.1 A^3), or None."""
+    volume = structure.volume
+    if not math.isfinite(volume) or volume < MIN_CELL_VOLUME:
+        return f"{ERROR_INVALID}: cell volume {volume:.3g} A^3 < {MIN_CELL_VOLUME}"
+    if not np.isfinite(structure.cart_coords).all():
+        return f"{ERROR_INVALID}: coordinates are not finite"
+    centers, neighbors, images, distances = structure.get_neighbor_list(MIN_INTERATOMIC_DISTANCE, exclude_self=False)
+    other = (centers != neighbors) | (images != 0).any(axis=1)  # drop each site paired with itself
+    if other.any():
+        return f"{ERROR_INVALID}: atoms {distances[other].min():.3f} A apart < {MIN_INTERATOMIC_DISTANCE} A"
+    return None
+
+
+def mp2020_energy(structure: Structure, energy: float) -> float:
+    """A raw GGA(+U) total energy with the MP2020 corrections an MP relaxation of `structure` would get.
+
+    The +U values are those MPRelaxSet assigns (keyed by the most electronegative element), so the
+    entry is labelled GGA+U exactly when MP would have run it with U.
+    """
+    from pymatgen.entries.compatibility import CompatibilityError, MaterialsProject2020Compatibility
+    from pymatgen.entries.computed_entries import ComputedStructureEntry
+    from pymatgen.io.vasp.sets import MPRelaxSet
+
+    elements = sorted(structure.composition.elements, key=lambda el: el.X)
+    u_values = MPRelaxSet.CONFIG["INCAR"]["LDAUU"].get(elements[-1].symbol, {})
+    hubbards = {el.symbol: float(u_values[el.symbol]) for el in elements if u_values.get(el.symbol, 0)}
+    entry = ComputedStructureEntry(
+        structure, energy, parameters={"run_type": "GGA+U" if hubbards else "GGA", "hubbards": hubbards}
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            processed = MaterialsProject2020Compatibility(check_potcar=False).process_entry(entry, clean=True)
+        except CompatibilityError as err:
+            raise ValueError(str(err)) from None
+    if processed is None:
+        raise ValueError(f"{structure.composition.reduced_formula} is not covered by the MP2020 scheme")
+    return float(processed.energy)
+
+
+class _Timeout(Exception):
+    pass
+
+
+class _Exploded(Exception):
+    pass
+
+
+@dataclass
+class _Progress:
+    steps: int = 0
+
+
+def _describe(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0][:200]}" if lines else type(err).__name__
+
+
+@contextlib.contextmanager
+def _hard_deadline(seconds: float | None) -> Iterator[None]:
+    """Interrupt a step that overruns `seconds` by far (SIGALRM; only in a main thread on Unix)."""
+    usable = seconds is not None and hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+    if not usable:
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise _Timeout
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+class Backend(ABC):
+    """A machine-learned potential that relaxes structures; subclasses only supply the ASE calculator."""
+
+    name: ClassVar[str]
+    #: Whether the potential predicts energies that already include the MP2020 corrections.
+    mp2020_corrected: ClassVar[bool]
+
+    def __init__(self, config: RelaxConfig | None = None) -> None:
+        self.config = config or RelaxConfig()
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.calculator = self._load()
+
+    @abstractmethod
+    def _load(self) -> Any:
+        """Load the model once and return an ASE calculator."""
+
+    @property
+    @abstractmethod
+    def version(self) -> str:
+        """Package and model version, for the run summary."""
+
+    def relax(self, structure: Structure) -> Relaxation:
+        """Relax positions and cell together; the energy comes back MP2020-compatible, or the row carries an error."""
+        start = time.perf_counter()
+        problem = check_structure(structure)
+        if problem:
+            return Relaxation(None, None, 0, False, time.perf_counter() - start, problem)
+        progress = _Progress()
+        try:
+            with warnings.catch_warnings(), _hard_deadline(self._hard_limit()):
+                warnings.simplefilter("ignore")
+                atoms, converged = self._optimize(structure, start, progress)
+                energy = float(atoms.get_potential_energy())
+        except _Timeout:
+            error = f"{ERROR_TIMEOUT}: not relaxed after {self.config.timeout:g} s"
+        except _Exploded as err:
+            error = f"{ERROR_EXPLODED}: {err}"
+        except Exception as err:  # a potential can fail in many ways on a strange structure
+            error = f"{ERROR_FAILED}: {_describe(err)}"
+        else:
+            error = None
+        steps = progress.steps
+        if error:
+            return Relaxation(None, None, steps, False, time.perf_counter() - start, error)
+        from pymatgen.io.ase import AseAtomsAdaptor
+
+        atoms.calc = None
+        relaxed = AseAtomsAdaptor.get_structure(atoms)
+        seconds = time.perf_counter() - start
+        problem = check_structure(relaxed) if math.isfinite(energy) else "energy is not finite"
+        if problem:
+            return Relaxation(None, None, steps, False, seconds, f"{ERROR_EXPLODED}: {problem}")
+        if not self.mp2020_corrected:
+            try:
+                energy = mp2020_energy(relaxed, energy)
+            except ValueError as err:
+                return Relaxation(relaxed, None, steps, converged, seconds, f"{ERROR_MP2020}: {err}")
+        return Relaxation(relaxed, energy, steps, converged, seconds)
+
+    def _hard_limit(self) -> float | None:
+        return None if self.config.timeout is None else self.config.timeout + HARD_TIMEOUT_GRACE_S
+
+    def _optimize(self, structure: Structure, start: float, progress: _Progress) -> tuple[Any, bool]:
+        """Run the optimizer step by step, stopping on convergence, the step cap, the deadline or an explosion."""
+        from ase.filters import FrechetCellFilter
+        from ase.optimize import BFGS, FIRE
+        from pymatgen.io.ase import AseAtomsAdaptor
+
+        atoms = AseAtomsAdaptor.get_atoms(structure)
+        atoms.calc = self.calculator
+        volume0 = atoms.get_volume()
+        target = FrechetCellFilter(atoms) if self.config.relax_cell else atoms
+        optimizer = (FIRE if self.config.optimizer == "FIRE" else BFGS)(target, logfile=None)
+        converged = False
+        for converged in optimizer.irun(fmax=self.config.fmax, steps=self.config.max_steps):
+            steps = progress.steps = optimizer.nsteps
+            ratio = atoms.get_volume() / volume0
+            if not 1 / MAX_VOLUME_CHANGE < ratio < MAX_VOLUME_CHANGE:
+                raise _Exploded(f"cell volume changed by a factor {ratio:.3g} after {steps} steps")
+            if not math.isfinite(atoms.get_potential_energy()):
+                raise _Exploded(f"energy is not finite after {steps} steps")
+            if self.config.timeout is not None and time.perf_counter() - start > self.config.timeout:
+                raise _Timeout
+        return atoms, bool(converged)
+
+
+class CHGNetBackend(Backend):
+    """CHGNet 0.3.0 (weights inside the chgnet package); its energies include the MP2020 corrections."""
+
+    name = "chgnet"
+    mp2020_corrected = True
+
+    def _load(self) -> Any:
+        from chgnet.model import CHGNet
+        from chgnet.model.dynamics import CHGNetCalculator
+
+        return CHGNetCalculator(CHGNet.load(verbose=False, use_device="cpu"), use_device="cpu")
+
+    @property
+    def version(self) -> str:
+        import chgnet
+
+        return f"chgnet {chgnet.__version__}, model {self.calculator.model.version}"
+
+
+class SevenNetBackend(Backend):
+    """SevenNet-0 (weights inside the sevenn package); trained on raw energies, so MP2020 is applied."""
+
+    name = "sevennet"
+    mp2020_corrected = False
+    model = "7net-0"
+
+    def _load(self) -> Any:
+        from sevenn.calculator import SevenNetCalculator
+
+        return SevenNetCalculator(self.model, device="cpu")
+
+    @property
+    def version(self) -> str:
+        import sevenn
+
+        return f"sevenn {sevenn.__version__}, model {self.model}"
+
+
+class M3GNetBackend(Backend):
+    """M3GNet through matgl (the paper's potential); its weights download from a hub, so it needs internet."""
+
+    name = "m3gnet"
+    mp2020_corrected = False
+
+    def _load(self) -> Any:
+        try:
+            import matgl
+            from matgl.ext.ase import PESCalculator
+        except ImportError:
+            raise BackendError("the m3gnet backend needs matgl: pip install 'crystext[online]'") from None
+        try:
+            return PESCalculator(matgl.load_model(M3GNET_MODEL))
+        except Exception as err:  # offline, the hub download fails with assorted network errors
+            raise BackendError(
+                f"could not load {M3GNET_MODEL} (matgl downloads it on first use; no internet?): {err}"
+            ) from None
+
+    @property
+    def version(self) -> str:
+        import matgl
+
+        return f"matgl {matgl.__version__}, model {M3GNET_MODEL}"
+
+
+#: Backends by name; the first is the default.
+BACKENDS: dict[str, type[Backend]] = {cls.name: cls for cls in (CHGNetBackend, SevenNetBackend, M3GNetBackend)}
+
+
+def load_backend(name: str, config: RelaxConfig | None = None) -> Backend:
+    """Load a backend by name (chgnet, sevennet, m3gnet), with its model, ready to relax."""
+    try:
+        cls = BACKENDS[name]
+    except KeyError:
+        raise BackendError(f"unknown backend '{name}' (known: {', '.join(BACKENDS)})") from None
+    return cls(config)

@@ -1,0 +1,153 @@
+"""The stability run end to end: samples CSV in, one row per sample out, resume, rates, S.U.N., the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from pymatgen.core import Composition, Lattice, Structure
+
+from crystext.data import Dataset, Record
+from crystext.stability import (
+    OUTPUT_COLUMNS,
+    RelaxConfig,
+    StabilityConfig,
+    StabilityError,
+    add_arguments,
+    from_formation_energies,
+    read_samples,
+    relax_and_place,
+    run,
+    summary_path,
+)
+
+ELEMENTAL_REFS = "mp_hull_ref/matbench_discovery/2023-02-07-mp-elemental-reference-entries.json.gz"
+NO_TIMEOUT = RelaxConfig(timeout=None)  # the machine may be busy; timeouts are tested in test_stability_relax
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def rock_salt(shared_data: Path) -> Structure:
+    frame = pd.read_csv(shared_data / "mp_20" / "val.csv")
+    cif = frame.loc[frame["material_id"] == "mp-22862", "cif"].item()
+    return Structure.from_str(cif, fmt="cif").get_primitive_structure()
+
+
+@pytest.fixture()
+def reference(shared_data: Path, tmp_path: Path):
+    """The MP-20 Na-Cl phases (all splits) with the MP2020 elemental references."""
+    frame = pd.concat(pd.read_csv(shared_data / "mp_20" / f"{s}.csv") for s in ("train", "val", "test"))
+    keep = [set(Composition(f).chemical_system.split("-")) <= {"Na", "Cl"} for f in frame["pretty_formula"]]
+    table = tmp_path / "na_cl.csv"
+    frame.loc[keep, ["pretty_formula", "formation_energy_per_atom"]].to_csv(table, index=False)
+    return from_formation_energies([table], shared_data / ELEMENTAL_REFS)
+
+
+@pytest.fixture()
+def samples_csv(tmp_path: Path, rock_salt: Structure) -> Path:
+    """A `crystext sample` CSV: rock salt, the same atoms 8 A apart, overlapping atoms, and text that never parsed."""
+    apart = Structure(Lattice.cubic(16.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    overlapping = Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0.05, 0, 0]])
+    rows = [
+        ("s0", rock_salt.to(fmt="cif"), ""),
+        ("s1", apart.to(fmt="cif"), ""),
+        ("s2", overlapping.to(fmt="cif"), ""),
+        ("s3", "", "CrystalTextError: line 3: expected three lattice angles"),
+    ]
+    frame = pd.DataFrame(
+        [{"id": rid, "mode": "unconditional", "conditions": "{}", "raw_text": "...", "cif": cif, "error": err}
+         for rid, cif, err in rows]
+    )
+    path = tmp_path / "samples.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_rows_rates_and_resume(samples_csv: Path, reference, tmp_path: Path) -> None:
+    samples = read_samples(samples_csv)
+    assert [r.id for r in samples.records] == ["s0", "s1", "s2"]
+    assert samples.skipped == [("s3", "CrystalTextError: line 3: expected three lattice angles")]
+    output = tmp_path / "out.csv"
+    config = StabilityConfig(relax=NO_TIMEOUT, workers=1, progress=False)
+    summary = relax_and_place(samples, reference, output, config)
+
+    rows = pd.read_csv(output, dtype={"id": str}, keep_default_na=False).set_index("id")
+    assert tuple(rows.reset_index().columns) == OUTPUT_COLUMNS
+    assert sorted(rows.index) == ["s0", "s1", "s2", "s3"]
+    assert abs(float(rows.loc["s0", "e_above_hull"])) < 0.05  # rock salt: on the hull
+    assert rows.loc["s0", "decomposition"] == "NaCl:1.000"
+    assert float(rows.loc["s0", "e_form_per_atom"]) == pytest.approx(-2.11, abs=0.05)
+    assert float(rows.loc["s1", "e_above_hull"]) > 1.0  # isolated ions: far above
+    assert rows.loc["s2", "error"] == "invalid structure: atoms 0.200 A apart < 0.5 A"
+    assert rows.loc["s3", "error"] == "unparsed: CrystalTextError: line 3: expected three lattice angles"
+    relaxed = Structure.from_str(rows.loc["s0", "relaxed_cif"], fmt="cif")
+    assert relaxed.composition.reduced_formula == "NaCl"
+
+    assert summary["samples"] == 4 and summary["valid"] == 2 and summary["placed_on_hull"] == 2
+    assert summary["metastable"]["count"] == 1
+    assert summary["metastable"]["rate_all"] == 0.25 and summary["metastable"]["rate_valid"] == 0.5
+    assert summary["errors"] == {"invalid structure": 1, "unparsed": 1}
+    assert summary["backend"]["name"] == "chgnet" and not summary["backend"]["mp2020_corrections_applied"]
+    assert json.loads(summary_path(output).read_text())["metastable"] == summary["metastable"]
+
+    with pytest.raises(StabilityError, match=r"out\.csv exists: pass --resume"):
+        relax_and_place(samples, reference, output, config)
+    lines = output.read_text().splitlines(keepends=True)
+    last_start = max(i for i, line in enumerate(lines) if line.startswith(("s0,", "s1,", "s2,", "s3,")))
+    torn_id = lines[last_start].split(",")[0]
+    output.write_text("".join(lines[:last_start]) + lines[last_start][:10])  # a row cut short by a crash
+    resumed = relax_and_place(samples, reference, output, StabilityConfig(relax=NO_TIMEOUT, workers=1,
+                                                                          resume=True, progress=False))
+    again = pd.read_csv(output, dtype={"id": str}, keep_default_na=False)
+    assert sorted(again["id"]) == ["s0", "s1", "s2", "s3"] and again["id"].iloc[-1] == torn_id
+    assert resumed["metastable"] == summary["metastable"]
+
+
+def test_sun_needs_novelty(rock_salt: Structure, reference, tmp_path: Path) -> None:
+    """Rock salt is stable-ish but not novel against a training set holding it; against KCl it is novel."""
+    samples = Dataset([Record("a", rock_salt), Record("b", rock_salt.copy())])
+    config = StabilityConfig(relax=NO_TIMEOUT, workers=1, progress=False)
+    known = relax_and_place(samples, reference, tmp_path / "known.csv", config, Dataset([Record("t", rock_salt)]))
+    assert known["sun"]["metastable"]["count"] == 0
+    kcl = rock_salt.copy()
+    kcl.replace_species({"Na": "K"})
+    novel = relax_and_place(samples, reference, tmp_path / "novel.csv", config, Dataset([Record("t", kcl)]))
+    assert novel["sun"]["metastable"]["count"] == 1  # the two samples are one structure: unique once
+    assert novel["sun"]["metastable"]["rate_all"] == 0.5
+
+
+def test_cli_with_worker_processes(samples_csv: Path, shared_data: Path, tmp_path: Path, reference) -> None:
+    """`crystext stability` through add_arguments/run, two worker processes, a tables reference."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    table = Path(reference.details["tables"][0])
+    output = tmp_path / "cli.csv"
+    args = parser.parse_args([
+        str(samples_csv), "-o", str(output), "--workers", "2", "--timeout", "600",
+        "--formation-energies", str(table), "--elemental-refs", str(shared_data / ELEMENTAL_REFS),
+    ])
+    assert run(args) == 0
+    rows = pd.read_csv(output, dtype={"id": str}, keep_default_na=False).set_index("id")
+    assert sorted(rows.index) == ["s0", "s1", "s2", "s3"]
+    assert abs(float(rows.loc["s0", "e_above_hull"])) < 0.05
+    summary = json.loads(summary_path(output).read_text())
+    assert summary["workers"] == 2 and summary["metastable"]["count"] == 1
+
+
+def test_cli_without_reference_says_what_to_pass(samples_csv: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CRYSTEXT_HULL_DATA", raising=False)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    with pytest.raises(StabilityError, match=r"^no hull reference: pass --hull-data DIR"):
+        run(parser.parse_args([str(samples_csv)]))
