@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -15,8 +16,8 @@ from crystext.textformat import decode
 
 def test_help_lists_the_subcommands() -> None:
     result = subprocess.run([sys.executable, "-m", "crystext.cli", "--help"], capture_output=True, text=True, check=True)
-    for command in ("encode", "decode", "data"):
-        assert f"    {command} " in result.stdout
+    for command in ("encode", "decode", "train", "sample", "evaluate", "stability", "data"):
+        assert re.search(rf"^    {command}\s", result.stdout, re.MULTILINE), command
 
 
 def test_encode_one_cif_prints_its_text(tmp_path, capsys) -> None:

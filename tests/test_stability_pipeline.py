@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -11,17 +10,16 @@ import pytest
 import torch
 from pymatgen.core import Composition, Lattice, Structure
 
+from crystext.cli import main
 from crystext.data import Dataset, Record
 from crystext.stability import (
     OUTPUT_COLUMNS,
     RelaxConfig,
     StabilityConfig,
     StabilityError,
-    add_arguments,
     from_formation_energies,
     read_samples,
     relax_and_place,
-    run,
     summary_path,
 )
 
@@ -128,16 +126,13 @@ def test_sun_needs_novelty(rock_salt: Structure, reference, tmp_path: Path) -> N
 
 
 def test_cli_with_worker_processes(samples_csv: Path, shared_data: Path, tmp_path: Path, reference) -> None:
-    """`crystext stability` through add_arguments/run, two worker processes, a tables reference."""
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
+    """`crystext stability` through the real entry point, two worker processes, a tables reference."""
     table = Path(reference.details["tables"][0])
     output = tmp_path / "cli.csv"
-    args = parser.parse_args([
-        str(samples_csv), "-o", str(output), "--workers", "2", "--timeout", "600",
+    assert main([
+        "stability", str(samples_csv), "-o", str(output), "--workers", "2", "--timeout", "600",
         "--formation-energies", str(table), "--elemental-refs", str(shared_data / ELEMENTAL_REFS),
-    ])
-    assert run(args) == 0
+    ]) == 0
     rows = pd.read_csv(output, dtype={"id": str}, keep_default_na=False).set_index("id")
     assert sorted(rows.index) == ["s0", "s1", "s2", "s3"]
     assert abs(float(rows.loc["s0", "e_above_hull"])) < 0.05
@@ -145,9 +140,11 @@ def test_cli_with_worker_processes(samples_csv: Path, shared_data: Path, tmp_pat
     assert summary["workers"] == 2 and summary["metastable"]["count"] == 1
 
 
-def test_cli_without_reference_says_what_to_pass(samples_csv: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_without_reference_says_what_to_pass(
+    samples_csv: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.delenv("CRYSTEXT_HULL_DATA", raising=False)
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    with pytest.raises(StabilityError, match=r"^no hull reference: pass --hull-data DIR"):
-        run(parser.parse_args([str(samples_csv)]))
+    assert main(["stability", str(samples_csv)]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("crystext stability: error: no hull reference: pass --hull-data DIR")
+    assert error.count("\n") == 1

@@ -24,6 +24,7 @@ from crystext.sample import (
     substitution_row,
     write_structures,
 )
+from crystext.stability.errors import StabilityError
 from crystext.textformat import CrystalText, CrystalTextError, FormatOptions, augment
 from crystext.train import TrainConfig, train
 
@@ -46,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return args.handler(args)
-    except (CliError, DatasetError, CrystalTextError) as err:
+    except (CliError, DatasetError, CrystalTextError, ModelError, StabilityError) as err:
         print(f"crystext {args.command}: error: {err}", file=sys.stderr)
         return 1
 
@@ -97,6 +98,11 @@ def _build_parser() -> argparse.ArgumentParser:
     from crystext.evaluate.cli import add_parser as add_evaluate
 
     add_evaluate(commands)
+
+    from crystext import stability
+
+    stability_help = "relax samples with a machine-learned potential and place them on the convex hull"
+    stability.add_arguments(_command(commands, "stability", stability.run, stability_help))
 
     sample = _command(commands, "sample", _sample, "sample crystals: unconditional, conditional or infill")
     sample.add_argument("--model", type=Path, required=True, help="a model directory written by `crystext train`")

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The recipe of crystext's embedded default model: scratch-small (LLaMA architecture, ~6.5M
+# parameters, the project's word-level tokenizer) on MP-20 train + val, 5% held out for the
+# validation loss, multitask (generation with random attributes + 1/3 infill), seed 0.
+#
+#   bash recipes/default_model.sh [DATA_DIR] [OUT]      # start, or continue after a kill
+#
+# On 2 CPU cores one epoch takes about half an hour (benchmarks/results/train_scratch-small.md).
+set -euo pipefail
+data=${1:-../shared/data/mp_20}
+out=${2:-runs/default}
+resume=()
+[ -f "$out/checkpoints/last/trainer_state.pt" ] && resume=(--resume)
+exec crystext train --model scratch-small --data-dir "$data" --splits train,val --holdout 0.05 \
+    --epochs "${EPOCHS:-1}" --batch-size 16 --learning-rate 1e-3 --warmup-steps 50 \
+    --eval-every 100 --save-every 50 --seed 0 --out "$out" "${resume[@]}"
