@@ -1,6 +1,6 @@
 """Benchmark the offline hull references: cold build, warm load, and how well each reproduces MP-20's e_above_hull.
 
-    python benchmarks/stability_hull.py [--cache-dir DIR] [--variants primary fill all] [--out benchmarks/stability_results]
+    python benchmarks/stability_hull.py [--cache-dir DIR] [--variants primary fill all] [--out benchmarks/results]
 
 Variants (all with the MP2020 elemental references from matbench-discovery):
   primary  MP-20 formation energies (train/val/test present here) + lemat-genbench MP-20 hull rows
@@ -88,7 +88,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cache-dir", type=Path, help="CRYSTEXT_CACHE_DIR for this run")
     parser.add_argument("--variants", nargs="*", default=["primary", "fill", "all"])
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "stability_results")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     if args.cache_dir:
         os.environ["CRYSTEXT_CACHE_DIR"] = str(args.cache_dir)
@@ -96,7 +96,7 @@ def main() -> int:
 
     test = pd.read_csv(SHARED / "mp_20" / "test.csv", usecols=["pretty_formula", "formation_energy_per_atom", "e_above_hull"])
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "hull.json"
+    path = args.out / "stability_hull.json"
     results = json.loads(path.read_text()) if path.is_file() else {"variants": {}}  # variants run separately add up
     results["machine"] = machine()
     results["older_table_vs_primary"] = older_vs_primary()

@@ -62,7 +62,7 @@ def main() -> int:
     parser.add_argument("--cache-dir", type=Path, help="CRYSTEXT_CACHE_DIR for this run")
     parser.add_argument("--work", type=Path, default=Path("/tmp/crystext-bench"), help="per-structure CSVs (not committed)")
     parser.add_argument("--compare", nargs="*", default=["primary", "fill", "all"], help="hull variants to re-place on")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "stability_results")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     if args.cache_dir:
         os.environ["CRYSTEXT_CACHE_DIR"] = str(args.cache_dir)
@@ -125,7 +125,7 @@ def main() -> int:
         "summary": summary,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{name}.json").write_text(json.dumps(result, indent=2, default=str))
+    (args.out / f"stability_{name}.json").write_text(json.dumps(result, indent=2, default=str))
     print(json.dumps({k: v for k, v in result.items() if k not in ("least_stable", "summary", "machine")}, indent=1))
     return 0
 

@@ -6,11 +6,14 @@
 #   bash recipes/default_model.sh [DATA_DIR] [OUT]      # start, or continue after a kill
 #
 # On 2 CPU cores one epoch takes about half an hour (benchmarks/results/train_scratch-small.md).
+# The best checkpoint (lowest validation loss) is then written in float16 into the package, where
+# `crystext sample` finds it when no --model is given.
 set -euo pipefail
 data=${1:-../shared/data/mp_20}
 out=${2:-runs/default}
 resume=()
 [ -f "$out/checkpoints/last/trainer_state.pt" ] && resume=(--resume)
-exec crystext train --model scratch-small --data-dir "$data" --splits train,val --holdout 0.05 \
+crystext train --model scratch-small --data-dir "$data" --splits train,val --holdout 0.05 \
     --epochs "${EPOCHS:-1}" --batch-size 16 --learning-rate 1e-3 --warmup-steps 50 \
     --eval-every 100 --save-every 50 --seed 0 --out "$out" "${resume[@]}"
+python -c "import sys; from crystext.model import DEFAULT_MODEL_DIR, export_model; export_model(sys.argv[1], DEFAULT_MODEL_DIR)" "$out"

@@ -18,6 +18,7 @@ from crystext.model import (
     ModelSpec,
     build_scratch_model,
     check_digit_tokenization,
+    export_model,
     load_model,
     load_pretrained,
     train_scratch_tokenizer,
@@ -202,3 +203,27 @@ def test_quantization_needs_cuda() -> None:
     with pytest.raises(ModelError, match="4bit loading needs a CUDA GPU"):
         load_pretrained(ModelSpec("any/model", quantization="4bit"))
 
+
+
+def test_half_precision_export_loads_back_as_float32_on_cpu(tiny_data, tmp_path) -> None:
+    """The shipped default is stored in float16 (half the size) and widened again where it runs on a CPU."""
+    out = train(tiny_config(tmp_path / "run", tiny_data, max_steps=2))
+    exported = export_model(out, tmp_path / "fp16")
+    assert (exported / "README.md").read_text() == (out / "README.md").read_text()
+    size = {d: (d / "model.safetensors").stat().st_size for d in (out, exported)}
+    assert size[exported] < 0.6 * size[out]
+    full, tokenizer, info = load_model(out)
+    half, _, half_info = load_model(exported)
+    assert half.dtype == torch.float32 and half_info == info
+    ids = torch.tensor([tokenizer(NACL_TEXT)["input_ids"]])
+    with torch.no_grad():
+        difference = (full(ids).logits - half(ids).logits).abs().max().item()
+    assert 0 < difference < 0.05  # float16 rounding of the weights, nothing more
+
+
+def test_without_a_model_directory_the_shipped_default_is_loaded(monkeypatch, tmp_path) -> None:
+    import crystext.model
+
+    monkeypatch.setattr(crystext.model, "DEFAULT_MODEL_DIR", tmp_path / "nothing")
+    with pytest.raises(ModelError, match=r"^this crystext has no default model in .*nothing; name a model directory"):
+        load_model()

@@ -105,7 +105,8 @@ def _build_parser() -> argparse.ArgumentParser:
     stability.add_arguments(_command(commands, "stability", stability.run, stability_help))
 
     sample = _command(commands, "sample", _sample, "sample crystals: unconditional, conditional or infill")
-    sample.add_argument("--model", type=Path, required=True, help="a model directory written by `crystext train`")
+    sample.add_argument("--model", type=Path,
+                        help="a model directory written by `crystext train` (default: the model shipped with crystext)")
     sample.add_argument("-n", type=int, default=100, help="parseable structures wanted (infill: answers kept)")
     sample.add_argument("-o", "--out", type=Path, default=Path("samples.csv"), help="samples CSV (one row per attempt)")
     sample.add_argument("--resume", action="store_true", help="continue an interrupted run up to -n")
@@ -262,7 +263,7 @@ def _sample(args: argparse.Namespace) -> int:
     try:
         sampler = Sampler.from_pretrained(args.model)
     except (OSError, ModelError) as err:
-        raise CliError(f"cannot load model {args.model}: {str(err).splitlines()[0]}") from None
+        raise CliError(f"cannot load model {args.model or '(default)'}: {str(err).splitlines()[0]}") from None
     if args.infill:
         return _infill(args, sampler)
     given = Attributes(args.formula, args.spacegroup, args.e_above_hull, args.formation_energy, args.band_gap)

@@ -35,6 +35,8 @@ PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 TOKEN_PATTERN = r"\[MASK\]|[A-Z][a-z]?|[a-z]+|\d|\s|[^\sA-Za-z\d]"
 #: File in a model directory that records how crystext made it.
 CRYSTEXT_CONFIG = "crystext.json"
+#: The model shipped inside the package (recipes/default_model.sh), used when no model is named.
+DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
 
 
 class ModelError(RuntimeError):
@@ -200,21 +202,41 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: 
     (out / CRYSTEXT_CONFIG).write_text(json.dumps(info, indent=2, default=_jsonable) + "\n")
 
 
-def load_model(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict[str, Any]]:
-    """Load a directory `crystext train` wrote (full model or LoRA adapter) with its tokenizer and settings."""
+def load_model(path: str | Path | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict[str, Any]]:
+    """Load a directory `crystext train` wrote (full model or LoRA adapter) with its tokenizer and settings.
+
+    Without a path, the default model shipped inside the package. Weights stored in half precision
+    are widened to float32 on a CPU, where half-precision arithmetic is slow or missing.
+    """
+    if path is None:
+        path = DEFAULT_MODEL_DIR
+        if not (path / "config.json").is_file():
+            raise ModelError(f"this crystext has no default model in {path}; name a model directory instead")
     path = Path(path)
     if not path.is_dir():
         raise ModelError(f"{path}: no such model directory")
     info_file = path / CRYSTEXT_CONFIG
     info = json.loads(info_file.read_text()) if info_file.is_file() else {}
     tokenizer = AutoTokenizer.from_pretrained(path)
+    dtype = "auto" if torch.cuda.is_available() else torch.float32
     if (path / "adapter_config.json").is_file():
         from peft import AutoPeftModelForCausalLM
 
-        model = AutoPeftModelForCausalLM.from_pretrained(path)
+        model = AutoPeftModelForCausalLM.from_pretrained(path, dtype=dtype)
     else:
-        model = AutoModelForCausalLM.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     return model, tokenizer, info
+
+
+def export_model(source: str | Path, target: str | Path, dtype: torch.dtype = torch.float16) -> Path:
+    """Copy a trained model directory in `dtype` (half the size in float16), with its settings and model card."""
+    model, tokenizer, info = load_model(source)
+    target = Path(target)
+    save_model(model.to(dtype), tokenizer, target, info)
+    card = Path(source) / "README.md"
+    if card.is_file():
+        (target / "README.md").write_text(card.read_text())
+    return target
 
 
 def _jsonable(value: Any) -> Any:

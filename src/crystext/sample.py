@@ -130,7 +130,8 @@ class Sampler:
         self.tokenizer = tokenizer
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> Sampler:
+    def from_pretrained(cls, path: str | Path | None = None) -> Sampler:
+        """Load a `crystext train` model directory; without one, the default model shipped with crystext."""
         model, tokenizer, _ = load_model(path)
         return cls(model, tokenizer)
 

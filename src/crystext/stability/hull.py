@@ -370,7 +370,7 @@ def default_reference(shared_data: str | Path, *, fill_with_mp_e_form: bool = Tr
 
     Primary: the MP-20 formation energies (all splits present) and the lemat-genbench MP-20 hull rows,
     one consistent MP2020-era set. Fill: the ~2018 matbench ``mp_e_form`` table, only for chemical
-    systems the primary set lacks (see benchmarks/stability.md for the measurements behind this).
+    systems the primary set lacks (see benchmarks/results/stability.md for the measurements behind this).
     """
     root = Path(shared_data)
     tables = [root / "mp_20" / f"{split}.csv" for split in MP20_SPLITS if (root / "mp_20" / f"{split}.csv").is_file()]

@@ -5,7 +5,7 @@ a structural check, positions and cell relaxed together (FIRE or BFGS on a Frech
 the largest force is below `fmax`, with a step cap and a wall-clock limit, and the final energy put
 on the Materials Project 2020 scale. Failures come back as a `Relaxation` with an error, never raised.
 
-Which backends already predict MP2020-corrected energies was measured (benchmarks/stability.md):
+Which backends already predict MP2020-corrected energies was measured (benchmarks/results/stability.md):
 single points on 120 DFT-relaxed MP-20 test structures, formation energy from MP2020 elemental
 references, mean absolute difference to the dataset's formation energy (eV/atom):
 CHGNet 0.021 as predicted, 0.223 with the corrections added again; SevenNet-0 0.219 as predicted,
