@@ -24,6 +24,17 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     monkeypatch.setenv("CRYSTEXT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread, as in the stability workers: on a busy machine more threads only fight over the cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def head_csv(source: Path, rows: int, target: Path) -> Path:
     """Copy the first `rows` rows of a (possibly gzipped) dataset CSV, to test on real data quickly."""
     import pandas as pd

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 from pymatgen.core import Composition, Lattice, Structure
 
 from crystext.cli import main
@@ -23,16 +22,9 @@ from crystext.stability import (
     summary_path,
 )
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 ELEMENTAL_REFS = "mp_hull_ref/matbench_discovery/2023-02-07-mp-elemental-reference-entries.json.gz"
 NO_TIMEOUT = RelaxConfig(timeout=None)  # the machine may be busy; timeouts are tested in test_stability_relax
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -8,23 +8,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 from pymatgen.core import Lattice, Structure
 
 from crystext.stability import BackendError, RelaxConfig, check_structure, load_backend, mp2020_energy
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 ELEMENTAL_REFS = "mp_hull_ref/matbench_discovery/2023-02-07-mp-elemental-reference-entries.json.gz"
 #: MP-20 test structures whose MP2020 corrections are large (GGA+U oxyfluoride, plain oxide, GGA+U phosphate).
 CORRECTED_IDS = ("mp-764379", "mp-1539317", "mp-754078")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """One thread, as in the workers: on a busy machine more threads only fight over the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -5,12 +5,12 @@ a structural check, positions and cell relaxed together (FIRE or BFGS on a Frech
 the largest force is below `fmax`, with a step cap and a wall-clock limit, and the final energy put
 on the Materials Project 2020 scale. Failures come back as a `Relaxation` with an error, never raised.
 
-Which backends already predict MP2020-corrected energies was measured (benchmarks/results/stability.md):
-single points on 120 DFT-relaxed MP-20 test structures, formation energy from MP2020 elemental
-references, mean absolute difference to the dataset's formation energy (eV/atom):
-CHGNet 0.021 as predicted, 0.223 with the corrections added again; SevenNet-0 0.219 as predicted,
-0.011 with them. CHGNet (trained on corrected MPtrj energies) is used as is; SevenNet and M3GNet
-(trained on raw VASP energies) get `MaterialsProject2020Compatibility` applied.
+Which backends already predict MP2020-corrected energies was measured (benchmarks/stability_mp2020.py,
+results/stability_mp2020.json): single points on 120 DFT-relaxed MP-20 test structures, formation
+energy from MP2020 elemental references, mean absolute difference to the dataset's formation energy
+(eV/atom): CHGNet 0.025 as predicted, 0.195 with the corrections added again; SevenNet-0 0.197 as
+predicted, 0.014 with them. CHGNet (trained on corrected MPtrj energies) is used as is; SevenNet and
+M3GNet (trained on raw VASP energies) get `MaterialsProject2020Compatibility` applied.
 """
 
 from __future__ import annotations
