@@ -29,3 +29,8 @@ def machine() -> dict[str, str | int]:
         "python": platform.python_version(),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
+
+
+def describe(m: dict[str, str | int], command: str) -> str:
+    """The line every result page opens with: the machine, the date and the command that made it."""
+    return f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory']}; {m['date']}. Command: `{command}`."

@@ -16,7 +16,7 @@ import os
 import time
 from pathlib import Path
 
-from _machine import machine
+from _machine import describe, machine
 from crystext.evaluate import EvaluateConfig, ProtocolSettings, evaluate
 from crystext.report import markdown_table
 
@@ -63,7 +63,7 @@ def main() -> None:
     lines = [
         "# Data-vs-data rows on MP-20, both protocols",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory']}; {m['date']}. Command: `{document['command']}`.",
+        describe(m, document["command"]),
         f"Versions: {', '.join(f'{k} {v}' for k, v in document['versions'].items())}.",
         "",
         markdown_table(rows),

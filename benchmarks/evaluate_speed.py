@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 from pymatgen.core import Structure
 
-from _machine import machine
+from _machine import describe, machine
 from crystext.evaluate import EvaluateConfig, ProtocolSettings, evaluate
 from crystext.textformat import decode, encode
 
@@ -81,7 +81,7 @@ def main() -> None:
     lines = [
         "# `crystext evaluate` speed: 1,000 samples vs the MP-20 test split (9,046 structures), paper protocol",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory']}; {m['date']}. Command: `{result['command']}`.",
+        describe(m, result["command"]),
         "Other jobs shared the cores (1-minute load averages below), so these are upper bounds.",
         "",
         "| run | wall (s) | samples (s) | reference (s) | metrics (s) | matcher (s) | load before/after |",

@@ -15,7 +15,7 @@ from pathlib import Path
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from tqdm import tqdm
 
-from _machine import machine
+from _machine import describe, machine
 from crystext.data import read_csv
 from crystext.textformat import FormatOptions, decode, encode
 
@@ -70,8 +70,7 @@ def main() -> None:
     lines = [
         f"# Text-format round trip: {args.name}",
         "",
-        f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, {result['machine']['memory']}; "
-        f"{result['machine']['date']}. Command: `python benchmarks/roundtrip.py {args.csv}`",
+        describe(result["machine"], f"python benchmarks/roundtrip.py {args.csv}"),
         "",
         "| structures | all encode+decode | StructureMatcher match | encode+decode / s | encode / s | decode / s |",
         "|---|---|---|---|---|---|",

@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _machine import machine
+from _machine import describe, machine
 from crystext.evaluate.validity import compositional_validity, structural_problem
 from crystext.sample import SampleConfig, Sampler, valid_structures
 
@@ -55,9 +55,8 @@ def main() -> None:
     md = [
         f"# Sampling speed: {args.name}",
         "",
-        f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, {result['machine']['memory']}; "
-        f"{result['machine']['date']}. Command: `python benchmarks/sample_throughput.py {args.model} "
-        f"--batch-sizes {args.batch_sizes}`; temperature {args.temperature}, top-p 0.9, max 20 atoms.",
+        describe(result["machine"], f"python benchmarks/sample_throughput.py {args.model} --batch-sizes {args.batch_sizes}")
+        + f" Temperature {args.temperature}, top-p 0.9, max 20 atoms.",
         "",
         "Valid: smallest interatomic distance >= 0.5 A and SMACT charge balance (the paper's two validity checks).",
         "",

@@ -94,7 +94,7 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "table1")
     parser.add_argument("--name", default="default")
     args = parser.parse_args()
-    from _machine import machine
+    from _machine import describe, machine
     from crystext.stability import default_reference
 
     reference = default_reference(SHARED)
@@ -111,7 +111,7 @@ def main() -> int:
     lines = [
         f"# Table 1 on this machine: {result['model']}",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory']}; {m['date']}. Command: `{result['command']}`.",
+        describe(m, result["command"]),
         f"{args.n} parseable samples per run, CDVAE protocol against the MP-20 test split; stability on a random "
         f"{args.stability_n} attempts per run (CHGNet, offline hull from MP-20 + lemat + mp_e_form fill). "
         "Trained on MP-20 train (partial here) + val, 10,349 structures, not the paper's 27,136; CHGNet, not M3GNet; "

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _machine import machine
+from _machine import describe, machine
 from crystext.data import training_set
 from crystext.model import ModelSpec, train_scratch_tokenizer
 from crystext.prompts import Attributes
@@ -78,9 +78,7 @@ def main() -> None:
     md = [
         f"# Training throughput: {args.preset}",
         "",
-        f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, {result['machine']['memory']}; "
-        f"{result['machine']['date']}. Command: `python benchmarks/train_throughput.py --data-dir {args.data_dir} "
-        f"--steps {args.steps}`",
+        describe(result["machine"], f"python benchmarks/train_throughput.py --data-dir {args.data_dir} --steps {args.steps}"),
         "",
         "| tokens/s | peak RSS | batch | epoch of MP-20 train+val (estimate) |",
         "|---|---|---|---|",
