@@ -13,7 +13,16 @@ from pymatgen.core import Composition, Lattice, Structure
 from crystext.cli import main
 from crystext.model import ModelSpec
 from crystext.prompts import Attributes
-from crystext.sample import SampleConfig, Sampler, read_conditions, similar_elements, write_structures
+from crystext.evaluate.validity import structural_problem
+from crystext.sample import (
+    SampleConfig,
+    Sampler,
+    SampleWriter,
+    parsed_structures,
+    read_conditions,
+    similar_elements,
+    write_structures,
+)
 from crystext.textformat import decode
 from crystext.train import TrainConfig, train
 
@@ -124,3 +133,18 @@ def test_cli_sample_and_infill(model_dir, tmp_path, capsys) -> None:
     assert all(json.loads(r["conditions"])["masked"] == "Cl" for r in infill_rows)
     assert capsys.readouterr().out.count("Cl -> ") == 2
     assert main(["sample", "--model", str(tmp_path / "nope"), "-o", str(tmp_path / "x.csv")]) == 1
+
+
+def test_two_atoms_on_one_site_stay_a_structure_to_judge(tmp_path) -> None:
+    """A sample with coincident atoms parses; its CIF does not read back, so the text is what is decoded."""
+    from crystext.sample import _row
+
+    text = "4.0 4.0 4.0\n90 90 90\nNa\n0.00 0.00 0.00\nNa\n0.00 0.00 0.00\nCl\n0.50 0.50 0.50"
+    out = tmp_path / "s.csv"
+    SampleWriter(out, resume=False).append([_row("s0", "unconditional", {}, text)])
+    with pytest.raises(ValueError):
+        Structure.from_str(rows(out)[0]["cif"], fmt="cif")
+    [(sample_id, structure)] = list(parsed_structures(out))
+    assert sample_id == "s0" and structure.composition.reduced_formula == "Na2Cl"
+    assert structural_problem(structure) == "sites 0 and 1 are 0.000 A apart, closer than 0.5 A"
+    assert write_structures(out, extxyz=tmp_path / "s.extxyz") == 1

@@ -301,12 +301,16 @@ def read_conditions(path: Path) -> list[Attributes]:
     return conditions
 
 
-def valid_structures(path: Path) -> Iterator[tuple[str, Structure]]:
-    """(id, structure) for every parseable row of a samples CSV."""
+def parsed_structures(path: Path) -> Iterator[tuple[str, Structure]]:
+    """(id, structure) for every parseable row of a samples CSV, decoded from the text the model wrote.
+
+    The text rather than the CIF: a CIF with two atoms on one site does not read back (pymatgen
+    merges them into one over-occupied site), yet such a sample is a structure, just an invalid one.
+    """
     with open(path, newline="") as handle:
         for row in csv.DictReader(handle):
             if row["cif"]:
-                yield row["id"], Structure.from_str(row["cif"], fmt="cif")
+                yield row["id"], CrystalText.from_str(row["raw_text"]).to_structure()
 
 
 def write_structures(path: Path, cif_dir: Path | None = None, extxyz: Path | None = None) -> int:
@@ -318,7 +322,7 @@ def write_structures(path: Path, cif_dir: Path | None = None, extxyz: Path | Non
     count = 0
     if cif_dir:
         cif_dir.mkdir(parents=True, exist_ok=True)
-    for sample_id, structure in valid_structures(path):
+    for sample_id, structure in parsed_structures(path):
         count += 1
         if cif_dir:
             structure.to(filename=str(cif_dir / f"{sample_id}.cif"))
