@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 
 import numpy as np
@@ -68,6 +69,32 @@ def test_compositional_validity(formula: str, valid: bool) -> None:
 def test_composition_of_an_element_smact_does_not_know_is_reported() -> None:
     with pytest.raises(ValueError, match="SMACT has no data for an element of NaOg"):
         compositional_validity(Composition("NaOg"))
+
+
+def test_fast_search_agrees_with_the_reference_loop() -> None:
+    """The memoised search gives the reference loop's answer on 300 random 2-4 element compositions."""
+    from crystext.evaluate.validity import _neutral_with_pauling, _reference_loop, _smact_element
+
+    rng = np.random.default_rng(0)
+    pool = ["Li", "Na", "K", "Mg", "Ca", "Ba", "Al", "Ti", "V", "Cr", "Mn", "Fe", "Co", "Ni", "Cu", "Zn", "Sn", "Pb",
+            "Bi", "Sb", "B", "C", "N", "O", "F", "P", "S", "Cl", "Se", "Br", "Te", "I", "H", "Si", "As"]
+    agreed = {True: 0, False: 0}
+    for _ in range(300):
+        symbols = sorted(rng.choice(pool, rng.integers(2, 5), replace=False), key=lambda s: Composition(s).elements[0].Z)
+        counts = [int(c) for c in rng.integers(1, 7, len(symbols))]
+        counts = [c // math.gcd(*counts) for c in counts]  # a reduced composition, as the callers pass
+        data = [_smact_element(s) for s in symbols]
+        states, enegs = [d[0] for d in data], [d[1] for d in data]
+        expected = _reference_loop(counts, states, enegs)
+        assert _neutral_with_pauling(tuple(counts), tuple(states), tuple(enegs)) is expected, (symbols, counts)
+        agreed[expected] += 1
+    assert min(agreed.values()) > 50  # both answers were exercised
+
+
+def test_a_dozen_elements_are_judged_at_once() -> None:
+    """A garbled sample's composition: 12 elements, about 10^9 oxidation-state combinations for the reference loop."""
+    assert compositional_validity(Composition("LiNaKMgCaTiVCrMnFeO7F3")) is True  # e.g. all +1/+2/+3, O-2, F-1
+    assert compositional_validity(Composition("LiNaKMgCaBaSrCsRbAlGaF50")) is False  # the cations give at most +19
 
 
 def test_smact_2_5_5_on_the_mp20_test_split(shared_data) -> None:

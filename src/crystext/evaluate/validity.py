@@ -26,6 +26,9 @@ __all__ = ["compositional_validity", "smact_version", "structural_problem"]
 
 #: The smact release whose oxidation-state table the published numbers used.
 PAPER_SMACT_VERSION = "2.5.5"
+#: A composition with an element that has no Pauling electronegativity is judged by the reference
+#: code's own loop up to this many oxidation-state combinations, and by charge neutrality alone beyond.
+MAX_REFERENCE_COMBINATIONS = 100_000
 
 
 def structural_problem(structure: Structure) -> str | None:
@@ -61,9 +64,6 @@ def compositional_validity(composition: Composition) -> bool:
     electronegativity (a missing electronegativity passes, as in the reference code). Raises
     ValueError for an element SMACT has no data for.
     """
-    import smact
-    from smact.screening import pauling_test
-
     reduced = composition.element_composition.reduced_composition
     symbols = [element.symbol for element in sorted(reduced.elements, key=lambda e: e.Z)]
     counts = [int(round(reduced[s])) for s in symbols]
@@ -77,10 +77,26 @@ def compositional_validity(composition: Composition) -> bool:
         raise ValueError(f"SMACT has no data for an element of {reduced.reduced_formula} ({err})") from None
     if all(is_metal for _, _, is_metal in data):
         return True
+    states = [states for states, _, _ in data]
     electronegativities = [eneg for _, eneg, _ in data]
-    stoichs = [(c,) for c in counts]
-    for ox_states in itertools.product(*(states for states, _, _ in data)):
-        neutral, _ = smact.neutral_ratios(ox_states, stoichs=stoichs, threshold=max(counts))
+    if None not in electronegativities:
+        return _neutral_with_pauling(tuple(counts), tuple(states), tuple(electronegativities))
+    if math.prod(len(s) for s in states) <= MAX_REFERENCE_COMBINATIONS:
+        return _reference_loop(counts, states, electronegativities)
+    return _neutral_with_pauling(tuple(counts), tuple(states), None)
+
+
+def _reference_loop(counts: list[int], states: list[tuple[int, ...]], electronegativities: list[float | None]) -> bool:
+    """The reference code's loop over every combination of oxidation states, for missing electronegativities.
+
+    Whether its Pauling test raises (and so counts as passed) or fails depends on the order it meets
+    the pairs in, so compositions with an element lacking an electronegativity take this exact path.
+    """
+    import smact
+    from smact.screening import pauling_test
+
+    for ox_states in itertools.product(*states):
+        neutral, _ = smact.neutral_ratios(ox_states, stoichs=[(c,) for c in counts], threshold=max(counts))
         if not neutral:
             continue
         try:
@@ -89,6 +105,50 @@ def compositional_validity(composition: Composition) -> bool:
         except TypeError:  # an electronegativity is missing: the reference code counts the test as passed
             return True
     return False
+
+
+@functools.lru_cache(maxsize=65536)
+def _neutral_with_pauling(
+    counts: tuple[int, ...], states: tuple[tuple[int, ...], ...], electronegativities: tuple[float, ...] | None
+) -> bool:
+    """Whether some oxidation state per element is charge neutral with every cation less electronegative than
+    every anion (without electronegativities: neutral alone).
+
+    The same answer as trying every combination of oxidation states, as the reference code does, but by a
+    depth-first search over the elements whose states (charge so far, most electronegative cation, least
+    electronegative anion) are remembered: the combinations grow exponentially with the number of
+    elements, and a garbled sample with a dozen elements would otherwise never finish.
+    """
+    if any(not s for s in states):
+        return False
+    # The least and most charge the elements from i on can still add.
+    low, high = [0] * (len(counts) + 1), [0] * (len(counts) + 1)
+    for i in reversed(range(len(counts))):
+        low[i] = low[i + 1] + counts[i] * min(states[i])
+        high[i] = high[i + 1] + counts[i] * max(states[i])
+
+    @functools.cache
+    def search(i: int, charge: int, top_cation: float, bottom_anion: float) -> bool:
+        if i == len(counts):
+            return charge == 0
+        if not low[i] <= -charge <= high[i]:
+            return False
+        eneg = electronegativities[i] if electronegativities else 0.0
+        for ox in set(states[i]):
+            cation, anion = top_cation, bottom_anion
+            if electronegativities and ox > 0:
+                if eneg >= bottom_anion:
+                    continue
+                cation = max(top_cation, eneg)
+            elif electronegativities and ox < 0:
+                if eneg <= top_cation:
+                    continue
+                anion = min(bottom_anion, eneg)
+            if search(i + 1, charge + counts[i] * ox, cation, anion):
+                return True
+        return False
+
+    return search(0, 0, -math.inf, math.inf)
 
 
 def smact_version() -> str:
