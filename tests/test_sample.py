@@ -148,3 +148,20 @@ def test_two_atoms_on_one_site_stay_a_structure_to_judge(tmp_path) -> None:
     assert sample_id == "s0" and structure.composition.reduced_formula == "Na2Cl"
     assert structural_problem(structure) == "sites 0 and 1 are 0.000 A apart, closer than 0.5 A"
     assert write_structures(out, extxyz=tmp_path / "s.extxyz") == 1
+
+
+def test_without_a_model_the_shipped_default_samples(tmp_path) -> None:
+    """`crystext sample` with no --model uses the model inside the package: float16, small, with its card."""
+    from safetensors import safe_open
+
+    from crystext.model import DEFAULT_MODEL_DIR
+
+    weights = DEFAULT_MODEL_DIR / "model.safetensors"
+    assert weights.stat().st_size < 25 * 2**20
+    with safe_open(str(weights), "pt") as tensors:
+        assert {str(tensors.get_tensor(name).dtype) for name in tensors.keys()} == {"torch.float16"}
+    assert "10349 training structures, 545 held out" in (DEFAULT_MODEL_DIR / "README.md").read_text()
+    out = tmp_path / "s.csv"
+    assert main(["sample", "-n", "4", "--batch-size", "4", "--max-atoms", "8", "-o", str(out)]) == 0
+    parsed = dict(parsed_structures(out))
+    assert len(parsed) == 4 and all(len(s) <= 8 for s in parsed.values())
