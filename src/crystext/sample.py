@@ -39,7 +39,7 @@ class SampleConfig:
     """How to sample: how many parseable structures, batch size, temperature/top-p, constraints, seed."""
 
     n: int = 100
-    batch_size: int = 32
+    batch_size: int = 64
     temperature: float = 0.7
     top_p: float = 0.9
     constrained: bool = True
