@@ -342,7 +342,7 @@ coordinates {config.text_format.coord_decimals} decimals).
   (cosine, warmup {min(config.warmup_steps, state.step // 10)}), weight decay {config.weight_decay}, gradient clip {config.grad_clip}, seed {config.seed}
 - tokens seen: {state.tokens_seen:,}
 - final training loss: {records[-1]['loss'] if records else 'n/a'}
-- validation loss (unconditional generation, per token): best {state.best_val:.4f}, last {final_val if final_val is not None else 'n/a'}
+- validation loss (unconditional generation, per token): best {state.best_val:.4f}, last {'n/a' if final_val is None else f'{final_val:.4f}'}
 
 Load with `crystext sample --model {out}` or `transformers.AutoModelForCausalLM.from_pretrained("{out}")`.
 """
