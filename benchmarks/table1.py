@@ -25,6 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CRYSTEXT_SHARED_DATA", ROOT.parent / "shared" / "data"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+#: What the model learnt from: novelty and S.U.N. are measured against it.
+TRAIN_SPLITS = (SHARED / "mp_20" / "train.csv", SHARED / "mp_20" / "val.csv")
 #: (label, temperature, constrained) of the sampling runs, the paper's temperatures first.
 RUNS = (("T=0.7", 0.7, True), ("T=1.0", 1.0, True), ("T=1.0, no constraint", 1.0, False))
 #: The paper's rows (M3GNet metastable, DFT stable): struct, comp, COV-R, COV-P, wdist rho, wdist #elem, meta, stable.
@@ -45,10 +47,11 @@ def timed(step: str, timings: dict[str, float], work) -> object:
     return result
 
 
-def run_one(label: str, temperature: float, constrained: bool, args: argparse.Namespace, reference) -> dict:
-    from crystext.data import Dataset, read_structures
+def run_one(label: str, temperature: float, constrained: bool, args: argparse.Namespace, sampler, reference,
+            training) -> dict:
+    from crystext.data import Dataset
     from crystext.evaluate import EvaluateConfig, ProtocolSettings, evaluate
-    from crystext.sample import SampleConfig, Sampler
+    from crystext.sample import SampleConfig
     from crystext.stability import StabilityConfig, read_samples, relax_and_place
 
     folder = args.work / label.replace("=", "").replace(", ", "_").replace(" ", "_")
@@ -56,12 +59,10 @@ def run_one(label: str, temperature: float, constrained: bool, args: argparse.Na
     samples, timings = folder / "samples.csv", {}
     config = SampleConfig(n=args.n, batch_size=args.batch_size, temperature=temperature, top_p=0.9,
                           constrained=constrained, seed=0)
-    sampler = Sampler.from_pretrained(args.model)
     resumed = samples.exists()  # then this invocation's sampling time says nothing about speed
     summary = timed("sampling", timings, lambda: sampler.sample(config, samples, resume=resumed))
-    train = [SHARED / "mp_20" / "train.csv", SHARED / "mp_20" / "val.csv"]
     evaluation = timed("evaluate", timings, lambda: evaluate(
-        samples, SHARED / "mp_20" / "test.csv", train, config=EvaluateConfig(protocol=ProtocolSettings("cdvae"))))
+        samples, SHARED / "mp_20" / "test.csv", TRAIN_SPLITS, config=EvaluateConfig(protocol=ProtocolSettings("cdvae"))))
     evaluation.write(folder / "eval")
 
     everything = read_samples(samples)
@@ -69,7 +70,6 @@ def run_one(label: str, temperature: float, constrained: bool, args: argparse.Na
     chosen = set(np.random.default_rng(0).choice(ids, min(args.stability_n, len(ids)), replace=False).tolist())
     subset = Dataset([r for r in everything.records if r.id in chosen],
                      [(rid, why) for rid, why in everything.skipped if rid in chosen], everything.source)
-    training = Dataset.concat([read_structures(p) for p in train], source="MP-20 train + val")
     output = folder / "stability.csv"
     stability = timed("stability", timings, lambda: relax_and_place(
         subset, reference, output, StabilityConfig(backend="chgnet", resume=output.exists()), training))
@@ -96,10 +96,15 @@ def main() -> int:
     parser.add_argument("--name", default="default")
     args = parser.parse_args()
     from _machine import describe, machine
+    from crystext.data import Dataset, read_structures
+    from crystext.sample import Sampler
     from crystext.stability import default_reference
 
+    # Loaded once for the three runs: the model, the hull, and the training structures for S.U.N.
+    sampler = Sampler.from_pretrained(args.model)
     reference = default_reference(SHARED)
-    runs = [run_one(label, t, c, args, reference) for label, t, c in RUNS]
+    training = Dataset.concat([read_structures(p) for p in TRAIN_SPLITS], source="MP-20 train + val")
+    runs = [run_one(label, t, c, args, sampler, reference, training) for label, t, c in RUNS]
     result = {"machine": machine(), "command": " ".join(["python", *sys.argv]), "model": str(args.model or "shipped"),
               "n": args.n, "stability_n": args.stability_n, "runs": runs}
     out = ROOT / "benchmarks" / "results"
