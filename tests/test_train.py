@@ -78,15 +78,30 @@ def test_infill_masks_whole_element_lines_only() -> None:
         infill_prompt(crystal, "Fe", FormatOptions())
 
 
-def test_scratch_tokenizer_has_single_tokens_for_elements_digits_and_words() -> None:
+def test_scratch_tokenizer_has_single_tokens_for_elements_crystal_numbers_and_words() -> None:
     tokenizer = train_scratch_tokenizer([NACL_TEXT])
-    text = Attributes("LiFePO4", 62).to_prompt() + "4.1 4.1 18.4\n90 90 120\n[MASK]\n0.33 0.67 0.18"
+    text = Attributes("LiFePO4", 62, band_gap=-1.2345).to_prompt() + "4.1 4.1 18.4\n90 90 120\n[MASK]\n0.33 0.67 0.18"
     tokens = tokenizer.tokenize(text)
     assert tokens[:11] == ["bulk", " ", "crystal", ".", " ", "formula", " ", "Li", "Fe", "P", "O"]
     assert "[MASK]" in tokens and "Og" in tokenizer.get_vocab() and "Xe" in tokenizer.get_vocab()
-    assert tokens[-14:] == ["0", ".", "3", "3", " ", "0", ".", "6", "7", " ", "0", ".", "1", "8"]
+    assert tokens[-19:] == [
+        "4.1", " ", "4.1", " ", "18.4", "\n", "90", " ", "90", " ", "120", "\n",
+        "[MASK]", "\n", "0.33", " ", "0.67", " ", "0.18",
+    ]
+    # a number outside the crystal format (a property value with four decimals) is written digit by digit
+    assert ["-", "1", ".", "2", "3", "4", "5"] == tokens[tokens.index("gap") + 2 : tokens.index("gap") + 9]
+    assert tokens[tokens.index("group") + 2 : tokens.index("group") + 4] == ["62", "."]
     assert tokenizer.decode(tokenizer(NACL_TEXT)["input_ids"]) == NACL_TEXT
-    assert check_digit_tokenization(tokenizer)
+
+
+def test_scratch_tokenizer_writes_any_number_without_unknown_tokens() -> None:
+    tokenizer = train_scratch_tokenizer([NACL_TEXT])
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        text = "".join(rng.choice(list("0123456789. -\nH"), size=int(rng.integers(1, 14))))
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert tokenizer.unk_token_id not in ids, text
+        assert tokenizer.decode(ids) == text
 
 
 def test_warns_when_numbers_are_not_split_into_digits() -> None:

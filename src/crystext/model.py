@@ -30,9 +30,17 @@ from crystext.prompts import INFILL_HEADER, INFILL_REQUEST, MASK, Attributes
 from crystext.textformat import ELEMENT_SYMBOLS
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
-#: Pre-tokenizer pattern: [MASK], element-like capitalised symbols, lower-case words, single digits,
-#: single whitespace characters, and any other single character.
-TOKEN_PATTERN = r"\[MASK\]|[A-Z][a-z]?|[a-z]+|\d|\s|[^\sA-Za-z\d]"
+#: Whole-number tokens for the numbers a default-format crystal text is made of: lengths 0.0-99.9,
+#: coordinates 0.00-0.99, and integers 0-239 (angles, space groups, counts in formulas). Any other
+#: number (a property value, another format's decimals) falls back to single digits.
+NUMBER_PATTERN = r"(?<![\d.])(?:(?:[1-9]\d?|0)\.\d|0\.\d\d|1\d\d|2[0-3]\d|[1-9]?\d)(?!\d|\.\d)"
+#: Pre-tokenizer pattern: [MASK], element-like capitalised symbols, lower-case words, whole numbers,
+#: single digits, single whitespace characters, and any other single character.
+TOKEN_PATTERN = rf"\[MASK\]|[A-Z][a-z]?|[a-z]+|{NUMBER_PATTERN}|\d|\s|[^\sA-Za-z\d]"
+#: Every whole-number token NUMBER_PATTERN can produce.
+WHOLE_NUMBERS = (
+    [f"{i / 10:.1f}" for i in range(1000)] + [f"{i / 100:.2f}" for i in range(100)] + [str(i) for i in range(240)]
+)
 #: File in a model directory that records how crystext made it.
 CRYSTEXT_CONFIG = "crystext.json"
 #: The model shipped inside the package (recipes/default_model.sh), used when no model is named.
@@ -90,16 +98,18 @@ def device() -> torch.device:
 
 
 def train_scratch_tokenizer(texts: Iterable[str]) -> PreTrainedTokenizerFast:
-    """A word-level tokenizer trained on `texts`: one token per element, digit, template word and symbol.
+    """A word-level tokenizer trained on `texts`: one token per element, crystal number, digit, template
+    word and symbol.
 
-    Every element symbol and digit is in the vocabulary even if the training text lacks it, so the
-    model can be asked about (and infill) any element.
+    A coordinate or lattice value is one token rather than four digits, so a crystal costs about half
+    the tokens to train on and sample. Every element symbol, whole number and digit is in the
+    vocabulary even if the training text lacks it, so any crystal and prompt can be written.
     """
     backend = Tokenizer(models.WordLevel(unk_token=UNK))
     backend.pre_tokenizer = pre_tokenizers.Split(Regex(TOKEN_PATTERN), behavior="isolated")
     backend.decoder = decoders.Fuse()
     trainer = trainers.WordLevelTrainer(special_tokens=[PAD, BOS, EOS, UNK, MASK], min_frequency=1)
-    always = " ".join(sorted(ELEMENT_SYMBOLS)) + " 0123456789 .-:,\n"
+    always = " ".join([*sorted(ELEMENT_SYMBOLS), *WHOLE_NUMBERS]) + " 0 1 2 3 4 5 6 7 8 9 .-:,\n"
     every_attribute = Attributes(formula="H", spacegroup=1, e_above_hull=0.1, formation_energy=-1.0, band_gap=1.0)
     templates = every_attribute.to_prompt() + INFILL_HEADER + INFILL_REQUEST
     backend.train_from_iterator([always, templates, *texts], trainer)
