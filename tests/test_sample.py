@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -23,7 +24,7 @@ from crystext.sample import (
     similar_elements,
     write_structures,
 )
-from crystext.textformat import decode
+from crystext.textformat import FormatOptions, decode
 from crystext.train import TrainConfig, train
 
 
@@ -63,6 +64,13 @@ def test_constrained_decoding_parses_every_attempt_where_free_sampling_fails(sam
         structure = decode(row["raw_text"])
         assert row["mode"] == "unconditional" and row["error"] == "" and 1 <= len(structure) <= 4
         assert Structure.from_str(row["cif"], fmt="cif").composition == structure.composition
+
+
+def test_token_budget_counts_whole_number_tokens(sampler) -> None:
+    # widest lattice "88.9 88.9 88.9\n119 119 119\n" is 12 tokens, an atom "Og\n0.89 0.89 0.89\n" 8
+    assert sampler.token_budget(FormatOptions(), 10) == math.ceil(1.1 * (12 + 8 * 10)) + 1
+    # three-decimal coordinates are not whole-number tokens: "0", ".", "8", "8", "9" each
+    assert sampler.token_budget(FormatOptions(coord_decimals=3), 10) == math.ceil(1.1 * (12 + 20 * 10)) + 1
 
 
 def test_forced_composition_is_exact(sampler, tmp_path) -> None:

@@ -25,7 +25,7 @@ from crystext.model import (
 )
 from crystext.prompts import Attributes, infill_example, infill_prompt
 from crystext.textformat import CrystalText, FormatOptions
-from crystext.train import IGNORE, TrainConfig, collate, tokenize_pair, train
+from crystext.train import IGNORE, Example, TrainConfig, collate, make_pair, tokenize_pair, train
 
 NACL_TEXT = "5.6 5.6 5.6\n90 90 90\nNa\n0.00 0.00 0.00\nCl\n0.50 0.50 0.50"
 
@@ -76,6 +76,15 @@ def test_infill_masks_whole_element_lines_only() -> None:
     assert answer in (" C", " Cl")
     with pytest.raises(ValueError, match="element Fe is not in the crystal"):
         infill_prompt(crystal, "Fe", FormatOptions())
+
+
+def test_training_pairs_translate_unless_told_not_to() -> None:
+    example = Example("nacl", CrystalText.from_str(NACL_TEXT), Attributes())
+    rng = np.random.default_rng(0)
+    kept = {make_pair(example, rng, TrainConfig(Path("x"), Path("x"), infill_fraction=0.0, translate=False))[1] for _ in range(5)}
+    moved = {make_pair(example, rng, TrainConfig(Path("x"), Path("x"), infill_fraction=0.0))[1] for _ in range(5)}
+    assert kept == {NACL_TEXT}
+    assert len(moved) == 5 and all(text.split("\n")[:3] == NACL_TEXT.split("\n")[:3] for text in moved)
 
 
 def test_scratch_tokenizer_has_single_tokens_for_elements_crystal_numbers_and_words() -> None:

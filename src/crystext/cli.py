@@ -86,6 +86,7 @@ def _build_parser() -> argparse.ArgumentParser:
         value = getattr(defaults, name)
         kind = float if isinstance(value, float) else int
         train.add_argument("--" + name.replace("_", "-"), type=kind, default=value, help=f"default {value}")
+    train.add_argument("--no-translate", action="store_true", help="keep the written coordinates (no random shift)")
     train.add_argument("--permute", action="store_true", help="also shuffle the order of atoms")
     train.add_argument("--full-sequence-loss", action="store_true", help="train on prompt tokens too")
     train.add_argument("--lora-rank", type=int, default=LoraSettings.rank)
@@ -115,6 +116,8 @@ def _build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--top-p", type=float, default=SampleConfig.top_p)
     sample.add_argument("--seed", type=int, default=SampleConfig.seed)
     sample.add_argument("--max-atoms", type=int, default=SampleConfig.max_atoms)
+    sample.add_argument("--min-distance", type=float, default=SampleConfig.min_distance,
+                        help="constrained: keep each new atom this many Angstrom from the earlier ones (0: off)")
     sample.add_argument("--max-new-tokens", type=int, help="default: enough for --max-atoms atoms")
     sample.add_argument("--max-attempts", type=int, help="give up after this many attempts (default 10 n)")
     sample.add_argument("--no-constraint", action="store_true", help="sample without the grammar constraint")
@@ -242,6 +245,7 @@ def _train(args: argparse.Namespace) -> int:
         model=ModelSpec(args.model, None if args.no_lora else lora, args.quantization),
         splits=tuple(args.splits.split(",")),
         holdout=args.holdout,
+        translate=not args.no_translate,
         permute=args.permute,
         completion_only=not args.full_sequence_loss,
         **{name: getattr(args, name) for name in _TRAIN_NUMBERS},
@@ -258,6 +262,7 @@ def _sample(args: argparse.Namespace) -> int:
     config = SampleConfig(
         n=args.n, batch_size=args.batch_size, temperature=args.temperature, top_p=args.top_p,
         constrained=not args.no_constraint, force_composition=args.force_composition, max_atoms=args.max_atoms,
+        min_distance=args.min_distance or None,
         max_new_tokens=args.max_new_tokens, max_attempts=args.max_attempts, seed=args.seed,
     )
     try:

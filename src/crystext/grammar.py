@@ -3,7 +3,9 @@
 Constrained decoding masks every token whose characters would leave the grammar: numbers in the
 configured format, real element symbols, the right line structure, lattice lengths and angles in a
 sane range that give a real cell, and the end token only after a complete atom. Optionally the
-elements must come in the proportions of a requested formula.
+elements must come in the proportions of a requested formula, and each new atom must keep a minimum
+distance from the atoms before it (checked as its last coordinate is chosen, so the distance check
+narrows the model's choice of that coordinate and never cuts a text short).
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
+import numpy as np
 import torch
-from pymatgen.core import Composition
+from pymatgen.core import Composition, Lattice
 from transformers import LogitsProcessor, PreTrainedTokenizerBase
 
 from crystext.textformat import ELEMENT_SYMBOLS, FormatOptions
@@ -31,11 +34,13 @@ _SECTIONS = ("lengths", "angles", "element", "coords")
 
 @dataclass(frozen=True)
 class Grammar:
-    """What the constrained text may contain: number formats, cell size, and optionally a composition."""
+    """What the constrained text may contain: number formats, cell size, and optionally a composition
+    and a minimum interatomic distance."""
 
     options: FormatOptions = field(default_factory=FormatOptions)
     max_atoms: int = DEFAULT_MAX_ATOMS
     composition: Mapping[str, int] | None = None  # element -> count in one formula unit
+    min_distance: float | None = None  # Angstrom, nearest periodic image included; kept by the logits processor
 
     @classmethod
     def for_formula(cls, formula: str, options: FormatOptions | None = None, max_atoms: int = DEFAULT_MAX_ATOMS) -> Grammar:
@@ -53,8 +58,10 @@ class State:
     section: str = "lengths"
     field: int = 0
     buf: str = ""
-    values: tuple[float, ...] = ()  # finished numbers of the current lattice line
+    values: tuple[float, ...] = ()  # finished numbers of the current lattice or coordinate line
     counts: tuple[tuple[str, int], ...] = ()  # elements written so far
+    lattice: tuple[float, ...] = ()  # the six lattice parameters, once written
+    sites: tuple[tuple[float, float, float], ...] = ()  # fractional coordinates written so far
 
     def shape_key(self) -> tuple:
         """The part of the state that decides which characters may follow, composition aside."""
@@ -94,13 +101,13 @@ def _step(s: State, char: str, g: Grammar) -> State | None:
         if char != "\n":
             return None
         if s.section == "lengths":
-            return replace(s, section="angles", field=0, buf="", values=())
-        return State("element", 0, "", (), s.counts) if _valid_angles(values) else None
+            return replace(s, section="angles", field=0, buf="", values=(), lattice=values)
+        return State("element", 0, "", (), s.counts, s.lattice + values) if _valid_angles(values) else None
     if s.section == "element":
         if char == "\n":
             if s.buf not in ELEMENT_SYMBOLS or not _element_allowed(s.buf, s.counts, g, exact=True):
                 return None
-            return State("coords", 0, "", (), _add(s.counts, s.buf))
+            return State("coords", 0, "", (), _add(s.counts, s.buf), s.lattice, s.sites)
         buf = s.buf + char
         return replace(s, buf=buf) if buf in _PREFIXES and _element_allowed(buf, s.counts, g) else None
     # coordinates: "0." followed by the configured number of digits
@@ -111,10 +118,33 @@ def _step(s: State, char: str, g: Grammar) -> State | None:
     if not _number_done(s.buf, opts.coord_decimals):
         return None
     if s.field < 2:
-        return replace(s, field=s.field + 1, buf="") if char == " " else None
+        return replace(s, field=s.field + 1, buf="", values=s.values + (float(s.buf),)) if char == " " else None
     if char != "\n" or sum(n for _, n in s.counts) >= g.max_atoms:
         return None
-    return State("element", 0, "", (), s.counts)
+    site = (*s.values, float(s.buf))
+    return State("element", 0, "", (), s.counts, s.lattice, s.sites + (site,))
+
+
+def _far_enough(s: State, z: np.ndarray, min_distance: float) -> np.ndarray:
+    """For each candidate last coordinate `z` of the atom being written: whether it keeps `min_distance`
+    from every atom before it (nearest of the 27 neighbouring images)."""
+    if not s.sites:
+        return np.ones(len(z), dtype=bool)
+    x, y = s.values
+    candidates = np.stack([np.full(len(z), x), np.full(len(z), y), z], axis=1)
+    delta = candidates[:, None, :] - np.array(s.sites)[None, :, :]
+    delta = delta - np.round(delta)
+    shifted = delta[:, :, None, :] + _IMAGES[None, None, :, :]
+    distances = np.linalg.norm(shifted @ _matrix(s.lattice), axis=-1)
+    return distances.min(axis=(1, 2)) >= min_distance
+
+
+_IMAGES = np.array([(i, j, k) for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)], dtype=float)
+
+
+@lru_cache(maxsize=4096)
+def _matrix(lattice: tuple[float, ...]) -> np.ndarray:
+    return Lattice.from_parameters(*lattice).matrix
 
 
 def _number_prefix(buf: str, decimals: int, max_int_digits: int) -> bool:
@@ -253,10 +283,31 @@ class GrammarLogitsProcessor(LogitsProcessor):
 
     def _mask(self, state: State, grammar: Grammar, width: int, device: torch.device) -> torch.Tensor:
         full = sum(n for _, n in state.counts) >= grammar.max_atoms
-        key = (id(grammar), state.shape_key(), state.counts if grammar.composition else full)
+        unit = tuple(sorted(grammar.composition.items())) if grammar.composition else None
+        key = (grammar.options, grammar.max_atoms, unit, state.shape_key(), state.counts if unit else full)
         mask = self._masks.get(key)
         if mask is None:
             mask = torch.tensor([self._leads_on(state, text, grammar) for text in self.texts], dtype=torch.bool)
             mask = torch.nn.functional.pad(mask, (0, max(0, width - len(mask))))[:width].to(device)
             self._masks[key] = mask
+        if grammar.min_distance and state.section == "coords" and state.field == 2:
+            mask = self._keep_distance(state, grammar, mask)
+        return mask
+
+    def _keep_distance(self, state: State, grammar: Grammar, mask: torch.Tensor) -> torch.Tensor:
+        """`mask` less the tokens that finish the last coordinate too close to an earlier atom (unless every
+        one does: then the atom is written anyway, and judged invalid later, rather than steered astray)."""
+        ids, values = [], []
+        for token_id in mask.nonzero().flatten().tolist():
+            number = state.buf + (self.texts[token_id] or "").split(" ")[0].split("\n")[0]
+            if _number_done(number, grammar.options.coord_decimals):
+                ids.append(token_id)
+                values.append(float(number))
+        if not ids:
+            return mask
+        too_close = ~_far_enough(state, np.array(values), grammar.min_distance)
+        if not too_close.any() or too_close.all():
+            return mask
+        mask = mask.clone()
+        mask[torch.tensor(ids, device=mask.device)[torch.from_numpy(too_close).to(mask.device)]] = False
         return mask

@@ -10,11 +10,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -30,8 +31,8 @@ from crystext.textformat import CrystalText, CrystalTextError, FormatOptions
 COLUMNS = ("id", "mode", "conditions", "raw_text", "cif", "error")
 #: Relative ionic-radius difference under which two elements count as chemically similar (infill).
 SIMILAR_RADIUS_TOLERANCE = 0.2
-#: Tokens the model may write per atom, and for the lattice lines, when no limit is given.
-TOKENS_PER_ATOM, TOKENS_FOR_LATTICE = 20, 32
+#: Head room over the token count of the widest crystal text, when no token limit is given.
+TOKEN_MARGIN = 1.1
 
 
 @dataclass
@@ -45,6 +46,7 @@ class SampleConfig:
     constrained: bool = True
     force_composition: bool = False
     max_atoms: int = DEFAULT_MAX_ATOMS
+    min_distance: float | None = None  # constrained only: keep each new atom this far (A) from the others
     max_new_tokens: int | None = None
     max_attempts: int | None = None  # default 10 * n
     seed: int = 0
@@ -139,6 +141,17 @@ class Sampler:
         model, tokenizer, _ = load_model(path)
         return cls(model, tokenizer)
 
+    def token_budget(self, options: FormatOptions, max_atoms: int) -> int:
+        """Tokens a crystal of `max_atoms` atoms may take: the count for the widest such text, with a margin.
+
+        It sizes the preallocated cache, whose length every decoding step pays for.
+        """
+        length = f"{88.8888:.{options.length_decimals}f}"
+        angle = f"{118.888:.{options.angle_decimals}f}"
+        coord = f"{0.8888:.{options.coord_decimals}f}"
+        widest = f"{length} {length} {length}\n{angle} {angle} {angle}\n" + f"Og\n{coord} {coord} {coord}\n" * max_atoms
+        return math.ceil(TOKEN_MARGIN * len(self.tokenizer(widest, add_special_tokens=False)["input_ids"])) + 1
+
     def _prompt_ids(self, prompt: str) -> list[int]:
         bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
         return bos + self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
@@ -151,7 +164,7 @@ class Sampler:
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in encoded], device=self.device)
         attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], device=self.device)
-        limit = config.max_new_tokens or TOKENS_FOR_LATTICE + TOKENS_PER_ATOM * config.max_atoms
+        limit = config.max_new_tokens or self.token_budget(config.text_format, config.max_atoms)
         limit = min(limit, getattr(self.model.config, "max_position_embeddings", limit + width) - width)
         processors = LogitsProcessorList()
         if grammars is not None:
@@ -209,8 +222,9 @@ class Sampler:
 
     def _grammar(self, attributes: Attributes, config: SampleConfig) -> Grammar:
         if config.force_composition and attributes.formula:
-            return Grammar.for_formula(attributes.formula, config.text_format, config.max_atoms)
-        return Grammar(config.text_format, config.max_atoms)
+            grammar = Grammar.for_formula(attributes.formula, config.text_format, config.max_atoms)
+            return replace(grammar, min_distance=config.min_distance)
+        return Grammar(config.text_format, config.max_atoms, min_distance=config.min_distance)
 
     @torch.no_grad()
     def infill(

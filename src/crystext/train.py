@@ -57,6 +57,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     infill_fraction: float = 1 / 3  # the paper mixes about 2/3 generation and 1/3 infill
+    translate: bool = True  # the paper's augmentation; a small scratch model learns faster without it
     permute: bool = False
     completion_only: bool = True
     eval_every: int = 200
@@ -103,8 +104,8 @@ def to_examples(dataset: Dataset) -> tuple[list[Example], list[tuple[str, str]]]
 
 
 def make_pair(example: Example, rng: np.random.Generator, config: TrainConfig) -> tuple[str, str]:
-    """One fresh (prompt, completion): a random translation, then infill or generation with random attributes."""
-    crystal = augment(example.crystal, rng, translate=True, permute=config.permute)
+    """One fresh (prompt, completion): the augmentations asked for, then infill or generation with random attributes."""
+    crystal = augment(example.crystal, rng, translate=config.translate, permute=config.permute)
     if rng.random() < config.infill_fraction:
         return infill_example(crystal, rng, config.text_format)
     return generation_example(crystal, example.attributes.subset(rng), config.text_format)
@@ -139,7 +140,7 @@ def collate(rows: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[st
 def validation_batches(
     examples: list[Example], tokenizer: PreTrainedTokenizerBase, config: TrainConfig
 ) -> list[dict[str, torch.Tensor]]:
-    """Fixed held-out batches: unconditional generation of each crystal at one seeded translation.
+    """Fixed held-out batches: unconditional generation of each crystal (at one seeded translation if training translates).
 
     Fixed so that the validation loss is comparable across evaluations and runs; the loss is the
     mean per-token loss of the crystal text and end token.
@@ -147,7 +148,7 @@ def validation_batches(
     rng = np.random.default_rng(config.seed + 1)
     rows = []
     for example in examples[: config.eval_examples]:
-        prompt, completion = generation_example(augment(example.crystal, rng), Attributes(), config.text_format)
+        prompt, completion = generation_example(augment(example.crystal, rng, translate=config.translate), Attributes(), config.text_format)
         rows.append(tokenize_pair(tokenizer, prompt, completion, True, config.max_length))
     return [collate(rows[i : i + config.batch_size], tokenizer.pad_token_id) for i in range(0, len(rows), config.batch_size)]
 
@@ -321,6 +322,8 @@ def write_model_card(out: Path, config: TrainConfig, state: TrainState, n_train:
     final_val = next((r["val_loss"] for r in reversed(records) if r.get("val_loss") is not None), None)
     spec = config.model
     kind = f"LLaMA-architecture `{spec.name}` trained from scratch" if spec.is_scratch else f"`{spec.name}` + LoRA {spec.lora}"
+    shuffles = [name for name, on in (("random translation", config.translate), ("random atom order", config.permute)) if on]
+    augmentations = f"; {' and '.join(shuffles)} of every example" if shuffles else "; coordinates as written (no augmentation)"
     card = f"""---
 library_name: transformers
 tags: [crystext, crystal-generation, materials]
@@ -334,8 +337,7 @@ coordinates {config.text_format.coord_decimals} decimals).
 - source: `{config.data_dir}`, splits {', '.join(config.splits)}, {config.holdout:.0%} held out for validation loss
 - {n_train} training structures, {n_holdout} held out
 - tasks: generation with a random subset of attributes (formula, space group, energy above hull,
-  formation energy, band gap) and infill ({config.infill_fraction:.2f} of examples); random translation
-  of every example{', random atom order' if config.permute else ''}
+  formation energy, band gap) and infill ({config.infill_fraction:.2f} of examples){augmentations}
 
 ## Training
 - steps: {state.step}, batch {config.batch_size} x {config.grad_accum} accumulation, learning rate {config.learning_rate}
