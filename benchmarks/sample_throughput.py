@@ -31,8 +31,8 @@ def main() -> None:
 
     sampler = Sampler.from_pretrained(args.model)
     runs = []
-    # (grammar constraint, minimum distance): the grammar alone, free sampling, the grammar and 0.5 A
-    for constrained, min_distance in ((True, None), (False, None), (True, MIN_INTERATOMIC_DISTANCE)):
+    # (constrained, minimum distance): the default (grammar and 0.5 A), free sampling, the grammar alone
+    for constrained, min_distance in ((True, MIN_INTERATOMIC_DISTANCE), (False, None), (True, None)):
         for batch in (int(b) for b in args.batch_sizes.split(",")):
             n = max(batch, 16)
             config = SampleConfig(n=n, batch_size=batch, temperature=args.temperature, constrained=constrained,

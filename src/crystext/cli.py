@@ -117,7 +117,8 @@ def _build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=SampleConfig.seed)
     sample.add_argument("--max-atoms", type=int, default=SampleConfig.max_atoms)
     sample.add_argument("--min-distance", type=float, default=SampleConfig.min_distance,
-                        help="constrained: keep each new atom this many Angstrom from the earlier ones (0: off)")
+                        help="constrained: keep each new atom this many Angstrom from the earlier ones "
+                        f"(default {SampleConfig.min_distance}, the validity cut-off; 0: off)")
     sample.add_argument("--max-new-tokens", type=int, help="default: enough for --max-atoms atoms")
     sample.add_argument("--max-attempts", type=int, help="give up after this many attempts (default 10 n)")
     sample.add_argument("--no-constraint", action="store_true", help="sample without the grammar constraint")

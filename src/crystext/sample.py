@@ -23,6 +23,7 @@ from pymatgen.core import Element, Species, Structure
 from tqdm.auto import tqdm
 from transformers import LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
 
+from crystext.constants import MIN_INTERATOMIC_DISTANCE
 from crystext.grammar import DEFAULT_MAX_ATOMS, Grammar, GrammarLogitsProcessor
 from crystext.model import device, load_model
 from crystext.prompts import Attributes, infill_prompt
@@ -46,7 +47,8 @@ class SampleConfig:
     constrained: bool = True
     force_composition: bool = False
     max_atoms: int = DEFAULT_MAX_ATOMS
-    min_distance: float | None = None  # constrained only: keep each new atom this far (A) from the others
+    # Constrained only: keep each new atom this far (A) from the earlier ones; None turns the check off.
+    min_distance: float | None = MIN_INTERATOMIC_DISTANCE
     max_new_tokens: int | None = None
     max_attempts: int | None = None  # default 10 * n
     seed: int = 0
