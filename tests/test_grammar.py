@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
+from transformers import PreTrainedTokenizerBase
 
 from crystext.grammar import Grammar, GrammarLogitsProcessor, State, _far_enough, advance
 from crystext.model import train_scratch_tokenizer
@@ -30,9 +33,14 @@ def test_far_enough_uses_the_nearest_periodic_image() -> None:
     assert _far_enough(oblique, np.array([0.0]), 1.11).tolist() == [False]
 
 
+@functools.cache
+def scratch_tokenizer() -> PreTrainedTokenizerBase:
+    return train_scratch_tokenizer([CUBE])
+
+
 def allowed_after(text: str, grammar: Grammar) -> set[str]:
     """The token texts the processor allows after `text`, fed to it token by token as generate would."""
-    tokenizer = train_scratch_tokenizer([CUBE])
+    tokenizer = scratch_tokenizer()
     vocab = len(tokenizer.get_vocab())
     processor = GrammarLogitsProcessor(tokenizer, [grammar], vocab)
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
