@@ -68,8 +68,14 @@ def run_one(label: str, temperature: float, constrained: bool, min_distance: flo
     samples, timings = folder / "samples.csv", {}
     config = SampleConfig(n=args.n, batch_size=args.batch_size, temperature=temperature, top_p=0.9,
                           constrained=constrained, min_distance=min_distance, max_atoms=args.max_atoms, seed=0)
-    resumed = samples.exists()  # then this invocation's sampling time says nothing about speed
+    # Sampling seconds add up over the invocations that wrote samples.csv, so a resumed run keeps its speed.
+    clock = folder / "sampling_seconds.json"
+    resumed = samples.exists()
+    before = json.loads(clock.read_text())["seconds"] if clock.exists() else None if resumed else 0.0
     summary = timed("sampling", timings, lambda: sampler.sample(config, samples, resume=resumed))
+    sampling_seconds = None if before is None else before + summary.seconds
+    if sampling_seconds is not None:
+        clock.write_text(json.dumps({"seconds": sampling_seconds}) + "\n")
     evaluation = timed("evaluate", timings, lambda: evaluate(
         samples, SHARED / "mp_20" / "test.csv", TRAIN_SPLITS, config=EvaluateConfig(protocol=ProtocolSettings("cdvae"))))
     evaluation.write(folder / "eval")
@@ -86,7 +92,7 @@ def run_one(label: str, temperature: float, constrained: bool, min_distance: flo
     m = evaluation.metrics
     sun = (stability.get("sun") or {}).get("stable", {}).get("rate_all")
     # Sampling speed: structures that are valid (structure and composition) per second of sampling.
-    valid_per_s = None if resumed else m["valid"] * m["n_counted"] / summary.seconds
+    valid_per_s = None if sampling_seconds is None else m["valid"] * m["n_counted"] / sampling_seconds
     row = (m["struct_valid"], m["comp_valid"], m["cov_recall"], m["cov_precision"], m["wdist_density"],
            m["wdist_num_elems"], stability["metastable"]["rate_all"], stability["stable"]["rate_all"],
            m.get("uniqueness"), m.get("novelty"), sun, valid_per_s)
