@@ -44,8 +44,8 @@ def main() -> None:
             # Valid as the paper counts it: interatomic distances >= 0.5 A and a charge-balanced composition.
             valid = sum(structural_problem(s) is None and compositional_validity(s.composition)
                         for _, s in parsed_structures(out))
-            runs.append({"constrained": constrained, "min_distance": min_distance, "batch_size": batch, "attempts": summary.attempts,
-                         "parseable": summary.valid, "valid": valid, "seconds": round(seconds, 2),
+            runs.append({"constrained": constrained, "min_distance": min_distance, "batch_size": batch,
+                         "attempts": summary.attempts, "parseable": summary.valid, "valid": valid, "seconds": round(seconds, 2),
                          "structures_per_s": round(summary.attempts / seconds, 2),
                          "parseable_per_s": round(summary.valid / seconds, 2),
                          "valid_per_s": round(valid / seconds, 2),
@@ -66,7 +66,8 @@ def main() -> None:
         "parse failures |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    md += [f"| {r['constrained']} | {r['min_distance'] or '–'} | {r['batch_size']} | {r['attempts']} | {r['parseable']} | {r['valid']} | "
+    md += [f"| {r['constrained']} | {r['min_distance'] or '–'} | {r['batch_size']} | {r['attempts']} | "
+           f"{r['parseable']} | {r['valid']} | "
            f"{r['structures_per_s']} | {r['parseable_per_s']} | {r['valid_per_s']} | {r['parse_failure_rate']:.1%} |"
            for r in runs]
     (RESULTS / f"sample_{args.name}.md").write_text("\n".join(md) + "\n")

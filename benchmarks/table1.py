@@ -117,7 +117,7 @@ def main() -> int:
     from crystext.sample import Sampler
     from crystext.stability import default_reference
 
-    # Loaded once for the three runs: the model, the hull, and the training structures for S.U.N.
+    # Loaded once for all the runs: the model, the hull, and the training structures for S.U.N.
     sampler = Sampler.from_pretrained(args.model)
     reference = default_reference(SHARED)
     training = Dataset.concat([read_structures(p) for p in TRAIN_SPLITS], source="MP-20 train + val")
@@ -135,7 +135,8 @@ def main() -> int:
         f"# Table 1 on this machine: {result['model']}",
         "",
         describe(m, result["command"]),
-        f"{args.n} parseable samples per run (at most {args.max_atoms} atoms), CDVAE protocol against the MP-20 test split; stability on a random "
+        f"{args.n} parseable samples per run (at most {args.max_atoms} atoms), CDVAE protocol against the MP-20 "
+        "test split; stability on a random "
         f"{args.stability_n} attempts per run (CHGNet, offline hull from MP-20 + lemat + mp_e_form fill). "
         "Trained on MP-20 train (partial here) + val, 10,349 structures, not the paper's 27,136; CHGNet, not M3GNet; "
         "stable rate against the offline hull, not DFT. Nothing was tuned on the test split. The constrained "

@@ -290,7 +290,9 @@ class GrammarLogitsProcessor(LogitsProcessor):
             mask = torch.tensor([self._leads_on(state, text, grammar) for text in self.texts], dtype=torch.bool)
             mask = torch.nn.functional.pad(mask, (0, max(0, width - len(mask))))[:width].to(device)
             self._masks[key] = mask
-        if grammar.min_distance and state.section == "coords" and state.field == 2:
+        # Only while the last coordinate is still open: once written, the distance is settled.
+        writing_z = state.section == "coords" and state.field == 2
+        if grammar.min_distance and writing_z and not _number_done(state.buf, grammar.options.coord_decimals):
             mask = self._keep_distance(state, grammar, mask)
         return mask
 

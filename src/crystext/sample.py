@@ -151,7 +151,8 @@ class Sampler:
         length = f"{88.8888:.{options.length_decimals}f}"
         angle = f"{118.888:.{options.angle_decimals}f}"
         coord = f"{0.8888:.{options.coord_decimals}f}"
-        widest = f"{length} {length} {length}\n{angle} {angle} {angle}\n" + f"Og\n{coord} {coord} {coord}\n" * max_atoms
+        lattice = f"{length} {length} {length}\n{angle} {angle} {angle}\n"
+        widest = lattice + f"Og\n{coord} {coord} {coord}\n" * max_atoms
         return math.ceil(TOKEN_MARGIN * len(self.tokenizer(widest, add_special_tokens=False)["input_ids"])) + 1
 
     def _prompt_ids(self, prompt: str) -> list[int]:

@@ -140,7 +140,7 @@ def collate(rows: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[st
 def validation_batches(
     examples: list[Example], tokenizer: PreTrainedTokenizerBase, config: TrainConfig
 ) -> list[dict[str, torch.Tensor]]:
-    """Fixed held-out batches: unconditional generation of each crystal (at one seeded translation if training translates).
+    """Fixed held-out batches: unconditional generation of each crystal (one seeded shift if training shifts).
 
     Fixed so that the validation loss is comparable across evaluations and runs; the loss is the
     mean per-token loss of the crystal text and end token.
@@ -148,7 +148,8 @@ def validation_batches(
     rng = np.random.default_rng(config.seed + 1)
     rows = []
     for example in examples[: config.eval_examples]:
-        prompt, completion = generation_example(augment(example.crystal, rng, translate=config.translate), Attributes(), config.text_format)
+        crystal = augment(example.crystal, rng, translate=config.translate)
+        prompt, completion = generation_example(crystal, Attributes(), config.text_format)
         rows.append(tokenize_pair(tokenizer, prompt, completion, True, config.max_length))
     return [collate(rows[i : i + config.batch_size], tokenizer.pad_token_id) for i in range(0, len(rows), config.batch_size)]
 
@@ -322,8 +323,10 @@ def write_model_card(out: Path, config: TrainConfig, state: TrainState, n_train:
     final_val = next((r["val_loss"] for r in reversed(records) if r.get("val_loss") is not None), None)
     spec = config.model
     kind = f"LLaMA-architecture `{spec.name}` trained from scratch" if spec.is_scratch else f"`{spec.name}` + LoRA {spec.lora}"
-    shuffles = [name for name, on in (("random translation", config.translate), ("random atom order", config.permute)) if on]
-    augmentations = f"; {' and '.join(shuffles)} of every example" if shuffles else "; coordinates as written (no augmentation)"
+    shuffles = [name for name, on in (("random translation", config.translate), ("random atom order", config.permute))
+                if on]
+    augmentations = (f"; {' and '.join(shuffles)} of every example" if shuffles
+                     else "; coordinates as written (no augmentation)")
     card = f"""---
 library_name: transformers
 tags: [crystext, crystal-generation, materials]
