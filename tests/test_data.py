@@ -39,12 +39,13 @@ def test_read_csv_keeps_properties_and_reports_bad_rows(shared_data, tmp_path) -
     big.make_supercell([5, 10, 10])
     extra = pd.DataFrame(
         {
-            "material_id": ["bad-cif", "empty-cif", "nan-coords", "huge-cell"],
+            "material_id": ["bad-cif", "empty-cif", "nan-coords", "huge-cell", "stacked-atoms"],
             "cif": [
                 "data_broken\n_cell_length_a 4\nloop_\n_atom_site_label\nNa1\n",
                 "",
                 good_cif.replace("0.33333300  0.66666700  0.18295900", "nan  0.66666700  0.18295900"),
                 big.to(fmt="cif"),
+                Structure(Lattice.cubic(4.0), ["Na", "Na"], [[0, 0, 0], [0, 0, 0]]).to(fmt="cif"),
             ],
         }
     )
@@ -59,11 +60,14 @@ def test_read_csv_keeps_properties_and_reports_bad_rows(shared_data, tmp_path) -
     assert first.properties["spacegroup.number"] == 194
     assert first.structure.composition.reduced_formula == "GaTe"
     reasons = dict(dataset.skipped)
-    assert list(reasons) == ["bad-cif", "empty-cif", "nan-coords", "huge-cell"]
+    assert list(reasons) == ["bad-cif", "empty-cif", "nan-coords", "huge-cell", "stacked-atoms"]
+    assert reasons["stacked-atoms"] == (
+        "unreadable structure (ValueError: atoms share a position (the CIF reader merges them into one site))"
+    )
     assert reasons["empty-cif"] == "unreadable structure (ValueError: empty CIF)"
     assert reasons["huge-cell"] == "500 atoms, more than max_atoms=100"
     assert reasons["bad-cif"].startswith("unreadable structure (")
-    assert dataset.summary().startswith(f"{path}: 20 structures, 4 skipped: bad-cif: unreadable structure")
+    assert dataset.summary().startswith(f"{path}: 20 structures, 5 skipped: bad-cif: unreadable structure")
 
 
 def test_whole_file_problems_are_one_line_errors(tmp_path) -> None:

@@ -236,9 +236,16 @@ def training_set(
 def _structure_from_cif(text: object) -> Structure:
     if not isinstance(text, str) or not text.strip():  # an empty CSV cell arrives as NaN
         raise ValueError("empty CIF")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return Structure.from_str(text, fmt="cif")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            return Structure.from_str(text, fmt="cif")
+        except ValueError as err:
+            # pymatgen merges atoms on one position into a site, then rejects its occupancy > 1 with a
+            # generic "no structures" error; a generated cell with stacked atoms should say so.
+            if any("occupancies" in str(w.message) for w in caught):
+                raise ValueError("atoms share a position (the CIF reader merges them into one site)") from err
+            raise
 
 
 def _first_line(err: BaseException) -> str:
