@@ -44,6 +44,8 @@ PAPER_ROWS = {
     "LLaMA-2 7B, T=1.0": (0.918, 0.879, 0.969, 0.960, 3.85, 0.96, 0.351, 0.067),
     "LLaMA-2 70B, T=0.7": (0.996, 0.954, 0.858, 0.989, 0.81, 0.44, 0.498, 0.106),
 }
+#: Per run folder: wall seconds of each step, summed over invocations.
+TIMINGS = "timings.json"
 COLUMNS = ("Struct. valid", "Comp. valid", "COV-R", "COV-P", "wdist density", "wdist #elem", "Metastable (CHGNet)",
            "Stable", "Unique", "Novel", "S.U.N.", "valid/s")
 
@@ -53,20 +55,19 @@ def timed(step: str, folder: Path, work) -> tuple[object, dict[str, float]]:
 
     A step killed part-way records nothing, so a resumed sampling step has no known total (see `run_one`).
     """
-    path = folder / "timings.json"
+    from crystext.evaluate.evaluation import write_atomic
+
     start = time.monotonic()
     result = work()
     timings = _timings(folder)
     timings[step] = round(timings.get(step, 0.0) + time.monotonic() - start, 1)
-    scratch = path.with_suffix(".tmp")
-    scratch.write_text(json.dumps(timings) + "\n")
-    scratch.replace(path)
+    write_atomic(folder / TIMINGS, json.dumps(timings) + "\n")
     print(f"{step}: {timings[step]} s in all", flush=True)
     return result, timings
 
 
 def _timings(folder: Path) -> dict[str, float]:
-    path = folder / "timings.json"
+    path = folder / TIMINGS
     return json.loads(path.read_text()) if path.exists() else {}
 
 
