@@ -351,9 +351,10 @@ DATASETS: dict[str, DatasetSource] = {
 }
 
 
-def cache_dir() -> Path:
-    """Where fetched datasets are kept: $CRYSTEXT_CACHE_DIR, else ~/.cache/crystext."""
-    return Path(os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "crystext") / "datasets"
+def cache_dir(kind: str = "datasets") -> Path:
+    """crystext's cache folder for `kind` (fetched datasets, fingerprints, hulls): under $CRYSTEXT_CACHE_DIR,
+    else ~/.cache/crystext."""
+    return Path(os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "crystext") / kind
 
 
 def _source(name: str) -> DatasetSource:

@@ -19,7 +19,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from crystext.constants import METASTABLE_E_HULL, STABLE_E_HULL
-from crystext.evaluate.evaluation import Evaluation, write_atomic
+from crystext.evaluate.evaluation import Evaluation
+from crystext.files import write_atomic
 
 __all__ = ["html_report", "markdown_table", "write_report"]
 

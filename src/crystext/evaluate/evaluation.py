@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -22,8 +21,9 @@ from crystext.evaluate.matching import novel_flags, unique_flags
 from crystext.evaluate.profiles import Profiles, content_hash, package_versions, profile_file
 from crystext.evaluate.protocols import ProtocolSettings, score
 from crystext.evaluate.validity import PAPER_SMACT_VERSION
+from crystext.files import write_atomic
 
-__all__ = ["EvaluateConfig", "Evaluation", "IptSettings", "evaluate", "write_atomic"]
+__all__ = ["EvaluateConfig", "Evaluation", "IptSettings", "evaluate"]
 
 #: How many unreadable records a note names before it only counts them.
 NAMED_IN_NOTES = 5
@@ -85,15 +85,6 @@ class Evaluation:
         write_atomic(json_path, json.dumps(self.to_dict(), indent=2) + "\n")
         write_atomic(csv_path, self.per_sample.to_csv(index=False))
         return [json_path, csv_path]
-
-
-def write_atomic(path: Path, content: str | bytes) -> None:
-    """Write a file under a temporary name in the same folder, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    with open(partial, "wb") as handle:
-        handle.write(content.encode() if isinstance(content, str) else content)
-    os.replace(partial, path)
 
 
 def _jsonable(value: Any) -> Any:

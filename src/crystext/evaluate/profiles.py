@@ -26,7 +26,7 @@ import pandas as pd
 from pymatgen.core import Lattice, Structure
 from tqdm.auto import tqdm
 
-from crystext.data import CACHE_DIR_ENV, Dataset, read_csv, read_structures
+from crystext.data import Dataset, cache_dir, read_csv, read_structures
 from crystext.evaluate.fingerprints import (
     COMPOSITION_FP_SIZE,
     STRUCTURE_FP_SIZE,
@@ -38,6 +38,7 @@ from crystext.evaluate.fingerprints import (
     warm_up,
 )
 from crystext.evaluate.validity import compositional_validity, structural_problem
+from crystext.files import atomic_path
 
 __all__ = ["Profiles", "cache_path", "package_versions", "profile_dataset", "profile_file"]
 
@@ -126,14 +127,12 @@ class Profiles:
 
     def to_npz(self, path: Path) -> None:
         """Write to `path` atomically (a temporary file in the same folder, then a rename)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.stem}.{os.getpid()}.partial.npz")
         columns = {f"col_{name}": self.table[name].to_numpy(dtype=_DTYPES[kind]) for name, kind in COLUMNS.items()}
-        np.savez_compressed(
-            partial, struct_fp=self.struct_fp, comp_fp=self.comp_fp, lattices=self.lattices, offsets=self.offsets,
-            numbers=self.numbers, frac_coords=self.frac_coords, source=np.array(self.source), **columns,
-        )
-        os.replace(partial, path)
+        with atomic_path(path) as partial:
+            np.savez_compressed(
+                partial, struct_fp=self.struct_fp, comp_fp=self.comp_fp, lattices=self.lattices, offsets=self.offsets,
+                numbers=self.numbers, frac_coords=self.frac_coords, source=np.array(self.source), **columns,
+            )
 
     @classmethod
     def from_npz(cls, path: Path) -> Profiles:
@@ -344,11 +343,6 @@ def content_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
-def cache_root() -> Path:
-    """$CRYSTEXT_CACHE_DIR/fingerprints, default ~/.cache/crystext/fingerprints."""
-    return Path(os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "crystext") / "fingerprints"
-
-
 def cache_path(path: Path, settings: FingerprintSettings, read_options: dict[str, Any]) -> Path:
     """Where the profiles of `path` under these settings are cached."""
     key = {
@@ -356,7 +350,7 @@ def cache_path(path: Path, settings: FingerprintSettings, read_options: dict[str
         "versions": package_versions(), "format": PROFILE_FORMAT,
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
-    return cache_root() / f"{digest}.npz"
+    return cache_dir("fingerprints") / f"{digest}.npz"
 
 
 def is_csv(path: Path) -> bool:

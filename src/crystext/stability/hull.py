@@ -28,7 +28,6 @@ import hashlib
 import itertools
 import json
 import os
-import tempfile
 import time
 import warnings
 from abc import ABC, abstractmethod
@@ -42,6 +41,8 @@ import pandas as pd
 from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
 from pymatgen.core import Composition
 
+from crystext.data import cache_dir
+from crystext.files import atomic_path
 from crystext.stability.errors import StabilityError
 
 __all__ = [
@@ -182,7 +183,7 @@ class PhaseTable(HullReference):
 
 def hull_cache_dir() -> Path:
     """Where built hulls are kept: $CRYSTEXT_CACHE_DIR/hulls, else ~/.cache/crystext/hulls."""
-    return Path(os.environ.get("CRYSTEXT_CACHE_DIR") or Path.home() / ".cache" / "crystext") / "hulls"
+    return cache_dir("hulls")
 
 
 def _hull_vertices(phases: pd.DataFrame) -> list[tuple[str, float, str]]:
@@ -234,11 +235,8 @@ def _cached(key_parts: Sequence[Any], build: Callable[[], PhaseTable], name: str
     if table is None:
         table = build()
         table.details["build_seconds"] = round(time.perf_counter() - start, 2)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("wb", dir=path.parent, suffix=".part", delete=False) as tmp:
-            with gzip.open(tmp, "wt") as handle:
-                json.dump(table.to_json(), handle)
-        os.replace(tmp.name, path)
+        with atomic_path(path) as partial, gzip.open(partial, "wt") as handle:
+            json.dump(table.to_json(), handle)
         table.details["cache"] = "built"
     else:
         table.details["cache"] = "loaded"
@@ -493,10 +491,7 @@ class MPApiReference(HullReference):
                     entries = rester.get_entries_in_chemsys(sorted(elements), compatible_only=True)
             except Exception as err:  # mp-api raises its own and requests' errors when offline
                 raise HullError(f"Materials Project query for {chemsys} failed ({type(err).__name__}: {err})") from None
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile("wb", dir=path.parent, suffix=".part", delete=False) as tmp:
-                with gzip.open(tmp, "wt") as handle:
-                    json.dump([e.as_dict() for e in _compatible(entries)], handle, default=str)
-            os.replace(tmp.name, path)
+            with atomic_path(path) as partial, gzip.open(partial, "wt") as handle:
+                json.dump([e.as_dict() for e in _compatible(entries)], handle, default=str)
         self._fetched.add(chemsys)
         return _compatible(_load_entries(path))

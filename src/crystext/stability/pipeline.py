@@ -15,7 +15,6 @@ import math
 import multiprocessing
 import os
 import platform
-import tempfile
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping, Sequence
@@ -31,9 +30,10 @@ from tqdm.auto import tqdm
 from crystext import __version__
 from crystext.constants import METASTABLE_E_HULL, STABLE_E_HULL
 from crystext.data import Dataset, read_structures
+from crystext.files import atomic_path, write_atomic
 from crystext.stability.errors import StabilityError
 from crystext.stability.hull import HullError, HullReference
-from crystext.stability.relax import ERROR_INVALID, Backend, RelaxConfig, Relaxation, load_backend
+from crystext.stability.relax import ERROR_INVALID, Backend, Relaxation, RelaxConfig, load_backend
 
 __all__ = [
     "OUTPUT_COLUMNS",
@@ -116,7 +116,7 @@ def relax_and_place(
             bar.set_postfix(metastable=f"{tally['metastable'] / tally['done']:.1%}", errors=tally["error"], refresh=False)
         bar.close()
     summary = summarize(_read_rows(output), backend, reference, config, training)
-    _write_json(summary_path(output), summary)
+    write_atomic(summary_path(output), json.dumps(summary, indent=2, default=str))
     return summary
 
 
@@ -228,9 +228,8 @@ def _prepare_output(output: Path, resume: bool) -> set[str]:
         raise StabilityError(f"{output}: not a stability CSV (its header differs), cannot resume it")
     complete = [r for r in rows[1:] if len(r) == len(OUTPUT_COLUMNS)]
     if len(complete) != len(rows) - 1:
-        with tempfile.NamedTemporaryFile("w", dir=output.parent, suffix=".part", delete=False, newline="") as tmp:
-            csv.writer(tmp).writerows([rows[0], *complete])
-        os.replace(tmp.name, output)
+        with atomic_path(output) as partial, open(partial, "w", newline="") as handle:
+            csv.writer(handle).writerows([rows[0], *complete])
     return {r[0] for r in complete}
 
 
@@ -240,12 +239,6 @@ def _read_rows(output: Path) -> pd.DataFrame:
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
     frame["converged"] = frame["converged"] == "True"
     return frame
-
-
-def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".part", delete=False) as tmp:
-        json.dump(data, tmp, indent=2, default=str)
-    os.replace(tmp.name, path)
 
 
 # --------------------------------------------------------------------------- summary and S.U.N.
