@@ -46,6 +46,8 @@ PAPER_ROWS = {
 }
 #: Per run folder: wall seconds of each step, summed over invocations.
 TIMINGS = "timings.json"
+#: Steps a resumed invocation redoes whole from caches: their first finished time is the one kept.
+REDONE_STEPS = ("evaluate",)
 COLUMNS = ("Struct. valid", "Comp. valid", "COV-R", "COV-P", "wdist density", "wdist #elem", "Metastable (CHGNet)",
            "Stable", "Unique", "Novel", "S.U.N.", "valid/s")
 
@@ -53,14 +55,16 @@ COLUMNS = ("Struct. valid", "Comp. valid", "COV-R", "COV-P", "wdist density", "w
 def timed(step: str, folder: Path, work) -> tuple[object, dict[str, float]]:
     """Run one step of a run; its wall seconds add to the run's timings.json, so a resumed run keeps its time.
 
-    A step killed part-way records nothing, so a resumed sampling step has no known total (see `run_one`).
+    A step killed part-way records nothing, so a resumed sampling step has no known total (see `run_one`);
+    a step in REDONE_STEPS keeps the time of its first finish (a re-evaluation from cache is not new work).
     """
-    from crystext.evaluate.evaluation import write_atomic
+    from crystext.files import write_atomic
 
     start = time.monotonic()
     result = work()
     timings = _timings(folder)
-    timings[step] = round(timings.get(step, 0.0) + time.monotonic() - start, 1)
+    if step not in REDONE_STEPS or step not in timings:
+        timings[step] = round(timings.get(step, 0.0) + time.monotonic() - start, 1)
     write_atomic(folder / TIMINGS, json.dumps(timings) + "\n")
     print(f"{step}: {timings[step]} s in all", flush=True)
     return result, timings
