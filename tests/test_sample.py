@@ -11,10 +11,11 @@ import pandas as pd
 import pytest
 from pymatgen.core import Composition, Lattice, Structure
 
+from crystext import sample as sample_module
 from crystext.cli import main
+from crystext.evaluate.validity import structural_problem
 from crystext.model import ModelSpec
 from crystext.prompts import Attributes
-from crystext.evaluate.validity import structural_problem
 from crystext.sample import (
     SampleConfig,
     Sampler,
@@ -49,7 +50,7 @@ def rows(path: Path) -> list[dict[str, str]]:
 
 
 def small(**changes) -> SampleConfig:
-    settings = dict(n=4, batch_size=4, max_atoms=4, seed=1)
+    settings = {"n": 4, "batch_size": 4, "max_atoms": 4, "seed": 1}
     settings.update(changes)
     return SampleConfig(**settings)
 
@@ -64,6 +65,33 @@ def test_constrained_decoding_parses_every_attempt_where_free_sampling_fails(sam
         structure = decode(row["raw_text"])
         assert row["mode"] == "unconditional" and row["error"] == "" and 1 <= len(structure) <= 4
         assert Structure.from_str(row["cif"], fmt="cif").composition == structure.composition
+
+
+def test_automatic_batch_fits_the_kv_cache_in_the_memory_allowance(sampler, monkeypatch) -> None:
+    config = sampler.model.config
+    # keys and values, every layer and head, float32 on a CPU: bytes one sequence of 100 positions caches
+    per_sequence = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * 100 * 4
+    assert sampler.auto_batch_size(100) == 256  # a tiny model on a CPU: the cap
+    monkeypatch.setattr(sample_module, "AUTO_CACHE_CPU_BYTES", 10 * per_sequence + 1)
+    assert sampler.auto_batch_size(100) == 10
+    assert sampler.auto_batch_size(100_000) == 1  # never zero, however long the crystals
+
+
+def test_last_batch_is_sized_to_the_structures_still_wanted(sampler, tmp_path, monkeypatch) -> None:
+    sizes = []
+    generate = sampler.generate
+
+    def counting(prompts, *rest, **options):
+        sizes.append(len(prompts))
+        return generate(prompts, *rest, **options)
+
+    monkeypatch.setattr(sampler, "generate", counting)
+    summary = sampler.sample(small(n=7, batch_size=5), tmp_path / "s.csv", progress=False)
+    assert summary.valid == summary.attempts == 7
+    assert sizes == [5, 3]  # 2 still wanted after the first batch, plus one spare; not a second batch of 5
+    sizes.clear()
+    sampler.sample(small(n=3, batch_size=None), tmp_path / "auto.csv", progress=False)
+    assert sizes == [4]  # the automatic batch is 256, but 3 structures need only 3 + 1 attempts
 
 
 def test_token_budget_counts_whole_number_tokens(sampler) -> None:
@@ -167,7 +195,7 @@ def test_without_a_model_the_shipped_default_samples(tmp_path) -> None:
     weights = DEFAULT_MODEL_DIR / "model.safetensors"
     assert weights.stat().st_size < 25 * 2**20
     with safe_open(str(weights), "pt") as tensors:
-        assert {str(tensors.get_tensor(name).dtype) for name in tensors.keys()} == {"torch.float16"}
+        assert {str(tensors.get_tensor(name).dtype) for name in tensors} == {"torch.float16"}
     assert "10349 training structures, 545 held out" in (DEFAULT_MODEL_DIR / "README.md").read_text()
     out = tmp_path / "s.csv"
     assert main(["sample", "-n", "4", "--batch-size", "4", "--max-atoms", "8", "-o", str(out)]) == 0

@@ -111,7 +111,8 @@ def _build_parser() -> argparse.ArgumentParser:
     sample.add_argument("-n", type=int, default=100, help="parseable structures wanted (infill: answers kept)")
     sample.add_argument("-o", "--out", type=Path, default=Path("samples.csv"), help="samples CSV (one row per attempt)")
     sample.add_argument("--resume", action="store_true", help="continue an interrupted run up to -n")
-    sample.add_argument("--batch-size", type=int, default=SampleConfig.batch_size)
+    sample.add_argument("--batch-size", type=int,
+                        help="sequences decoded together (default: as many as fit in memory, at most 256)")
     sample.add_argument("--temperature", type=float, default=SampleConfig.temperature)
     sample.add_argument("--top-p", type=float, default=SampleConfig.top_p)
     sample.add_argument("--seed", type=int, default=SampleConfig.seed)

@@ -34,6 +34,14 @@ COLUMNS = ("id", "mode", "conditions", "raw_text", "cif", "error")
 SIMILAR_RADIUS_TOLERANCE = 0.2
 #: Head room over the token count of the widest crystal text, when no token limit is given.
 TOKEN_MARGIN = 1.1
+#: Largest batch chosen automatically: on 2 CPU cores 128/256/512 give 10.1/12.3/13.6 valid crystals
+#: a second (benchmarks/results/sample_default_batch.md), so past 256 little is gained per extra row.
+AUTO_BATCH_MAX = 256
+#: Memory an automatic batch's KV cache may take: this many bytes on a CPU, this share of free GPU memory.
+AUTO_CACHE_CPU_BYTES = 2 * 1024**3
+AUTO_CACHE_GPU_SHARE = 0.25
+#: Spare attempts in the last batch over the parseable structures still wanted (a few fail to parse).
+LAST_BATCH_SPARE = 0.1
 
 
 @dataclass
@@ -41,7 +49,7 @@ class SampleConfig:
     """How to sample: how many parseable structures, batch size, temperature/top-p, constraints, seed."""
 
     n: int = 100
-    batch_size: int = 64
+    batch_size: int | None = None  # None: as many as the KV cache fits in memory, up to AUTO_BATCH_MAX
     temperature: float = 0.7
     top_p: float = 0.9
     constrained: bool = True
@@ -155,6 +163,22 @@ class Sampler:
         widest = lattice + f"Og\n{coord} {coord} {coord}\n" * max_atoms
         return math.ceil(TOKEN_MARGIN * len(self.tokenizer(widest, add_special_tokens=False)["input_ids"])) + 1
 
+    def auto_batch_size(self, tokens: int) -> int:
+        """The batch whose preallocated KV cache of `tokens` positions fits the memory allowance (1 to AUTO_BATCH_MAX).
+
+        A small model on a CPU gets AUTO_BATCH_MAX; a 7B model on a GPU gets what a quarter of its free memory holds.
+        """
+        config = self.model.config
+        layers = config.num_hidden_layers
+        heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        per_sequence = 2 * layers * heads * head_dim * tokens * self.model.dtype.itemsize  # keys and values
+        if self.device.type == "cuda":
+            allowance = AUTO_CACHE_GPU_SHARE * torch.cuda.mem_get_info(self.device)[0]
+        else:
+            allowance = AUTO_CACHE_CPU_BYTES
+        return max(1, min(AUTO_BATCH_MAX, int(allowance // per_sequence)))
+
     def _prompt_ids(self, prompt: str) -> list[int]:
         bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
         return bos + self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
@@ -201,12 +225,16 @@ class Sampler:
         mode = "conditional" if conditions else "unconditional"
         conditions = list(conditions) if conditions else [Attributes()]
         max_attempts = config.max_attempts or 10 * config.n
+        batch_size = config.batch_size or self.auto_batch_size(
+            max(len(self._prompt_ids(a.to_prompt())) for a in conditions)
+            + (config.max_new_tokens or self.token_budget(config.text_format, config.max_atoms)))
         started = time.perf_counter()
         bar = tqdm(total=config.n, initial=min(writer.valid, config.n), desc="sampling", disable=not progress)
         new_valid = 0
         while writer.valid < config.n and len(writer.rows) < max_attempts:
             first = len(writer.rows)
-            size = min(config.batch_size, max_attempts - first)
+            wanted = config.n - writer.valid
+            size = min(batch_size, max_attempts - first, wanted + math.ceil(LAST_BATCH_SPARE * wanted))
             batch = [conditions[(first + i) % len(conditions)] for i in range(size)]
             grammars = [self._grammar(a, config) for a in batch] if config.constrained else None
             texts = self.generate([a.to_prompt() for a in batch], grammars, config, seed=config.seed * 1_000_003 + first)
