@@ -8,7 +8,8 @@ check; top-p 0.9, at most --max-atoms atoms),
 each scored with `crystext evaluate` (CDVAE protocol) against the MP-20 test split, with MP-20
 train + val as the training set for novelty, and a seeded random `--stability-n` of its attempts
 relaxed with CHGNet and placed on the offline hull. Every step writes into --work and resumes, so a
-killed run is continued by running the same command. Writes benchmarks/results/table1_NAME.md/.json.
+killed run is continued by running the same command. Writes benchmarks/results/table1_NAME.md/.json
+with the runs the invocation did (--runs picks some by folder name; finished ones redo in a minute or two).
 Without MODEL the model shipped with crystext is measured.
 """
 
@@ -82,7 +83,7 @@ def run_one(label: str, temperature: float, constrained: bool, min_distance: flo
     from crystext.sample import SampleConfig
     from crystext.stability import StabilityConfig, read_samples, relax_and_place
 
-    folder = args.work / label.replace("=", "").replace(", ", "_").replace(" ", "_")
+    folder = args.work / folder_name(label)
     folder.mkdir(parents=True, exist_ok=True)
     samples = folder / "samples.csv"
     config = SampleConfig(n=args.n, batch_size=args.batch_size, temperature=temperature, top_p=0.9,
@@ -117,6 +118,11 @@ def run_one(label: str, temperature: float, constrained: bool, min_distance: flo
             "row": row,
             "attempts": summary.attempts, "parseable": summary.valid, "timings_seconds": timings,
             "relaxed": stability["samples"], "stability_errors": stability["errors"], "metrics": m}
+
+
+def folder_name(label: str) -> str:
+    """A run's folder under --work: its label without '=' and spaces ('T=1.0, no constraint' -> 'T1.0_no_constraint')."""
+    return label.replace("=", "").replace(", ", "_").replace(" ", "_")
 
 
 def write_table(args: argparse.Namespace, runs: list[dict]) -> str:
@@ -167,6 +173,8 @@ def main() -> int:
     parser.add_argument("--max-atoms", type=int, default=20, help="largest cell sampled (MP-20's largest is 20)")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "table1")
     parser.add_argument("--name", default="default")
+    parser.add_argument("--runs", nargs="+", choices=[folder_name(r[0]) for r in RUNS],
+                        help="only these runs, by folder name (default: all, in the paper's order)")
     args = parser.parse_args()
     from crystext.data import Dataset, read_structures
     from crystext.sample import Sampler
@@ -178,6 +186,8 @@ def main() -> int:
     training = Dataset.concat([read_structures(p) for p in TRAIN_SPLITS], source="MP-20 train + val")
     runs: list[dict] = []
     for label, temperature, constrained, min_distance in RUNS:
+        if args.runs and folder_name(label) not in args.runs:
+            continue
         runs.append(run_one(label, temperature, constrained, min_distance, args, sampler, reference, training))
         markdown = write_table(args, runs)  # after every run, so a long table shows what is done
     print(markdown)
