@@ -9,7 +9,8 @@ each scored with `crystext evaluate` (CDVAE protocol) against the MP-20 test spl
 train + val as the training set for novelty, and a seeded random `--stability-n` of its attempts
 relaxed with CHGNet and placed on the offline hull. Every step writes into --work and resumes, so a
 killed run is continued by running the same command. Writes benchmarks/results/table1_NAME.md/.json
-with the runs the invocation did (--runs picks some by folder name; finished ones redo in a minute or two).
+(--runs does some of the runs, by folder name; the table keeps those an earlier invocation with the same
+settings finished).
 Without MODEL the model shipped with crystext is measured.
 """
 
@@ -125,12 +126,27 @@ def folder_name(label: str) -> str:
     return label.replace("=", "").replace(", ", "_").replace(" ", "_")
 
 
+def earlier_runs(args: argparse.Namespace) -> dict[str, dict]:
+    """Runs an earlier invocation wrote to table1_NAME.json with the same settings, by label (kept beside --runs)."""
+    path = ROOT / "benchmarks" / "results" / f"table1_{args.name}.json"
+    if not path.exists():
+        return {}
+    earlier = json.loads(path.read_text())
+    same = all(earlier.get(key) == value for key, value in settings(args).items())
+    return {r["label"]: r for r in earlier["runs"]} if same else {}
+
+
+def settings(args: argparse.Namespace) -> dict:
+    """What a table's numbers depend on, besides the code: runs made with other settings do not mix."""
+    return {"model": str(args.model or "shipped"), "n": args.n, "stability_n": args.stability_n,
+            "max_atoms": args.max_atoms, "batch_size": args.batch_size}
+
+
 def write_table(args: argparse.Namespace, runs: list[dict]) -> str:
     """Write table1_NAME.json/.md for the runs finished so far; return the Markdown."""
     from _machine import describe, machine
 
-    result = {"machine": machine(), "command": " ".join(["python", *sys.argv]), "model": str(args.model or "shipped"),
-              "n": args.n, "stability_n": args.stability_n, "max_atoms": args.max_atoms, "runs": runs}
+    result = {"machine": machine(), "command": " ".join(["python", *sys.argv]), **settings(args), "runs": runs}
     out = ROOT / "benchmarks" / "results"
     (out / f"table1_{args.name}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
 
@@ -184,12 +200,13 @@ def main() -> int:
     sampler = Sampler.from_pretrained(args.model)
     reference = default_reference(SHARED)
     training = Dataset.concat([read_structures(p) for p in TRAIN_SPLITS], source="MP-20 train + val")
-    runs: list[dict] = []
+    done = earlier_runs(args)
     for label, temperature, constrained, min_distance in RUNS:
         if args.runs and folder_name(label) not in args.runs:
             continue
-        runs.append(run_one(label, temperature, constrained, min_distance, args, sampler, reference, training))
-        markdown = write_table(args, runs)  # after every run, so a long table shows what is done
+        done[label] = run_one(label, temperature, constrained, min_distance, args, sampler, reference, training)
+        # After every run, so a long table shows what is done; in the paper's order whatever order they ran in.
+        markdown = write_table(args, [done[r[0]] for r in RUNS if r[0] in done])
     print(markdown)
     return 0
 
