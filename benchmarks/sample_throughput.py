@@ -1,14 +1,16 @@
 """Sampling speed of a model directory at several batch sizes, with and without the grammar constraint.
 
     python benchmarks/sample_throughput.py runs/scratch-small --batch-sizes 1,8,32,128
+    python benchmarks/sample_throughput.py runs/scratch-small --batch-sizes auto --n 1000
 
-Writes benchmarks/results/sample_<name>.json and .md.
+"auto" is what `crystext sample` does without --batch-size. Writes benchmarks/results/sample_<name>.json and .md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,7 +26,8 @@ RESULTS = Path(__file__).parent / "results"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path)
-    parser.add_argument("--batch-sizes", default="1,8,32,128")
+    parser.add_argument("--batch-sizes", default="1,8,32,128", help="comma-separated sizes or 'auto'")
+    parser.add_argument("--n", type=int, help="attempts per setting (default: one batch, at least 16)")
     parser.add_argument("--name", default="scratch-small")
     parser.add_argument("--temperature", type=float, default=0.7)
     args = parser.parse_args()
@@ -33,8 +36,8 @@ def main() -> None:
     runs = []
     # (constrained, minimum distance): the default (grammar and 0.5 A), free sampling, the grammar alone
     for constrained, min_distance in ((True, MIN_INTERATOMIC_DISTANCE), (False, None), (True, None)):
-        for batch in (int(b) for b in args.batch_sizes.split(",")):
-            n = max(batch, 16)
+        for batch in (None if b == "auto" else int(b) for b in args.batch_sizes.split(",")):
+            n = args.n or max(batch or 16, 16)
             config = SampleConfig(n=n, batch_size=batch, temperature=args.temperature, constrained=constrained,
                                   min_distance=min_distance, max_attempts=n, max_atoms=20, seed=0)
             out = Path(tempfile.mkdtemp()) / "samples.csv"
@@ -44,7 +47,7 @@ def main() -> None:
             # Valid as the paper counts it: interatomic distances >= 0.5 A and a charge-balanced composition.
             valid = sum(structural_problem(s) is None and compositional_validity(s.composition)
                         for _, s in parsed_structures(out))
-            runs.append({"constrained": constrained, "min_distance": min_distance, "batch_size": batch,
+            runs.append({"constrained": constrained, "min_distance": min_distance, "batch_size": batch or "auto",
                          "attempts": summary.attempts, "parseable": summary.valid, "valid": valid, "seconds": round(seconds, 2),
                          "structures_per_s": round(summary.attempts / seconds, 2),
                          "parseable_per_s": round(summary.valid / seconds, 2),
@@ -57,7 +60,7 @@ def main() -> None:
     md = [
         f"# Sampling speed: {args.name}",
         "",
-        describe(result["machine"], f"python benchmarks/sample_throughput.py {args.model} --batch-sizes {args.batch_sizes}")
+        describe(result["machine"], " ".join(["python", *sys.argv]))
         + f" Temperature {args.temperature}, top-p 0.9, max 20 atoms.",
         "",
         "Valid: smallest interatomic distance >= 0.5 A and SMACT charge balance (the paper's two validity checks).",
