@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from pymatgen.core import Composition, Lattice, Structure
+from transformers import GPT2Config, GPT2LMHeadModel
 
 from crystext import sample as sample_module
 from crystext.cli import main
@@ -68,13 +70,20 @@ def test_constrained_decoding_parses_every_attempt_where_free_sampling_fails(sam
 
 
 def test_automatic_batch_fits_the_kv_cache_in_the_memory_allowance(sampler, monkeypatch) -> None:
+    monkeypatch.setattr(sampler, "device", torch.device("cpu"))  # the CPU allowance, on a GPU machine too
     config = sampler.model.config
-    # keys and values, every layer and head, float32 on a CPU: bytes one sequence of 100 positions caches
-    per_sequence = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * 100 * 4
+    # keys and values, every layer and head: bytes one sequence of 100 positions caches
+    per_sequence = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * 100
+    per_sequence *= sampler.model.dtype.itemsize
     assert sampler.auto_batch_size(100) == 256  # a tiny model on a CPU: the cap
     monkeypatch.setattr(sample_module, "AUTO_CACHE_CPU_BYTES", 10 * per_sequence + 1)
     assert sampler.auto_batch_size(100) == 10
     assert sampler.auto_batch_size(100_000) == 1  # never zero, however long the crystals
+    # a config without head_dim and num_key_value_heads (GPT-2): every head caches hidden_size / heads values
+    gpt2 = Sampler(GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=16, vocab_size=50)), sampler.tokenizer)
+    monkeypatch.setattr(gpt2, "device", torch.device("cpu"))
+    monkeypatch.setattr(sample_module, "AUTO_CACHE_CPU_BYTES", 3 * (2 * 2 * 2 * 8 * 100 * 4) + 1)
+    assert gpt2.auto_batch_size(100) == 3
 
 
 def test_last_batch_is_sized_to_the_structures_still_wanted(sampler, tmp_path, monkeypatch) -> None:

@@ -1,4 +1,7 @@
-"""Files written whole or not at all: a killed job leaves either the old file or the new one, never half."""
+"""Files written whole or not at all: a killed job leaves the old file or the new one, never half of one.
+
+(Not proof against power loss: nothing is fsynced. A SIGKILL mid-write can leave a hidden .NAME.PID.partial.)
+"""
 
 from __future__ import annotations
 

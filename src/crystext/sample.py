@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from transformers import LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
 
 from crystext.constants import MIN_INTERATOMIC_DISTANCE
+from crystext.files import write_atomic
 from crystext.grammar import DEFAULT_MAX_ATOMS, Grammar, GrammarLogitsProcessor
 from crystext.model import device, load_model
 from crystext.prompts import Attributes, infill_prompt
@@ -37,10 +38,11 @@ TOKEN_MARGIN = 1.1
 #: Largest batch chosen automatically: on 2 CPU cores 128/256/512 give 10.1/12.3/13.6 valid crystals
 #: a second (benchmarks/results/sample_default_batch.md), so past 256 little is gained per extra row.
 AUTO_BATCH_MAX = 256
-#: Memory an automatic batch's KV cache may take: this many bytes on a CPU, this share of free GPU memory.
+#: Memory an automatic batch's KV cache may take: this many bytes on a CPU, this share of the GPU's memory
+#: (its total, not what is free at the moment, so the same GPU always gets the same batch and the same samples).
 AUTO_CACHE_CPU_BYTES = 2 * 1024**3
 AUTO_CACHE_GPU_SHARE = 0.25
-#: Spare attempts in the last batch over the parseable structures still wanted (a few fail to parse).
+#: Spare attempts in the last batch over those the parse rate so far says the wanted structures need.
 LAST_BATCH_SPARE = 0.1
 
 
@@ -108,9 +110,7 @@ class SampleWriter:
         return complete
 
     def _rewrite(self, rows: list[dict[str, str]]) -> None:
-        staging = self.path.with_name(self.path.name + ".tmp")
-        staging.write_text(_csv_text(rows, header=True))
-        staging.replace(self.path)
+        write_atomic(self.path, _csv_text(rows, header=True))
 
     def append(self, rows: list[dict[str, str]]) -> None:
         with open(self.path, "a", newline="") as handle:
@@ -166,7 +166,7 @@ class Sampler:
     def auto_batch_size(self, tokens: int) -> int:
         """The batch whose preallocated KV cache of `tokens` positions fits the memory allowance (1 to AUTO_BATCH_MAX).
 
-        A small model on a CPU gets AUTO_BATCH_MAX; a 7B model on a GPU gets what a quarter of its free memory holds.
+        A small model on a CPU gets AUTO_BATCH_MAX; a 7B model on a GPU what a quarter of the GPU's memory holds.
         """
         config = self.model.config
         layers = config.num_hidden_layers
@@ -174,7 +174,7 @@ class Sampler:
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         per_sequence = 2 * layers * heads * head_dim * tokens * self.model.dtype.itemsize  # keys and values
         if self.device.type == "cuda":
-            allowance = AUTO_CACHE_GPU_SHARE * torch.cuda.mem_get_info(self.device)[0]
+            allowance = AUTO_CACHE_GPU_SHARE * torch.cuda.get_device_properties(self.device).total_memory
         else:
             allowance = AUTO_CACHE_CPU_BYTES
         return max(1, min(AUTO_BATCH_MAX, int(allowance // per_sequence)))
@@ -229,12 +229,15 @@ class Sampler:
             max(len(self._prompt_ids(a.to_prompt())) for a in conditions)
             + (config.max_new_tokens or self.token_budget(config.text_format, config.max_atoms)))
         started = time.perf_counter()
-        bar = tqdm(total=config.n, initial=min(writer.valid, config.n), desc="sampling", disable=not progress)
+        bar = tqdm(total=config.n, initial=min(writer.valid, config.n), desc=f"sampling (batch {batch_size})",
+                   disable=not progress)
         new_valid = 0
         while writer.valid < config.n and len(writer.rows) < max_attempts:
             first = len(writer.rows)
-            wanted = config.n - writer.valid
-            size = min(batch_size, max_attempts - first, wanted + math.ceil(LAST_BATCH_SPARE * wanted))
+            # The last batch is cut to what the wanted structures need at the parse rate so far, plus a spare.
+            parse_rate = max(writer.valid / first, 0.01) if first else 1.0
+            needed = math.ceil((1 + LAST_BATCH_SPARE) * (config.n - writer.valid) / parse_rate)
+            size = min(batch_size, max_attempts - first, needed)
             batch = [conditions[(first + i) % len(conditions)] for i in range(size)]
             grammars = [self._grammar(a, config) for a in batch] if config.constrained else None
             texts = self.generate([a.to_prompt() for a in batch], grammars, config, seed=config.seed * 1_000_003 + first)
