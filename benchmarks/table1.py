@@ -46,27 +46,29 @@ PAPER_ROWS = {
     "LLaMA-2 7B, T=1.0": (0.918, 0.879, 0.969, 0.960, 3.85, 0.96, 0.351, 0.067),
     "LLaMA-2 70B, T=0.7": (0.996, 0.954, 0.858, 0.989, 0.81, 0.44, 0.498, 0.106),
 }
-#: Per run folder: wall seconds of each step, summed over invocations.
+#: Per run folder: wall seconds of each step, summed over the invocations that finished it (see `timed`).
 TIMINGS = "timings.json"
-#: Steps a resumed invocation redoes whole from caches: their first finished time is the one kept.
-REDONE_STEPS = ("evaluate",)
 COLUMNS = ("Struct. valid", "Comp. valid", "COV-R", "COV-P", "wdist density", "wdist #elem", "Metastable (CHGNet)",
            "Stable", "Unique", "Novel", "S.U.N.", "valid/s")
 
 
-def timed(step: str, folder: Path, work) -> tuple[object, dict[str, float]]:
+def timed(step: str, folder: Path, work, redone_on: int | None = None) -> tuple[object, dict[str, float]]:
     """Run one step of a run; its wall seconds add to the run's timings.json, so a resumed run keeps its time.
 
-    A step killed part-way records nothing, so a resumed sampling step has no known total (see `run_one`);
-    a step in REDONE_STEPS keeps the time of its first finish (a re-evaluation from cache is not new work).
+    A step killed part-way records nothing, so a resumed sampling step has no known total (see `run_one`).
+    A step redone whole on every invocation (evaluation, mostly from cached fingerprints) passes what it
+    worked on as `redone_on`: its time is that of the first finish on that input, not a sum.
     """
     from crystext.files import write_atomic
 
     start = time.monotonic()
     result = work()
+    elapsed = time.monotonic() - start
     timings = _timings(folder)
-    if step not in REDONE_STEPS or step not in timings:
-        timings[step] = round(timings.get(step, 0.0) + time.monotonic() - start, 1)
+    if redone_on is None:
+        timings[step] = round(timings.get(step, 0.0) + elapsed, 1)
+    elif timings.get(f"{step}_input") != redone_on:
+        timings[step], timings[f"{step}_input"] = round(elapsed, 1), redone_on
     write_atomic(folder / TIMINGS, json.dumps(timings) + "\n")
     print(f"{step}: {timings[step]} s in all", flush=True)
     return result, timings
@@ -95,7 +97,7 @@ def run_one(label: str, temperature: float, constrained: bool, min_distance: flo
     evaluation, _ = timed("evaluate", folder, lambda: evaluate(
         samples, SHARED / "mp_20" / "test.csv", TRAIN_SPLITS,
         # Samples' fingerprints cached too, so a resumed invocation does not redo a finished run's evaluation.
-        config=EvaluateConfig(protocol=ProtocolSettings("cdvae"), cache_samples=True)))
+        config=EvaluateConfig(protocol=ProtocolSettings("cdvae"), cache_samples=True)), redone_on=summary.attempts)
     evaluation.write(folder / "eval")
 
     everything = read_samples(samples)
@@ -116,9 +118,14 @@ def run_one(label: str, temperature: float, constrained: bool, min_distance: flo
            m["wdist_num_elems"], stability["metastable"]["rate_all"], stability["stable"]["rate_all"],
            m.get("uniqueness"), m.get("novelty"), sun, valid_per_s)
     return {"label": label, "temperature": temperature, "constrained": constrained, "min_distance": min_distance,
-            "row": row,
+            "command": command(), "row": row,
             "attempts": summary.attempts, "parseable": summary.valid, "timings_seconds": timings,
             "relaxed": stability["samples"], "stability_errors": stability["errors"], "metrics": m}
+
+
+def command() -> str:
+    """This invocation's command line."""
+    return " ".join(["python", *sys.argv])
 
 
 def folder_name(label: str) -> str:
@@ -132,23 +139,30 @@ def earlier_runs(args: argparse.Namespace) -> dict[str, dict]:
     if not path.exists():
         return {}
     earlier = json.loads(path.read_text())
-    same = all(earlier.get(key) == value for key, value in settings(args).items())
-    return {r["label"]: r for r in earlier["runs"]} if same else {}
+    differ = {key: earlier.get(key) for key, value in settings(args).items() if earlier.get(key) != value}
+    if differ:
+        print(f"{path.name}: its runs ({', '.join(r['label'] for r in earlier['runs'])}) were made with other "
+              f"settings {differ} and are replaced", file=sys.stderr)
+        return {}
+    return {r["label"]: r for r in earlier["runs"]}
 
 
 def settings(args: argparse.Namespace) -> dict:
     """What a table's numbers depend on, besides the code: runs made with other settings do not mix."""
-    return {"model": str(args.model or "shipped"), "n": args.n, "stability_n": args.stability_n,
-            "max_atoms": args.max_atoms, "batch_size": args.batch_size}
+    return {"model": str(args.model or "shipped"), "work": str(args.work), "n": args.n,
+            "stability_n": args.stability_n, "max_atoms": args.max_atoms, "batch_size": args.batch_size}
 
 
 def write_table(args: argparse.Namespace, runs: list[dict]) -> str:
     """Write table1_NAME.json/.md for the runs finished so far; return the Markdown."""
     from _machine import describe, machine
 
-    result = {"machine": machine(), "command": " ".join(["python", *sys.argv]), **settings(args), "runs": runs}
+    from crystext.files import write_atomic
+
+    result = {"machine": machine(), "command": command(), **settings(args), "runs": runs}
     out = ROOT / "benchmarks" / "results"
-    (out / f"table1_{args.name}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    write_atomic(out / f"table1_{args.name}.json", json.dumps(result, indent=2, default=str) + "\n")
+    earlier = [c for c in dict.fromkeys(r.get("command") for r in runs) if c and c != result["command"]]
 
     def cells(values) -> str:
         return " | ".join("–" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v) for v in values)
@@ -157,6 +171,7 @@ def write_table(args: argparse.Namespace, runs: list[dict]) -> str:
         f"# Table 1 on this machine: {result['model']}",
         "",
         describe(result["machine"], result["command"]),
+        *(f"Runs kept from an earlier invocation: `{c}`." for c in earlier),
         (f"{args.n} parseable samples per run (at most {args.max_atoms} atoms), CDVAE protocol against the MP-20 "
          f"test split; stability on a seeded random {args.stability_n} attempts per run (CHGNet, offline hull from "
          "MP-20 + lemat + mp_e_form fill). Trained on MP-20 train (partial here) + val, 10,349 structures, not the "
@@ -170,13 +185,14 @@ def write_table(args: argparse.Namespace, runs: list[dict]) -> str:
     ]
     lines += [f"| {r['label']} | {cells(r['row'])} |" for r in runs]
     lines += [f"| paper: {name} | {cells((*row, None, None, None, None))} |" for name, row in PAPER_ROWS.items()]
-    lines += ["", "Wall seconds of each step, summed over the invocations that finished it:", "",
+    lines += ["", ("Wall seconds of each step, summed over the invocations that finished it (evaluation: its first "
+                   "finish on the run's samples):"), "",
               "| Run | attempts | relaxed | sampling (s) | evaluate (s) | stability (s) |",
               "|---|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['label']} | {r['attempts']} | {r['relaxed']} | {r['timings_seconds']['sampling']} | "
               f"{r['timings_seconds']['evaluate']} | {r['timings_seconds']['stability']} |" for r in runs]
     markdown = "\n".join(lines) + "\n"
-    (out / f"table1_{args.name}.md").write_text(markdown)
+    write_atomic(out / f"table1_{args.name}.md", markdown)
     return markdown
 
 
