@@ -204,7 +204,8 @@ def test_without_a_model_the_shipped_default_samples(tmp_path) -> None:
     weights = DEFAULT_MODEL_DIR / "model.safetensors"
     assert weights.stat().st_size < 25 * 2**20
     with safe_open(str(weights), "pt") as tensors:
-        assert {str(tensors.get_tensor(name).dtype) for name in tensors} == {"torch.float16"}
+        names = tensors.keys()  # safe_open is not iterable itself
+        assert {str(tensors.get_tensor(name).dtype) for name in names} == {"torch.float16"}
     assert "10349 training structures, 545 held out" in (DEFAULT_MODEL_DIR / "README.md").read_text()
     out = tmp_path / "s.csv"
     assert main(["sample", "-n", "4", "--batch-size", "4", "--max-atoms", "8", "-o", str(out)]) == 0
