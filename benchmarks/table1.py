@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from crystext.constants import MIN_INTERATOMIC_DISTANCE
+from crystext.files import write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CRYSTEXT_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -59,8 +60,6 @@ def timed(step: str, folder: Path, work, redone_on: int | None = None) -> tuple[
     A step redone whole on every invocation (evaluation, mostly from cached fingerprints) passes what it
     worked on as `redone_on`: its time is that of the first finish on that input, not a sum.
     """
-    from crystext.files import write_atomic
-
     start = time.monotonic()
     result = work()
     elapsed = time.monotonic() - start
@@ -156,8 +155,6 @@ def settings(args: argparse.Namespace) -> dict:
 def write_table(args: argparse.Namespace, runs: list[dict]) -> str:
     """Write table1_NAME.json/.md for the runs finished so far; return the Markdown."""
     from _machine import describe, machine
-
-    from crystext.files import write_atomic
 
     result = {"machine": machine(), "command": command(), **settings(args), "runs": runs}
     out = ROOT / "benchmarks" / "results"

@@ -179,6 +179,10 @@ class Sampler:
             allowance = AUTO_CACHE_CPU_BYTES
         return max(1, min(AUTO_BATCH_MAX, int(allowance // per_sequence)))
 
+    def _new_tokens(self, config: SampleConfig) -> int:
+        """Tokens a completion may add: --max-new-tokens, else enough for the widest allowed crystal."""
+        return config.max_new_tokens or self.token_budget(config.text_format, config.max_atoms)
+
     def _prompt_ids(self, prompt: str) -> list[int]:
         bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
         return bos + self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
@@ -191,7 +195,7 @@ class Sampler:
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in encoded], device=self.device)
         attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], device=self.device)
-        limit = config.max_new_tokens or self.token_budget(config.text_format, config.max_atoms)
+        limit = self._new_tokens(config)
         limit = min(limit, getattr(self.model.config, "max_position_embeddings", limit + width) - width)
         processors = LogitsProcessorList()
         if grammars is not None:
@@ -227,7 +231,7 @@ class Sampler:
         max_attempts = config.max_attempts or 10 * config.n
         batch_size = config.batch_size or self.auto_batch_size(
             max(len(self._prompt_ids(a.to_prompt())) for a in conditions)
-            + (config.max_new_tokens or self.token_budget(config.text_format, config.max_atoms)))
+            + self._new_tokens(config))
         started = time.perf_counter()
         bar = tqdm(total=config.n, initial=min(writer.valid, config.n), desc=f"sampling (batch {batch_size})",
                    disable=not progress)
