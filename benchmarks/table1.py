@@ -159,7 +159,10 @@ def write_table(args: argparse.Namespace, runs: list[dict]) -> str:
     result = {"machine": machine(), "command": command(), **settings(args), "runs": runs}
     out = ROOT / "benchmarks" / "results"
     write_atomic(out / f"table1_{args.name}.json", json.dumps(result, indent=2, default=str) + "\n")
-    earlier = [c for c in dict.fromkeys(r.get("command") for r in runs) if c and c != result["command"]]
+    earlier: dict[str | None, list[str]] = {}
+    for r in runs:
+        if r.get("command") != result["command"]:
+            earlier.setdefault(r.get("command"), []).append(r["label"])
 
     def cells(values) -> str:
         return " | ".join("–" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v) for v in values)
@@ -168,7 +171,8 @@ def write_table(args: argparse.Namespace, runs: list[dict]) -> str:
         f"# Table 1 on this machine: {result['model']}",
         "",
         describe(result["machine"], result["command"]),
-        *(f"Runs kept from an earlier invocation: `{c}`." for c in earlier),
+        *(" and ".join(f"'{label}'" for label in labels) + " kept from an earlier invocation: "
+          + (f"`{c}`." if c else "its command was not recorded.") for c, labels in earlier.items()),
         (f"{args.n} parseable samples per run (at most {args.max_atoms} atoms), CDVAE protocol against the MP-20 "
          f"test split; stability on a seeded random {args.stability_n} attempts per run (CHGNet, offline hull from "
          "MP-20 + lemat + mp_e_form fill). Trained on MP-20 train (partial here) + val, 10,349 structures, not the "
