@@ -110,12 +110,14 @@ def run_one(label: str, temperature: float, constrained: bool, min_distance: flo
         subset, reference, output, StabilityConfig(backend="chgnet", resume=output.exists()), training))
 
     m = evaluation.metrics
+    # S.U.N. by crystext.evaluate.sun's one definition (stable after relaxation, unique among the stable relaxed
+    # structures, novel against MP-20 train + val), over the relaxed subset; Unique and Novel as generated.
     sun = (stability.get("sun") or {}).get("stable", {}).get("rate_all")
     # Sampling speed: structures that are valid (structure and composition) per second of sampling.
     valid_per_s = m["valid"] * m["n_counted"] / timings["sampling"] if speed_known else None
     row = (m["struct_valid"], m["comp_valid"], m["cov_recall"], m["cov_precision"], m["wdist_density"],
            m["wdist_num_elems"], stability["metastable"]["rate_all"], stability["stable"]["rate_all"],
-           m.get("uniqueness"), m.get("novelty"), sun, valid_per_s)
+           m.get("uniqueness"), m.get("novelty_matcher"), sun, valid_per_s)
     return {"label": label, "temperature": temperature, "constrained": constrained, "min_distance": min_distance,
             "command": command(), "row": row,
             "attempts": summary.attempts, "parseable": summary.valid, "timings_seconds": timings,
@@ -128,7 +130,8 @@ def command() -> str:
 
 
 def folder_name(label: str) -> str:
-    """A run's folder under --work: its label without '=' and spaces ('T=1.0, no constraint' -> 'T1.0_no_constraint')."""
+    """A run's folder under --work: its label without '=' and spaces
+    ('T=1.0, no constraint' -> 'T1.0_no_constraint')."""
     return label.replace("=", "").replace(", ", "_").replace(" ", "_")
 
 
@@ -177,7 +180,10 @@ def write_table(args: argparse.Namespace, runs: list[dict]) -> str:
          f"test split; stability on a seeded random {args.stability_n} attempts per run (CHGNet, offline hull from "
          "MP-20 + lemat + mp_e_form fill). Trained on MP-20 train (partial here) + val, 10,349 structures, not the "
          "paper's 27,136; CHGNet, not M3GNet; stable rate against the offline hull, not DFT. Nothing was tuned on "
-         "the test split. The constrained runs (T=0.7, T=1.0) mask, as each atom's last coordinate is chosen, the "
+         "the test split. Unique and Novel: StructureMatcher, among the valid samples as generated (novel against "
+         "MP-20 train + val); S.U.N.: stable after relaxation, unique among the stable relaxed structures and novel, "
+         "over the relaxed attempts (crystext.evaluate.sun). The constrained runs (T=0.7, T=1.0) mask, as each atom's "
+         "last coordinate is chosen, the "
          "values within 0.5 A of an earlier atom, so their structural validity measures that constraint as much as "
          "the model; 'grammar only' and 'no constraint' show the model's own."),
         "",

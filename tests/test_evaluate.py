@@ -17,10 +17,9 @@ from crystext.evaluate import (
     EvaluateError,
     FingerprintSettings,
     ProtocolSettings,
-    add_arguments,
     evaluate,
-    run,
 )
+from crystext.evaluate.cli import add_arguments, run
 from crystext.evaluate.profiles import profile_file
 from crystext.evaluate.validity import compositional_validity
 from crystext.textformat import decode, encode
@@ -177,12 +176,15 @@ def test_novelty_uniqueness_stability_and_sun(test_rows: pd.DataFrame, reference
     assert not bool(per.loc["s0", "novel_matcher"]) and bool(per.loc["s2", "novel_matcher"])
     assert m["novelty"] == pytest.approx(5 / 7)  # the paper's fingerprint rule agrees here
     assert per.loc["s0", "nearest_train_struct_dist"] == 0.0
-    assert m["n_with_e_above_hull"] == 5
-    assert m["metastable_rate"] == pytest.approx(4 / 9)  # s2, s3, s4, s8
-    assert m["stable_rate"] == pytest.approx(3 / 9)  # s2, s4, s8
-    assert m["sun_rate"] == pytest.approx(2 / 9)  # s2 and s4; s8 repeats s4, s3 is invalid
-    assert m["msun_rate"] == pytest.approx(2 / 9)
+    # Stability rates and S.U.N. are over the 5 stability rows that name a sample ("ghost" names none).
+    assert m["n_stability_rows"] == m["n_with_e_above_hull"] == 5
+    assert m["metastable_rate"] == pytest.approx(4 / 5)  # s2, s3, s4, s8
+    assert m["stable_rate"] == pytest.approx(3 / 5)  # s2, s4, s8
+    assert m["sun_rate"] == pytest.approx(2 / 5)  # s2 and s4; s8 repeats s4
+    assert m["msun_rate"] == pytest.approx(3 / 5)  # s2, s3 and s4: S.U.N. asks stability, not SMACT validity
+    assert bool(per.loc["s4", "sun"]) and not bool(per.loc["s8", "sun"]) and pd.isna(per.loc["s0", "sun"])
     assert f"{stability}: 1 ids match no sample" in result.notes
+    assert f"{stability}: 5 rows have no relaxed structure; S.U.N. judges them as generated" in result.notes
 
 
 def test_conditional_accuracy(test_rows: pd.DataFrame, reference: Path, tmp_path: Path) -> None:

@@ -12,7 +12,6 @@ from pymatgen.core import Composition, Lattice, Structure
 
 from crystext.data import read_split
 from crystext.evaluate.cdvae_constants import COMPOSITION_MEANS, COMPOSITION_STDS
-from crystext.evaluate.conditions import stability_flags
 from crystext.evaluate.coverage import coverage, mean_pairwise_distance
 from crystext.evaluate.distributions import element_frequencies, total_variation, wasserstein
 from crystext.evaluate.fingerprints import (
@@ -21,6 +20,7 @@ from crystext.evaluate.fingerprints import (
     standardise,
     structure_fingerprint,
 )
+from crystext.evaluate.sun import stability_flags
 from crystext.evaluate.validity import compositional_validity, smact_version, structural_problem
 
 
@@ -80,7 +80,8 @@ def test_fast_search_agrees_with_the_reference_loop() -> None:
             "Bi", "Sb", "B", "C", "N", "O", "F", "P", "S", "Cl", "Se", "Br", "Te", "I", "H", "Si", "As"]
     agreed = {True: 0, False: 0}
     for _ in range(300):
-        symbols = sorted(rng.choice(pool, rng.integers(2, 5), replace=False), key=lambda s: Composition(s).elements[0].Z)
+        symbols = sorted(rng.choice(pool, rng.integers(2, 5), replace=False),
+                         key=lambda s: Composition(s).elements[0].Z)
         counts = [int(c) for c in rng.integers(1, 7, len(symbols))]
         counts = [c // math.gcd(*counts) for c in counts]  # a reduced composition, as the callers pass
         data = [_smact_element(s) for s in symbols]

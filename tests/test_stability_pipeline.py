@@ -11,11 +11,11 @@ from pymatgen.core import Composition, Lattice, Structure
 
 from crystext.cli import main
 from crystext.data import Dataset, Record
+from crystext.errors import OutputExistsError
 from crystext.stability import (
     OUTPUT_COLUMNS,
     RelaxConfig,
     StabilityConfig,
-    StabilityError,
     from_formation_energies,
     read_samples,
     relax_and_place,
@@ -91,7 +91,7 @@ def test_rows_rates_and_resume(samples_csv: Path, reference, tmp_path: Path) -> 
     assert summary["backend"]["name"] == "chgnet" and not summary["backend"]["mp2020_corrections_applied"]
     assert json.loads(summary_path(output).read_text())["metastable"] == summary["metastable"]
 
-    with pytest.raises(StabilityError, match=r"out\.csv exists: pass --resume"):
+    with pytest.raises(OutputExistsError, match=r"out\.csv exists: pass --resume"):
         relax_and_place(samples, reference, output, config)
     lines = output.read_text().splitlines(keepends=True)
     last_start = max(i for i, line in enumerate(lines) if line.startswith(("s0,", "s1,", "s2,", "s3,")))

@@ -22,6 +22,8 @@ import pandas as pd
 from pymatgen.core import Structure
 from tqdm.auto import tqdm
 
+from crystext.errors import CrystextError
+
 __all__ = [
     "DATASETS",
     "Dataset",
@@ -42,7 +44,7 @@ DATA_DIR_ENV = "CRYSTEXT_DATA_DIR"
 CACHE_DIR_ENV = "CRYSTEXT_CACHE_DIR"
 
 
-class DatasetError(RuntimeError):
+class DatasetError(CrystextError):
     """A dataset that cannot be found, fetched or read as a whole (single bad rows are skipped instead)."""
 
 

@@ -1,16 +1,23 @@
-"""Files written whole or not at all: a killed job leaves the old file or the new one, never half of one.
+"""Files that survive a kill: written whole or not at all, or appended a whole row at a time.
 
-(Not proof against power loss: nothing is fsynced. A SIGKILL mid-write can leave a hidden .NAME.PID.partial.)
+- `atomic_path` / `write_atomic`: a killed job leaves the old file or the new one, never half of one.
+- `CsvLog`: an append-only CSV of fixed columns, each append flushed and fsynced; reopened to resume,
+  it drops a torn last row (a kill mid-write) and any row of the wrong width before appending again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-__all__ = ["atomic_path", "write_atomic"]
+from crystext.errors import CrystextError, OutputExistsError
+
+__all__ = ["CsvLog", "atomic_path", "write_atomic"]
 
 
 @contextlib.contextmanager
@@ -32,3 +39,65 @@ def write_atomic(path: Path, content: str | bytes) -> None:
     """Write `content` (text as UTF-8) to `path` through `atomic_path`."""
     with atomic_path(path) as partial:
         partial.write_bytes(content.encode() if isinstance(content, str) else content)
+
+
+class CsvLog:
+    """An append-only CSV with a fixed header, for long jobs that write results as they finish and resume.
+
+    Opening an existing, non-empty file needs `resume`; its complete rows are then in `rows` (as strings),
+    and a torn or malformed tail is cut off (the file rewritten atomically) before anything is appended.
+    """
+
+    def __init__(self, path: str | Path, columns: Sequence[str], resume: bool) -> None:
+        self.path = Path(path)
+        self.columns = tuple(columns)
+        exists = self.path.is_file() and self.path.stat().st_size > 0
+        if exists and not resume:
+            raise OutputExistsError(f"{self.path} exists: pass --resume to continue it, or choose another output")
+        self.rows: list[dict[str, str]] = self._read_complete() if exists else []
+        if not exists:
+            write_atomic(self.path, self._text([], header=True))
+
+    def append(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Append whole rows with one write and an fsync; missing columns and None are written empty."""
+        if not rows:
+            return
+        complete = [{c: "" if row.get(c) is None else str(row[c]) for c in self.columns} for row in rows]
+        with open(self.path, "a", newline="", encoding="utf-8") as handle:
+            handle.write(self._text(complete, header=False))
+            handle.flush()
+            os.fsync(handle.fileno())
+        self.rows.extend(complete)
+
+    def ids(self, column: str = "id") -> set[str]:
+        """The values of one column over the rows written so far (the ids a resumed job skips)."""
+        return {row[column] for row in self.rows}
+
+    def _read_complete(self) -> list[dict[str, str]]:
+        """The file's whole rows; a torn last row (no final newline) and rows of the wrong width are dropped."""
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise CrystextError(f"{self.path}: not a UTF-8 CSV, cannot resume it") from None
+        records: list[list[str]] = []
+        with contextlib.suppress(csv.Error):  # an unterminated quote at the end: keep the records before it
+            records.extend(csv.reader(io.StringIO(text, newline="")))
+        if not records or tuple(records[0]) != self.columns:
+            raise CrystextError(
+                f"{self.path}: its header is not {','.join(self.columns)}; cannot resume it (choose another output)"
+            )
+        body = records[1:]
+        if body and not text.endswith("\n"):
+            body = body[:-1]  # killed mid-row: the last record is cut short, whatever its width
+        complete = [dict(zip(self.columns, r)) for r in body if len(r) == len(self.columns)]
+        if len(complete) != len(records) - 1 or not text.endswith("\n"):
+            write_atomic(self.path, self._text(complete, header=True))
+        return complete
+
+    def _text(self, rows: Sequence[Mapping[str, str]], header: bool) -> str:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=self.columns)
+        if header:
+            writer.writeheader()
+        writer.writerows(rows)
+        return buffer.getvalue()

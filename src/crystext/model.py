@@ -26,6 +26,7 @@ from transformers import (
 )
 
 from crystext import constants
+from crystext.errors import CrystextError
 from crystext.prompts import INFILL_HEADER, INFILL_REQUEST, MASK, Attributes
 from crystext.textformat import ELEMENT_SYMBOLS
 
@@ -47,7 +48,7 @@ CRYSTEXT_CONFIG = "crystext.json"
 DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
 
 
-class ModelError(RuntimeError):
+class ModelError(CrystextError):
     """A model that cannot be built or loaded as asked (e.g. 4-bit loading without CUDA)."""
 
 
@@ -209,7 +210,7 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: 
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    (out / CRYSTEXT_CONFIG).write_text(json.dumps(info, indent=2, default=_jsonable) + "\n")
+    (out / CRYSTEXT_CONFIG).write_text(json.dumps(info, indent=2, default=_json_default) + "\n")
 
 
 def load_model(path: str | Path | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict[str, Any]]:
@@ -249,7 +250,7 @@ def export_model(source: str | Path, target: str | Path, dtype: torch.dtype = to
     return target
 
 
-def _jsonable(value: Any) -> Any:
+def _json_default(value: Any) -> Any:
     if hasattr(value, "__dataclass_fields__"):
         return asdict(value)
     if isinstance(value, (Path, torch.device)):

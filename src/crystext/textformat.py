@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 from pymatgen.core import Element, Lattice, Structure
 
+from crystext.errors import CrystextError
+
 __all__ = [
     "CrystalText",
     "CrystalTextError",
@@ -56,7 +58,7 @@ class FormatOptions:
                 raise ValueError(f"{name} must be between 0 and 8, got {getattr(self, name)}")
 
 
-class CrystalTextError(ValueError):
+class CrystalTextError(CrystextError, ValueError):
     """A crystal (or its text) that the format cannot represent, saying what is wrong and where."""
 
     def __init__(self, message: str, line: int | None = None) -> None:
@@ -210,7 +212,9 @@ def _has_atom_from(lines: list[tuple[int, str]], start: int) -> bool:
     return False
 
 
-def _check_lattice(lengths: Vector, angles: Vector, length_line: int | None = None, angle_line: int | None = None) -> None:
+def _check_lattice(
+    lengths: Vector, angles: Vector, length_line: int | None = None, angle_line: int | None = None
+) -> None:
     for value in lengths:
         if value <= 0:
             raise CrystalTextError(f"non-positive lattice length {value:g}", length_line)

@@ -7,12 +7,12 @@
 
 Modules: `validity` (structural, compositional), `fingerprints` (CrystalNN and magpie),
 `profiles` (per-structure work, parallel and cached), `coverage` (COV, AMSD/AMCD, diversity),
-`distributions`, `matching` (StructureMatcher uniqueness/novelty), `conditions` (stability,
-S.U.N., conditional accuracy), `protocols` (`paper` and `cdvae`), `ipt` (translation
-invariance of a model, an optional step), `evaluation` (all of it), `cli` (the subcommand).
+`distributions`, `sun` (uniqueness, novelty, stability rates and S.U.N.: each defined once),
+`conditions` (conditional accuracy), `protocols` (`paper` and `cdvae`), `inputs` (side columns and
+stability CSVs), `ipt` (translation invariance of a model, an optional step), `evaluation` (all of it),
+`cli` (the `crystext evaluate` command line, not imported by the library).
 """
 
-from crystext.evaluate.cli import add_arguments, run
 from crystext.evaluate.evaluation import EvaluateConfig, Evaluation, IptSettings, evaluate
 from crystext.evaluate.fingerprints import FingerprintSettings
 from crystext.evaluate.inputs import EvaluateError
@@ -26,7 +26,5 @@ __all__ = [
     "FingerprintSettings",
     "IptSettings",
     "ProtocolSettings",
-    "add_arguments",
     "evaluate",
-    "run",
 ]

@@ -11,18 +11,11 @@ from crystext.evaluate.evaluation import EvaluateConfig, IptSettings, evaluate
 from crystext.evaluate.fingerprints import PAPER_FINGERPRINT_TIME_LIMIT, FingerprintSettings
 from crystext.evaluate.inputs import EvaluateError
 from crystext.evaluate.protocols import CDVAE_N_VALID, PROTOCOLS, ProtocolSettings
+from crystext.report import markdown_table, write_report
 
-__all__ = ["add_arguments", "add_parser", "run"]
+__all__ = ["HELP", "add_arguments", "run"]
 
 HELP = "score generated crystals against a reference set (the paper's metrics) and write a report"
-
-
-def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register `evaluate` on the `crystext` subcommands."""
-    parser = commands.add_parser("evaluate", help=HELP, description=HELP)
-    parser.set_defaults(command="evaluate", handler=run)
-    add_arguments(parser)
-    return parser
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,8 +55,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate, write metrics.json, per_sample.csv, table.md and report.html into --out, print the table."""
-    from crystext.report import markdown_table, write_report
-
     try:
         config = EvaluateConfig(
             protocol=ProtocolSettings(

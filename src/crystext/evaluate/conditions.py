@@ -1,8 +1,5 @@
-"""Metrics that need more than structures: stability (S.U.N.) and the accuracy of conditional samples.
+"""The accuracy of conditional samples: how often a sample has what its prompt asked for.
 
-- Stable: energy above hull below STABLE_E_HULL (0.0 eV/atom); metastable: below METASTABLE_E_HULL (0.1).
-- S.U.N.: valid, stable, unique among the samples and novel against the training set (StructureMatcher),
-  as a fraction of the samples the protocol counts; M.S.U.N. the same with metastable.
 - Conditional accuracy, over every attempt that asked for the attribute (an attempt that did not
   parse misses): reduced formula equal to the requested one; space group (spglib, symprec 0.1)
   equal to the requested one; for requested energies above hull, the achieved ones.
@@ -18,48 +15,13 @@ import numpy as np
 import pandas as pd
 from pymatgen.core import Composition
 
-from crystext.constants import METASTABLE_E_HULL, STABLE_E_HULL
+from crystext.evaluate.sun import stability_flags
 
-__all__ = ["conditional_accuracy", "stability_flags", "stability_metrics"]
-
-
-def stability_flags(e_above_hull: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(metastable, stable) per structure; False where the energy is unknown (NaN)."""
-    e = np.asarray(e_above_hull, dtype=float)
-    with np.errstate(invalid="ignore"):
-        return np.nan_to_num(e, nan=np.inf) < METASTABLE_E_HULL, np.nan_to_num(e, nan=np.inf) < STABLE_E_HULL
+__all__ = ["conditional_accuracy"]
 
 
 def _rate(flags: np.ndarray, among: np.ndarray) -> float:
     return float(flags[among].mean()) if among.any() else math.nan
-
-
-def stability_metrics(
-    e_above_hull: np.ndarray,
-    counted: np.ndarray,
-    valid: np.ndarray,
-    unique: np.ndarray | None,
-    novel: np.ndarray | None,
-) -> tuple[dict[str, Any], pd.DataFrame]:
-    """Stability rates over the counted samples (and over those with an energy), and S.U.N. when possible."""
-    metastable, stable = stability_flags(e_above_hull)
-    known = counted & np.isfinite(e_above_hull)
-    m: dict[str, Any] = {
-        "n_with_e_above_hull": int(known.sum()),
-        "metastable_rate": _rate(metastable, counted),
-        "stable_rate": _rate(stable, counted),
-        "metastable_rate_of_relaxed": _rate(metastable, known),
-        "stable_rate_of_relaxed": _rate(stable, known),
-        "mean_e_above_hull": float(np.mean(e_above_hull[known])) if known.any() else math.nan,
-    }
-    columns = pd.DataFrame({"e_above_hull": e_above_hull, "metastable": metastable, "stable": stable})
-    if unique is not None and novel is not None:
-        unique_novel = valid & unique & novel
-        m["sun_rate"] = _rate(unique_novel & stable, counted)
-        m["msun_rate"] = _rate(unique_novel & metastable, counted)
-        columns["sun"] = unique_novel & stable
-        columns["msun"] = unique_novel & metastable
-    return m, columns
 
 
 def conditional_accuracy(

@@ -13,15 +13,22 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from crystext import __version__
-from crystext.evaluate.conditions import conditional_accuracy, stability_metrics
+from crystext.evaluate.conditions import conditional_accuracy
 from crystext.evaluate.fingerprints import FingerprintSettings
 from crystext.evaluate.inputs import EvaluateError, SampleColumns, read_stability
-from crystext.evaluate.matching import novel_flags, unique_flags
-from crystext.evaluate.profiles import Profiles, content_hash, package_versions, profile_file
+from crystext.evaluate.profiles import VERSIONED_PACKAGES, Profiles, profile_file
 from crystext.evaluate.protocols import ProtocolSettings, score
+from crystext.evaluate.sun import (
+    KnownStructures,
+    novel_flags,
+    relaxed_structures,
+    stability_rates,
+    stability_table,
+    unique_flags,
+)
 from crystext.evaluate.validity import PAPER_SMACT_VERSION
 from crystext.files import write_atomic
+from crystext.provenance import file_digest, package_versions
 
 __all__ = ["EvaluateConfig", "Evaluation", "IptSettings", "evaluate"]
 
@@ -76,7 +83,7 @@ class Evaluation:
     def to_dict(self) -> dict[str, Any]:
         """The JSON document: metrics, protocol and settings, inputs, package versions, notes, histograms."""
         histograms = {k: self.distributions[k] for k in ("spacegroup", "elements", "n_structures")}
-        return _jsonable({"metrics": self.metrics, **self.info, "notes": self.notes, "histograms": histograms})
+        return _plain_json({"metrics": self.metrics, **self.info, "notes": self.notes, "histograms": histograms})
 
     def write(self, out_dir: str | Path) -> list[Path]:
         """Write metrics.json and per_sample.csv into `out_dir`, each atomically."""
@@ -87,12 +94,12 @@ class Evaluation:
         return [json_path, csv_path]
 
 
-def _jsonable(value: Any) -> Any:
+def _plain_json(value: Any) -> Any:
     """Plain JSON types; NaN and infinities become null."""
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): _plain_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [_plain_json(v) for v in value]
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     if isinstance(value, (int, np.integer)):
@@ -160,17 +167,10 @@ def evaluate(
 
     e_above_hull = None
     if stability is not None:
-        energies = read_stability(stability)
-        e_above_hull = table["id"].map(energies).to_numpy(dtype=float)
-        unmatched = len(set(energies.index) - set(table["id"]))
-        if unmatched:
-            notes.append(f"{stability}: {unmatched} ids match no sample")
-        if novel is None:
-            notes.append("S.U.N. needs a training set (--train) and the structure matcher")
-        found, energy_columns = stability_metrics(
-            e_above_hull, scores.per_sample["counted"].to_numpy(bool), valid, unique, novel
-        )
+        found, energy_columns, more = _stability(stability, sample_profiles, train_profiles if config.matcher else None)
+        e_above_hull = energy_columns["e_above_hull"].to_numpy(float)
         metrics.update(found)
+        notes += more
         parts.append(energy_columns)
 
     if columns.conditions:
@@ -190,7 +190,7 @@ def evaluate(
         began = time.monotonic()
         metrics["ipt"], info_ipt = _ipt(reference_profiles, config.ipt, config.progress)
         timings["ipt_seconds"] = time.monotonic() - began
-    versions = package_versions()
+    versions = package_versions(VERSIONED_PACKAGES)
     if versions["smact"] != PAPER_SMACT_VERSION:
         notes.append(
             f"smact {versions['smact']} is installed; the published compositional validity used smact "
@@ -207,7 +207,7 @@ def evaluate(
             **({"train": [_describe(t, p) for t, p in zip(train_paths, train_parts)]} if train_parts else {}),
             **({"stability": str(stability)} if stability is not None else {}),
         },
-        "versions": {"crystext": __version__, **versions},
+        "versions": versions,
         "timings": timings,
         **({"ipt": info_ipt} if config.ipt is not None else {}),
     }
@@ -268,7 +268,7 @@ def _in_file_order(per_sample: pd.DataFrame, order: list[str]) -> pd.DataFrame:
 
 def _describe(path: Path, profiles: Profiles) -> dict[str, Any]:
     return {
-        "path": str(path), "sha256": content_hash(path), "records": len(profiles),
+        "path": str(path), "sha256": file_digest(path), "records": len(profiles),
         "unparsed": int((~profiles.table["parsed"]).sum()), "profiles_from_cache": profiles.from_cache,
     }
 
@@ -306,10 +306,50 @@ def _matcher_flags(
     unique[index] = unique_flags(structures, formulas, progress)
     if train is None:
         return unique, None
-    parsed = np.flatnonzero(train.table["parsed"].to_numpy(bool))
     novel = np.zeros(len(samples), bool)
-    novel[index] = novel_flags(
-        structures, formulas, train.table["formula"].to_numpy()[parsed].tolist(),
-        lambda j: train.structure(int(parsed[j])), progress,
-    )
+    novel[index] = novel_flags(structures, formulas, _known(train), progress)
     return unique, novel
+
+
+def _known(train: Profiles) -> KnownStructures:
+    """The readable training structures, built from their profiles on demand."""
+    parsed = np.flatnonzero(train.table["parsed"].to_numpy(bool))
+    formulas = train.table["formula"].to_numpy()[parsed].tolist()
+    return KnownStructures(formulas, lambda j: train.structure(int(parsed[j])))
+
+
+def _stability(
+    path: Path, samples: Profiles, train: Profiles | None
+) -> tuple[dict[str, Any], pd.DataFrame, list[str]]:
+    """Stability rates and S.U.N. over the rows of a stability CSV that name a sample (see `crystext.evaluate.sun`),
+    and each sample's columns (missing for samples the CSV does not list).
+
+    S.U.N. is judged on the relaxed structures; a row without one (a CSV from another tool may hold only
+    energies) falls back to the sample as generated, and a note says how many did.
+    """
+    ids = samples.table["id"]
+    rows = read_stability(path)
+    notes = []
+    unmatched = ~rows.index.isin(ids)
+    if unmatched.any():
+        notes.append(f"{path}: {int(unmatched.sum())} ids match no sample")
+        rows = rows[~unmatched]
+    relaxed = relaxed_structures(rows["relaxed_cif"])
+    position = {rid: i for i, rid in enumerate(ids)}
+    parsed = samples.table["parsed"].to_numpy(bool)
+    as_generated = 0
+    for k, rid in enumerate(rows.index):
+        if relaxed[k] is None and parsed[position[rid]]:
+            relaxed[k] = samples.structure(position[rid])
+            as_generated += 1
+    if as_generated:
+        notes.append(f"{path}: {as_generated} rows have no relaxed structure; S.U.N. judges them as generated")
+    known = None if train is None else _known(train)
+    if known is None:
+        notes.append("S.U.N. needs a training set (--train) and the structure matcher")
+    table = stability_table(rows["e_above_hull"].to_numpy(float), relaxed, known)
+    table.index = rows.index
+    columns = pd.DataFrame({"e_above_hull": ids.map(table["e_above_hull"]).to_numpy(float)})
+    for name in table.columns.drop("e_above_hull"):
+        columns[name] = pd.array(ids.map(table[name]).tolist(), dtype="boolean")
+    return stability_rates(table), columns, notes

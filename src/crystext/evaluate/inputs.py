@@ -11,13 +11,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from crystext.data import DatasetError
+from crystext.errors import CrystextError
 from crystext.evaluate.profiles import id_column, is_csv
 
 __all__ = ["EvaluateError", "SampleColumns", "read_stability"]
 
 
-class EvaluateError(DatasetError):
+class EvaluateError(CrystextError):
     """An input that evaluation cannot use, with a one-line message naming the file or record."""
 
 
@@ -68,11 +68,13 @@ class SampleColumns:
         return cls(ids, mode, conditions, errors), notes
 
 
-def read_stability(path: str | Path) -> pd.Series:
-    """Energy above hull (eV/atom) by id from a `crystext stability` CSV; NaN where the row reports an error."""
+def read_stability(path: str | Path) -> pd.DataFrame:
+    """A `crystext stability` CSV by id: energy above hull (eV/atom; NaN where the row reports an error) and the
+    relaxed structure's CIF (empty where there is none)."""
     path = Path(path)
     try:
-        frame = pd.read_csv(path, dtype={"id": str})
+        frame = pd.read_csv(path, dtype={"id": str, "relaxed_cif": str}, keep_default_na=False, na_values={
+            "e_above_hull": ["", "nan", "NaN"]})
     except FileNotFoundError:
         raise EvaluateError(f"{path}: no such file") from None
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, OSError) as err:
@@ -85,9 +87,10 @@ def read_stability(path: str | Path) -> pd.Series:
         raise EvaluateError(f"{path}: id '{repeated.index[0]}' appears {repeated.iloc[0]} times")
     energy = pd.to_numeric(frame["e_above_hull"], errors="coerce").astype(float)
     if "error" in frame.columns:
-        failed = frame["error"].map(_present).to_numpy(bool)
-        energy = energy.where(~failed, np.nan)
-    return pd.Series(energy.to_numpy(), index=frame["id"].astype(str), name="e_above_hull")
+        energy = energy.where(~frame["error"].map(_present).to_numpy(bool), np.nan)
+    cifs = frame["relaxed_cif"] if "relaxed_cif" in frame.columns else pd.Series([""] * len(frame))
+    return pd.DataFrame({"e_above_hull": energy.to_numpy(), "relaxed_cif": cifs.to_numpy()},
+                        index=pd.Index(frame["id"].astype(str), name="id"))
 
 
 def _present(value: Any) -> bool:

@@ -1,7 +1,7 @@
 """Per-structure work: validity, density, space group and fingerprints, in parallel, cached on disk.
 
-Every metric is computed from these profiles. The CrystalNN fingerprint costs 0.1-0.2 s per
-structure, so profiling runs in worker processes over all cores with a progress bar, and a
+Every metric is computed from these profiles. The CrystalNN fingerprint is the slow part
+(benchmarks/results/evaluate_speed.md), so profiling runs in worker processes over all cores with a progress bar, and a
 reference or training file is profiled once and cached under $CRYSTEXT_CACHE_DIR/fingerprints/,
 keyed by the file's content hash and every setting that changes a profile. A cached set keeps
 its structures as arrays, so a warm run never parses the reference file again.
@@ -17,7 +17,6 @@ import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +38,9 @@ from crystext.evaluate.fingerprints import (
 )
 from crystext.evaluate.validity import compositional_validity, structural_problem
 from crystext.files import atomic_path
+from crystext.provenance import file_digest, package_versions
 
-__all__ = ["Profiles", "cache_path", "package_versions", "profile_dataset", "profile_file"]
+__all__ = ["VERSIONED_PACKAGES", "Profiles", "cache_path", "profile_dataset", "profile_file"]
 
 #: Bump when the profile columns or their meaning change, so old cache files are not read.
 PROFILE_FORMAT = 1
@@ -48,6 +48,8 @@ PROFILE_FORMAT = 1
 ID_COLUMNS = ("id", "material_id")
 #: Packages whose versions change a profile (and so are part of the cache key and every result).
 VERSIONED_PACKAGES = ("smact", "matminer", "pymatgen", "spglib")
+#: The fingerprint settings profiles use unless told otherwise (the paper's).
+DEFAULT_FINGERPRINT = FingerprintSettings()
 
 #: The per-structure columns and their types ("str", "bool", "int", "float").
 COLUMNS: dict[str, str] = {
@@ -237,7 +239,7 @@ def _as_arrays(structure: Structure) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 def profile_dataset(
     dataset: Dataset,
-    settings: FingerprintSettings = FingerprintSettings(),
+    settings: FingerprintSettings = DEFAULT_FINGERPRINT,
     *,
     fingerprint_invalid: bool = True,
     jobs: int | None = None,
@@ -319,35 +321,11 @@ def _assemble(
 # --------------------------------------------------------------------------- files, with the cache
 
 
-def package_versions() -> dict[str, str]:
-    """Versions of the packages that change the numbers."""
-    found = {}
-    for name in VERSIONED_PACKAGES:
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            found[name] = "not installed"
-    return found
-
-
-def content_hash(path: Path) -> str:
-    """SHA-256 of a file's bytes, or of a folder's .cif file names and bytes."""
-    digest = hashlib.sha256()
-    files = sorted(path.glob("*.cif")) if path.is_dir() else [path]
-    for file in files:
-        if path.is_dir():
-            digest.update(file.name.encode() + b"\0")
-        with open(file, "rb") as handle:
-            while block := handle.read(1 << 20):
-                digest.update(block)
-    return digest.hexdigest()
-
-
 def cache_path(path: Path, settings: FingerprintSettings, read_options: dict[str, Any]) -> Path:
     """Where the profiles of `path` under these settings are cached."""
     key = {
-        "content": content_hash(path), "settings": asdict(settings), "read": read_options,
-        "versions": package_versions(), "format": PROFILE_FORMAT,
+        "content": file_digest(path), "settings": asdict(settings), "read": read_options,
+        "versions": package_versions(VERSIONED_PACKAGES), "format": PROFILE_FORMAT,
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
     return cache_dir("fingerprints") / f"{digest}.npz"
@@ -375,7 +353,7 @@ def read_any(path: Path, max_atoms: int | None = None, progress: bool = False) -
 
 def profile_file(
     path: str | Path,
-    settings: FingerprintSettings = FingerprintSettings(),
+    settings: FingerprintSettings = DEFAULT_FINGERPRINT,
     *,
     cache: bool = True,
     fingerprint_invalid: bool = True,

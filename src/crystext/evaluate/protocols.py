@@ -28,10 +28,11 @@ import numpy as np
 import pandas as pd
 
 from crystext.constants import COVERAGE_CUTOFFS, NOVELTY_COMPOSITION_CUTOFF, NOVELTY_STRUCTURE_CUTOFF
-from crystext.evaluate.coverage import coverage, mean_pairwise_distance, nearest
+from crystext.evaluate.coverage import coverage, mean_pairwise_distance
 from crystext.evaluate.distributions import element_frequencies, total_variation, wasserstein
 from crystext.evaluate.fingerprints import standardise
 from crystext.evaluate.profiles import Profiles
+from crystext.evaluate.sun import fingerprint_novelty
 
 __all__ = ["PROTOCOLS", "Protocol", "ProtocolSettings", "Scores", "score"]
 
@@ -151,10 +152,19 @@ def score(samples: Profiles, reference: Profiles, settings: ProtocolSettings, tr
     per_sample["in_distributions"] = np.isin(np.arange(len(table)), drawn)
     m["n_distribution_samples"] = len(drawn)
     in_coverage = counted & table["fp_ok"].to_numpy(bool) if rules.fingerprint_invalid_samples else valid
-    _coverage(samples, reference, in_coverage, int(counted.sum()), settings, m, per_sample, notes)
+    found, columns, more = _coverage(samples, reference, in_coverage, int(counted.sum()), settings)
+    m.update(found)
+    per_sample = pd.concat([per_sample, columns], axis=1)
+    notes += more
     distributions = _distributions(samples, drawn, reference, m)
     if train is not None:
-        _fingerprint_novelty(samples, np.flatnonzero(valid), train, settings, m, per_sample, notes)
+        found, columns, more = fingerprint_novelty(
+            samples, np.flatnonzero(valid), train, valid_mask(train),
+            (settings.novelty_struct_cutoff, settings.novelty_comp_cutoff),
+        )
+        m.update(found)
+        per_sample = pd.concat([per_sample, columns], axis=1)
+        notes += more
     return Scores(m, per_sample, distributions, notes)
 
 
@@ -172,35 +182,31 @@ def _distribution_samples(valid_idx: np.ndarray, settings: ProtocolSettings, not
 
 
 def _coverage(
-    samples: Profiles,
-    reference: Profiles,
-    in_coverage: np.ndarray,
-    n_generated: int,
-    settings: ProtocolSettings,
-    m: dict[str, Any],
-    per_sample: pd.DataFrame,
-    notes: list[str],
-) -> None:
-    """COV-R/COV-P and AMSD/AMCD into `m`; each sample's nearest-reference distances into `per_sample`."""
+    samples: Profiles, reference: Profiles, in_coverage: np.ndarray, n_generated: int, settings: ProtocolSettings
+) -> tuple[dict[str, Any], pd.DataFrame, list[str]]:
+    """COV-R/COV-P and AMSD/AMCD; each sample's nearest-reference distances and coverage; notes."""
     rules = settings.rules
     ref_parsed = reference.table["parsed"].to_numpy(bool)
     fingerprinted = ref_parsed & reference.table["fp_ok"].to_numpy(bool)
     ref_use = valid_mask(reference) if rules.valid_references_only else fingerprinted
-    m["n_reference"] = int(ref_parsed.sum())
-    m["n_reference_unparsed"] = int((~ref_parsed).sum())
-    m["n_reference_in_coverage"] = int(ref_use.sum())
+    m: dict[str, Any] = {
+        "n_reference": int(ref_parsed.sum()), "n_reference_unparsed": int((~ref_parsed).sum()),
+        "n_reference_in_coverage": int(ref_use.sum()),
+    }
     if rules.valid_references_only:
         m["reference_valid"] = _mean(ref_use[ref_parsed])
     struct_cut, comp_cut = settings.cutoffs
     m["struct_cutoff"], m["comp_cutoff"] = struct_cut, comp_cut
+    n = len(in_coverage)
+    columns = pd.DataFrame({
+        "in_coverage": in_coverage, "nearest_ref_struct_dist": np.full(n, np.nan),
+        "nearest_ref_comp_dist": np.full(n, np.nan), "covered": pd.array([pd.NA] * n, dtype="boolean"),
+    })
+    if settings.joint_coverage:
+        columns["covered_joint"] = pd.array([pd.NA] * n, dtype="boolean")
     cov_idx = np.flatnonzero(in_coverage)
-    per_sample["in_coverage"] = in_coverage
-    for column in ("nearest_ref_struct_dist", "nearest_ref_comp_dist"):
-        per_sample[column] = np.nan
-    per_sample["covered"] = pd.array([pd.NA] * len(per_sample), dtype="boolean")
     if not len(cov_idx) or not ref_use.any():
-        notes.append("no fingerprinted samples or references: coverage is undefined")
-        return
+        return m, columns, ["no fingerprinted samples or references: coverage is undefined"]
     cov = coverage(
         samples.struct_fp[cov_idx], standardise(samples.comp_fp[cov_idx]),
         reference.struct_fp[ref_use], standardise(reference.comp_fp[ref_use]),
@@ -210,13 +216,13 @@ def _coverage(
         cov_recall=cov.cov_recall, cov_precision=cov.cov_precision, amsd_recall=cov.amsd_recall,
         amsd_precision=cov.amsd_precision, amcd_recall=cov.amcd_recall, amcd_precision=cov.amcd_precision,
     )
-    per_sample.loc[cov_idx, "nearest_ref_struct_dist"] = cov.nearest.a_struct
-    per_sample.loc[cov_idx, "nearest_ref_comp_dist"] = cov.nearest.a_comp
-    per_sample.loc[cov_idx, "covered"] = cov.sample_covered
+    columns.loc[cov_idx, "nearest_ref_struct_dist"] = cov.nearest.a_struct
+    columns.loc[cov_idx, "nearest_ref_comp_dist"] = cov.nearest.a_comp
+    columns.loc[cov_idx, "covered"] = cov.sample_covered
     if settings.joint_coverage:
         m.update(cov_recall_joint=cov.cov_recall_joint, cov_precision_joint=cov.cov_precision_joint)
-        per_sample["covered_joint"] = pd.array([pd.NA] * len(per_sample), dtype="boolean")
-        per_sample.loc[cov_idx, "covered_joint"] = cov.nearest.a_joint
+        columns.loc[cov_idx, "covered_joint"] = cov.nearest.a_joint
+    return m, columns, []
 
 
 def _distributions(samples: Profiles, drawn: np.ndarray, reference: Profiles, m: dict[str, Any]) -> dict[str, Any]:
@@ -243,35 +249,3 @@ def _distributions(samples: Profiles, drawn: np.ndarray, reference: Profiles, m:
         "elements": (dict(sample_elements), dict(ref_elements)),
         "n_structures": (len(rows), len(ref_rows)),
     }
-
-
-def _fingerprint_novelty(
-    samples: Profiles,
-    valid_idx: np.ndarray,
-    train: Profiles,
-    settings: ProtocolSettings,
-    m: dict[str, Any],
-    per_sample: pd.DataFrame,
-    notes: list[str],
-) -> None:
-    """The paper's novelty: a valid sample farther than the cut-offs from every valid training structure."""
-    train_use = valid_mask(train)
-    m["n_train_in_novelty"] = int(train_use.sum())
-    for column in ("nearest_train_struct_dist", "nearest_train_comp_dist"):
-        per_sample[column] = np.nan
-    per_sample["novel_fingerprint"] = pd.array([pd.NA] * len(per_sample), dtype="boolean")
-    if not len(valid_idx) or not train_use.any():
-        notes.append("no valid samples or training structures: fingerprint novelty is undefined")
-        return
-    near = nearest(
-        samples.struct_fp[valid_idx], standardise(samples.comp_fp[valid_idx]),
-        train.struct_fp[train_use], standardise(train.comp_fp[train_use]),
-        settings.novelty_struct_cutoff, settings.novelty_comp_cutoff,
-    )
-    struct_novel = near.a_struct > settings.novelty_struct_cutoff
-    comp_novel = near.a_comp > settings.novelty_comp_cutoff
-    m["struct_novelty"], m["comp_novelty"] = _mean(struct_novel), _mean(comp_novel)
-    m["novelty"] = _mean(struct_novel | comp_novel)
-    per_sample.loc[valid_idx, "nearest_train_struct_dist"] = near.a_struct
-    per_sample.loc[valid_idx, "nearest_train_comp_dist"] = near.a_comp
-    per_sample.loc[valid_idx, "novel_fingerprint"] = struct_novel | comp_novel

@@ -43,6 +43,7 @@ from pymatgen.core import Composition
 
 from crystext.data import cache_dir
 from crystext.files import atomic_path
+from crystext.provenance import file_digest
 from crystext.stability.errors import StabilityError
 
 __all__ = [
@@ -140,7 +141,8 @@ class HullReference(ABC):
 
 @dataclass
 class PhaseTable(HullReference):
-    """A reference reduced to its hull: stable phases (reduced formula, formation energy/atom) and elemental energies."""
+    """A reference reduced to its hull: stable phases (reduced formula, formation energy/atom) and elemental
+    energies."""
 
     stable: list[tuple[str, float, str]] = field(repr=False)
     elemental_energies: dict[str, float] = field(repr=False)
@@ -256,14 +258,6 @@ def _load_cached(path: Path) -> PhaseTable | None:
         return None  # a damaged cache file is rebuilt
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _require(path: Path) -> Path:
     if not path.is_file():
         raise HullError(f"{path}: no such file")
@@ -328,9 +322,9 @@ def from_formation_energies(
     refs_path = _require(Path(elemental_references))
     key = [
         "formation",
-        [_file_digest(p) for p in paths],
-        [_file_digest(p) for p in fill_paths],
-        _file_digest(refs_path),
+        [file_digest(p) for p in paths],
+        [file_digest(p) for p in fill_paths],
+        file_digest(refs_path),
     ]
 
     def build() -> PhaseTable:
@@ -383,7 +377,8 @@ def default_reference(shared_data: str | Path, *, fill_with_mp_e_form: bool = Tr
 
 
 def _load_entries(path: Path) -> list[Any]:
-    """ComputedEntry/ComputedStructureEntry objects from JSON(.gz): a list, a dict of them, or a pandas frame with 'entry'."""
+    """ComputedEntry/ComputedStructureEntry objects from JSON(.gz): a list, a dict of them, or a pandas frame
+    with 'entry'."""
     from pymatgen.entries.computed_entries import ComputedEntry, ComputedStructureEntry
 
     opener = gzip.open if path.suffix == ".gz" else open
@@ -448,7 +443,7 @@ def from_entries(path: str | Path) -> PhaseTable:
             details={"kind": "computed entries", "compatible_entries": len(entries)},
         )
 
-    return _cached(["entries", _file_digest(path)], build, "entries", entries_file=str(path))
+    return _cached(["entries", file_digest(path)], build, "entries", entries_file=str(path))
 
 
 # --------------------------------------------------------------------------- source 3: live Materials Project

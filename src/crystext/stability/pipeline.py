@@ -8,15 +8,11 @@ whole CSV at the end and written next to it.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import multiprocessing
 import os
-import platform
-import warnings
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
@@ -27,11 +23,11 @@ import pandas as pd
 from pymatgen.core import Structure
 from tqdm.auto import tqdm
 
-from crystext import __version__
 from crystext.constants import METASTABLE_E_HULL, STABLE_E_HULL
 from crystext.data import Dataset, read_structures
-from crystext.files import atomic_path, write_atomic
-from crystext.stability.errors import StabilityError
+from crystext.evaluate.sun import KnownStructures, relaxed_structures, stability_table
+from crystext.files import CsvLog, write_atomic
+from crystext.provenance import package_versions
 from crystext.stability.hull import HullError, HullReference
 from crystext.stability.relax import ERROR_INVALID, Backend, Relaxation, RelaxConfig, load_backend
 
@@ -99,22 +95,21 @@ def relax_and_place(
     """Relax every sample, measure it against the hull, append one CSV row each; return (and save) the summary."""
     config = config or StabilityConfig()
     output = Path(output)
-    done = _prepare_output(output, config.resume)
+    log = CsvLog(output, OUTPUT_COLUMNS, config.resume)
+    done = log.ids()
     backend = load_backend(config.backend, config.relax)
-    with _RowWriter(output) as writer:
-        for rid, reason in samples.skipped:
-            if rid not in done:
-                writer.write({"id": rid, "error": f"{ERROR_UNPARSED}: {reason}"})
-        todo = [(r.id, r.structure) for r in samples.records if r.id not in done]
-        bar = tqdm(total=len(todo), desc=f"relaxing ({backend.name})", unit="structure", disable=not config.progress)
-        tally: Counter[str] = Counter()
-        for rid, relaxation in _relaxations(todo, backend, config):
-            row = _row(rid, relaxation, reference)
-            writer.write(row)
-            _count(tally, row)
-            bar.update()
-            bar.set_postfix(metastable=f"{tally['metastable'] / tally['done']:.1%}", errors=tally["error"], refresh=False)
-        bar.close()
+    log.append([{"id": rid, "error": f"{ERROR_UNPARSED}: {reason}"}
+                for rid, reason in samples.skipped if rid not in done])
+    todo = [(r.id, r.structure) for r in samples.records if r.id not in done]
+    bar = tqdm(total=len(todo), desc=f"relaxing ({backend.name})", unit="structure", disable=not config.progress)
+    tally: Counter[str] = Counter()
+    for rid, relaxation in _relaxations(todo, backend, config):
+        row = _row(rid, relaxation, reference)
+        log.append([row])
+        _count(tally, row)
+        bar.update()
+        bar.set_postfix(metastable=f"{tally['metastable'] / tally['done']:.1%}", errors=tally["error"], refresh=False)
+    bar.close()
     summary = summarize(_read_rows(output), backend, reference, config, training)
     write_atomic(summary_path(output), json.dumps(summary, indent=2, default=str))
     return summary
@@ -150,7 +145,9 @@ def _relaxations(
             yield rid, backend.relax(structure)
         return
     context = multiprocessing.get_context("spawn")  # torch and fork do not mix
-    with ProcessPoolExecutor(workers, context, initializer=_init_worker, initargs=(config.backend, config.relax)) as pool:
+    with ProcessPoolExecutor(
+        workers, context, initializer=_init_worker, initargs=(config.backend, config.relax)
+    ) as pool:
         futures = [pool.submit(_relax_in_worker, rid, structure) for rid, structure in items]
         for future in as_completed(futures):
             yield future.result()
@@ -185,54 +182,6 @@ def _count(tally: Counter[str], row: Mapping[str, Any]) -> None:
     tally["done"] += 1
 
 
-class _RowWriter:
-    """Appends complete CSV rows, each flushed and fsynced, so a crash leaves only whole rows behind."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __enter__(self) -> _RowWriter:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        new = not self.path.is_file() or self.path.stat().st_size == 0
-        self.handle = open(self.path, "a", newline="")
-        if new:
-            self._emit(dict(zip(OUTPUT_COLUMNS, OUTPUT_COLUMNS)))
-        return self
-
-    def write(self, row: Mapping[str, Any]) -> None:
-        self._emit({c: "" if row.get(c) is None else row[c] for c in OUTPUT_COLUMNS})
-
-    def _emit(self, row: Mapping[str, Any]) -> None:
-        buffer = io.StringIO()
-        csv.writer(buffer).writerow([row[c] for c in OUTPUT_COLUMNS])
-        self.handle.write(buffer.getvalue())
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
-
-    def __exit__(self, *exc: object) -> None:
-        self.handle.close()
-
-
-def _prepare_output(output: Path, resume: bool) -> set[str]:
-    """The ids already in `output` when resuming (a torn last row is dropped); refuse to overwrite otherwise."""
-    if not output.is_file() or output.stat().st_size == 0:
-        return set()
-    if not resume:
-        raise StabilityError(f"{output} exists: pass --resume to continue it, or remove it to start over")
-    with open(output, newline="") as handle:
-        try:
-            rows = list(csv.reader(handle))
-        except csv.Error:
-            rows = []
-    if not rows or tuple(rows[0]) != OUTPUT_COLUMNS:
-        raise StabilityError(f"{output}: not a stability CSV (its header differs), cannot resume it")
-    complete = [r for r in rows[1:] if len(r) == len(OUTPUT_COLUMNS)]
-    if len(complete) != len(rows) - 1:
-        with atomic_path(output) as partial, open(partial, "w", newline="") as handle:
-            csv.writer(handle).writerows([rows[0], *complete])
-    return {r[0] for r in complete}
-
-
 def _read_rows(output: Path) -> pd.DataFrame:
     frame = pd.read_csv(output, dtype=str, keep_default_na=False)
     for column in ("energy", "energy_per_atom", "e_form_per_atom", "e_above_hull", "steps", "seconds"):
@@ -251,30 +200,36 @@ def summarize(
     config: StabilityConfig,
     training: Dataset | None = None,
 ) -> dict[str, Any]:
-    """Rates and counts of a stability CSV: metastable (< 0.1 eV/atom) and stable (< 0.0) over all and over valid."""
+    """Rates and counts of a stability CSV, by `crystext.evaluate.sun`'s definitions: metastable (< 0.1 eV/atom),
+    stable (< 0.0) and S.U.N. over all rows, and the stability rates over the valid ones too."""
     kinds = rows["error"].str.split(":", n=1).str[0].where(rows["error"] != "", "")
     valid = ~kinds.isin(NOT_VALID)
-    e_hull = rows["e_above_hull"]
+    known = None if training is None else KnownStructures.from_structures([r.structure for r in training])
+    table = stability_table(rows["e_above_hull"].to_numpy(float), relaxed_structures(rows["relaxed_cif"]), known)
     n_all, n_valid = len(rows), int(valid.sum())
 
-    def rate(threshold: float) -> dict[str, Any]:
-        count = int((e_hull < threshold).sum())
-        return {"threshold_ev_per_atom": threshold, "count": count,
-                "rate_all": _ratio(count, n_all), "rate_valid": _ratio(count, n_valid)}
+    def counted(flag: str, threshold: float, over_valid: bool = True) -> dict[str, Any]:
+        count = int(table[flag].sum())
+        found = {"threshold_ev_per_atom": threshold, "count": count, "rate_all": _ratio(count, n_all)}
+        return {**found, "rate_valid": _ratio(count, n_valid)} if over_valid else found
 
-    relaxed = rows[e_hull.notna()]
-    summary: dict[str, Any] = {
+    relaxed = rows[rows["e_above_hull"].notna()]
+    return {
         "samples": n_all,
         "valid": n_valid,
         "placed_on_hull": len(relaxed),
         "errors": dict(Counter(k for k in kinds if k)),
-        "metastable": rate(METASTABLE_E_HULL),
-        "stable": rate(STABLE_E_HULL),
+        "metastable": counted("metastable", METASTABLE_E_HULL),
+        "stable": counted("stable", STABLE_E_HULL),
         "e_above_hull_mean": _finite(relaxed["e_above_hull"].mean()),
         "e_above_hull_median": _finite(relaxed["e_above_hull"].median()),
         "converged_fraction": _ratio(int(relaxed["converged"].sum()), len(relaxed)),
         "seconds_per_relaxation_mean": _finite(rows.loc[valid, "seconds"].mean()),
-        "sun": None if training is None else sun(rows, training),
+        "sun": None if known is None else {
+            "training_structures": len(known),
+            "stable": counted("sun", STABLE_E_HULL, over_valid=False),
+            "metastable": counted("msun", METASTABLE_E_HULL, over_valid=False),
+        },
         "backend": {
             "name": backend.name,
             "version": backend.version,
@@ -283,43 +238,8 @@ def summarize(
         },
         "workers": config.workers,
         "hull_reference": reference.summary(),
-        "versions": _versions(),
+        "versions": package_versions(),
     }
-    return summary
-
-
-def sun(rows: pd.DataFrame, training: Dataset) -> dict[str, Any]:
-    """Stable (and metastable), unique among the samples and novel against `training`, as counts and rates.
-
-    Uniqueness groups the qualifying relaxed structures with pymatgen's StructureMatcher (default
-    tolerances); each group counts once, if its first member matches no training structure.
-    """
-    from pymatgen.analysis.structure_matcher import StructureMatcher
-
-    matcher = StructureMatcher()
-    known: dict[str, list[Structure]] = defaultdict(list)
-    for record in training:
-        known[record.structure.composition.reduced_formula].append(record.structure)
-    result: dict[str, Any] = {"training_structures": len(training)}
-    for name, threshold in (("stable", STABLE_E_HULL), ("metastable", METASTABLE_E_HULL)):
-        cifs = rows.loc[rows["e_above_hull"] < threshold, "relaxed_cif"]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            candidates = [Structure.from_str(cif, fmt="cif") for cif in cifs]
-        count = _unique_novel(candidates, known, matcher)
-        result[name] = {"threshold_ev_per_atom": threshold, "count": count, "rate_all": _ratio(count, len(rows))}
-    return result
-
-
-def _unique_novel(structures: Sequence[Structure], known: Mapping[str, list[Structure]], matcher: Any) -> int:
-    by_formula: dict[str, list[Structure]] = defaultdict(list)
-    for structure in structures:
-        by_formula[structure.composition.reduced_formula].append(structure)
-    count = 0
-    for formula, group in by_formula.items():
-        for duplicates in matcher.group_structures(group):
-            count += not any(matcher.fit(duplicates[0], seen) for seen in known.get(formula, ()))
-    return count
 
 
 def _ratio(count: int, total: int) -> float | None:
@@ -328,15 +248,3 @@ def _ratio(count: int, total: int) -> float | None:
 
 def _finite(value: float) -> float | None:
     return round(float(value), 6) if math.isfinite(value) else None
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {"crystext": __version__, "python": platform.python_version()}
-    for package in ("pymatgen", "ase", "torch", "chgnet", "sevenn", "matgl", "mp-api"):
-        try:
-            found[package] = version(package)
-        except PackageNotFoundError:
-            continue
-    return found

@@ -164,7 +164,8 @@ def _describe(err: BaseException) -> str:
 @contextlib.contextmanager
 def _hard_deadline(seconds: float | None) -> Iterator[None]:
     """Interrupt a step that overruns `seconds` by far (SIGALRM; only in a main thread on Unix)."""
-    usable = seconds is not None and hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+    usable = (seconds is not None and hasattr(signal, "setitimer")
+              and threading.current_thread() is threading.main_thread())
     if not usable:
         yield
         return
@@ -256,7 +257,7 @@ class Backend(ABC):
         target = FrechetCellFilter(atoms) if self.config.relax_cell else atoms
         optimizer = (FIRE if self.config.optimizer == "FIRE" else BFGS)(target, logfile=None)
         converged = False
-        for converged in optimizer.irun(fmax=self.config.fmax, steps=self.config.max_steps):
+        for converged in optimizer.irun(fmax=self.config.fmax, steps=self.config.max_steps):  # noqa: B007 (last value)
             steps = progress.steps = optimizer.nsteps
             ratio = atoms.get_volume() / volume0
             if not 1 / MAX_VOLUME_CHANGE < ratio < MAX_VOLUME_CHANGE:

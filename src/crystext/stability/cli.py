@@ -1,0 +1,112 @@
+"""The `crystext stability` subcommand: its arguments, and a run that relaxes, places on the hull and summarises."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from crystext.data import Dataset, read_structures
+from crystext.stability.errors import StabilityError
+from crystext.stability.hull import (
+    HullReference,
+    MPApiReference,
+    default_reference,
+    from_entries,
+    from_formation_energies,
+)
+from crystext.stability.pipeline import StabilityConfig, read_samples, relax_and_place, summary_path
+from crystext.stability.relax import BACKENDS, RelaxConfig
+
+__all__ = ["HELP", "add_arguments", "run"]
+
+HELP = "relax samples with a machine-learned potential and place them on the convex hull"
+
+#: Environment variable naming the default offline hull folder (the shared-data layout: mp_20/, mp_hull_ref/).
+HULL_DATA_ENV = "CRYSTEXT_HULL_DATA"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of `crystext stability SAMPLES`."""
+    parser.add_argument("samples", type=Path, help="samples CSV from `crystext sample`, or any structure file/folder")
+    parser.add_argument("-o", "--output", type=Path,
+                        help="per-structure CSV (default: SAMPLES_stability.csv); the summary goes to *.summary.json")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run, skipping ids already done")
+    parser.add_argument("--limit", type=int,
+                        help="only the first N structures (rows that did not parse are always kept)")
+    relax = parser.add_argument_group("relaxation")
+    relax.add_argument("--backend", choices=sorted(BACKENDS), default="chgnet",
+                       help="machine-learned potential (default chgnet; m3gnet needs matgl and internet)")
+    relax.add_argument("--fmax", type=float, default=RelaxConfig.fmax, help="force threshold, eV/A")
+    relax.add_argument("--max-steps", type=int, default=RelaxConfig.max_steps, help="optimizer step cap")
+    relax.add_argument("--timeout", type=float, default=RelaxConfig.timeout,
+                       help="wall-clock seconds per structure (the paper used 30)")
+    relax.add_argument("--optimizer", choices=("FIRE", "BFGS"), default=RelaxConfig.optimizer)
+    relax.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                       help="worker processes, one model each (default: all cores)")
+    hull = parser.add_argument_group("hull reference (one of)")
+    source = hull.add_mutually_exclusive_group()
+    source.add_argument("--hull-data", type=Path,
+                        help=f"folder laid out like the shared data (mp_20/, mp_hull_ref/); default ${HULL_DATA_ENV}")
+    source.add_argument("--entries", type=Path,
+                        help="JSON(.gz) of MP ComputedStructureEntries, e.g. matbench-discovery's")
+    source.add_argument("--formation-energies", type=Path, nargs="+", metavar="TABLE",
+                        help="CSV/parquet tables of formula + formation energy per atom (needs --elemental-refs)")
+    source.add_argument("--mp-api", action="store_true", help="live Materials Project (needs mp-api and $MP_API_KEY)")
+    hull.add_argument("--elemental-refs", type=Path, help="JSON(.gz) of MP2020 elemental reference entries")
+    hull.add_argument("--fill", type=Path, nargs="+", default=[], metavar="TABLE",
+                      help="older tables used only for chemical systems the main tables lack")
+    hull.add_argument("--no-fill", action="store_true", help="with --hull-data: leave out the older mp_e_form table")
+    parser.add_argument("--train", type=Path, nargs="+", help="training structures, for S.U.N. (novelty)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run `crystext stability`: relax, place on the hull, write the CSV and summary, print the rates."""
+    samples = read_samples(args.samples)
+    if args.limit is not None:
+        samples = Dataset(samples.records[: args.limit], samples.skipped, samples.source)
+    reference = _reference(args)
+    training = _training(args.train) if args.train else None
+    config = StabilityConfig(
+        backend=args.backend,
+        relax=RelaxConfig(fmax=args.fmax, max_steps=args.max_steps, timeout=args.timeout, optimizer=args.optimizer),
+        workers=args.workers,
+        resume=args.resume,
+    )
+    output = args.output or args.samples.with_name(args.samples.name.split(".")[0] + "_stability.csv")
+    summary = relax_and_place(samples, reference, output, config, training)
+    meta, stable = summary["metastable"], summary["stable"]
+    print(
+        f"{summary['samples']} samples ({summary['valid']} valid): metastable {_pct(meta['rate_all'])} of all, "
+        f"{_pct(meta['rate_valid'])} of valid; stable {_pct(stable['rate_all'])} / {_pct(stable['rate_valid'])}. "
+        f"Rows in {output}, summary in {summary_path(output)}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _reference(args: argparse.Namespace) -> HullReference:
+    if args.entries:
+        return from_entries(args.entries)
+    if args.formation_energies:
+        if not args.elemental_refs:
+            raise StabilityError("--formation-energies needs --elemental-refs (MP2020 elemental reference entries)")
+        return from_formation_energies(args.formation_energies, args.elemental_refs, fill=args.fill)
+    if args.mp_api:
+        return MPApiReference()
+    folder = args.hull_data or os.environ.get(HULL_DATA_ENV)
+    if not folder:
+        raise StabilityError(
+            f"no hull reference: pass --hull-data DIR (or set {HULL_DATA_ENV}), --entries FILE, "
+            "--formation-energies TABLE... --elemental-refs FILE, or --mp-api"
+        )
+    return default_reference(folder, fill_with_mp_e_form=not args.no_fill)
+
+
+def _training(paths: list[Path]) -> Dataset:
+    return Dataset.concat([read_structures(p) for p in paths], source=" + ".join(map(str, paths)))
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
