@@ -1,25 +1,297 @@
-"""The constrained-decoding grammar: what it tracks of a partial crystal, and the minimum-distance check."""
+"""The constrained-decoding grammar, rule by rule: number formats, lattice ranges and cell, elements, composition,
+where the text may end, the minimum distance, token-text recovery, and the processor's lifetime and dead ends."""
 
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
-from transformers import PreTrainedTokenizerBase
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from crystext.grammar import Grammar, GrammarLogitsProcessor, State, _far_enough, advance
+from crystext.grammar import (
+    Grammar,
+    GrammarLogitsProcessor,
+    Section,
+    State,
+    _far_enough,
+    _number_done,
+    _number_prefix,
+    advance,
+    can_end,
+    token_texts,
+)
 from crystext.model import train_scratch_tokenizer
+from crystext.textformat import ELEMENT_SYMBOLS, FormatOptions
 
 CUBE = "4.0 4.0 4.0\n90 90 90\n"
+LENGTHS = "4.0 4.0 4.0\n"
+ATOM = "Na\n0.00 0.00 0.00"
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "src" / "crystext" / "default_model"
+
+
+def accepts(text: str, grammar: Grammar | None = None) -> bool:
+    return advance(State(), text, grammar or Grammar()) is not None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# What the automaton tracks
 
 
 def test_advance_tracks_lattice_and_sites() -> None:
     state = advance(State(), CUBE + "Na\n0.00 0.00 0.00\nCl\n0.50 0.50 0.50\nNa\n0.25 0.75 0.5", Grammar())
     assert state.lattice == (4.0, 4.0, 4.0, 90.0, 90.0, 90.0)
     assert state.sites == ((0.0, 0.0, 0.0), (0.5, 0.5, 0.5))
-    assert (state.section, state.field, state.values, state.buf) == ("coords", 2, (0.25, 0.75), "0.5")
+    assert state.element_counts == (("Cl", 1), ("Na", 2))
+    assert (state.section, state.column, state.line_numbers, state.partial) == (Section.COORDS, 2, (0.25, 0.75), "0.5")
     assert advance(State(), "4.0 4.0 4.0\n90 90 9", Grammar()).lattice == (4.0, 4.0, 4.0)
+
+
+@pytest.mark.parametrize(
+    ("text", "section", "column", "partial"),
+    [
+        ("", Section.LENGTHS, 0, ""),
+        ("4.0 4.", Section.LENGTHS, 1, "4."),
+        (LENGTHS + "90 ", Section.ANGLES, 1, ""),
+        (CUBE, Section.ELEMENT, 0, ""),
+        (CUBE + "N", Section.ELEMENT, 0, "N"),
+        (CUBE + "Na\n0.00 0.", Section.COORDS, 1, "0."),
+        (CUBE + ATOM + "\n", Section.ELEMENT, 0, ""),
+    ],
+)
+def test_sections_follow_the_lines(text: str, section: Section, column: int, partial: str) -> None:
+    state = advance(State(), text, Grammar())
+    assert (state.section, state.column, state.partial) == (section, column, partial)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Number formats
+
+
+@pytest.mark.parametrize(
+    ("partial", "decimals", "max_int_digits", "expected"),
+    [
+        ("4", 1, 3, True),
+        ("4.", 1, 3, True),
+        ("4.0", 1, 3, True),
+        ("0", 1, 3, True),  # a lone zero is not a leading zero
+        ("100", 1, 3, True),
+        ("4.05", 1, 3, False),  # more decimals than configured
+        ("4.", 0, 3, False),  # no dot when there are no decimals
+        ("04", 1, 3, False),  # leading zero
+        ("1000", 1, 3, False),  # too many integer digits
+        ("10", 2, 1, False),  # a coordinate has one integer digit
+        (".5", 1, 3, False),  # no integer part
+        ("4..", 2, 3, False),
+    ],
+)
+def test_number_prefix(partial: str, decimals: int, max_int_digits: int, expected: bool) -> None:
+    assert _number_prefix(partial, decimals, max_int_digits) is expected
+
+
+@pytest.mark.parametrize(
+    ("partial", "decimals", "expected"),
+    [("4.0", 1, True), ("4", 0, True), ("0.25", 2, True), ("4.", 1, False), ("4", 1, False), ("4.", 0, False),
+     ("0.2", 2, False), ("", 0, False)],
+)  # fmt: skip
+def test_number_done(partial: str, decimals: int, expected: bool) -> None:
+    assert _number_done(partial, decimals) is expected
+
+
+@pytest.mark.parametrize(
+    ("options", "text", "expected"),
+    [
+        (FormatOptions(), "4.0 ", True),
+        (FormatOptions(), "12.5 ", True),
+        (FormatOptions(), "4 ", False),  # lengths need their decimal
+        (FormatOptions(), "4.05", False),
+        (FormatOptions(length_decimals=0), "4 ", True),
+        (FormatOptions(length_decimals=0), "4.", False),
+        (FormatOptions(length_decimals=2), "4.05 ", True),
+        (FormatOptions(length_decimals=2), "4.0 ", False),
+        (FormatOptions(), LENGTHS + "90 ", True),
+        (FormatOptions(), LENGTHS + "90.", False),  # angles are whole degrees by default
+        (FormatOptions(angle_decimals=1), LENGTHS + "90.5 ", True),
+        (FormatOptions(), CUBE + "Na\n0.25 ", True),
+        (FormatOptions(), CUBE + "Na\n0.2 ", False),
+        (FormatOptions(), CUBE + "Na\n0.250", False),
+        (FormatOptions(), CUBE + "Na\n1", False),  # coordinates are "0." and decimals
+        (FormatOptions(), CUBE + "Na\n0.25\n", False),  # three numbers on a line
+        (FormatOptions(), "4.0 4.0 4.0 ", False),
+        (FormatOptions(coord_decimals=3), CUBE + "Na\n0.250 ", True),
+        (FormatOptions(coord_decimals=3), CUBE + "Na\n0.25 ", False),
+    ],
+)
+def test_number_formats(options: FormatOptions, text: str, expected: bool) -> None:
+    assert accepts(text, Grammar(options)) is expected
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Lattice: ranges and a real cell
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1.0 ", True),
+        ("100.0 ", True),
+        ("99.9 ", True),
+        ("0.", False),  # cannot reach 1.0 any more
+        ("100.1", False),  # already above 100
+        ("101", False),
+        (LENGTHS + "10 ", True),
+        (LENGTHS + "170 ", True),
+        (LENGTHS + "9 ", False),  # could still have been 90, but ends below 10
+        (LENGTHS + "171", False),
+        (LENGTHS + "180", False),
+    ],
+)
+def test_lattice_ranges(text: str, expected: bool) -> None:
+    assert accepts(text) is expected
+
+
+@pytest.mark.parametrize(
+    ("angles", "options", "expected"),
+    [
+        ("90 90 90\n", FormatOptions(), True),
+        ("60 60 60\n", FormatOptions(), True),
+        ("90 90 150\n", FormatOptions(), True),
+        ("120 120 119\n", FormatOptions(), True),
+        ("120 120 120", FormatOptions(), False),  # zero volume: refused as it is written
+        ("170 170", FormatOptions(), False),  # no third angle would give a cell
+        ("10 10 170", FormatOptions(), False),
+        ("10 170", FormatOptions(), False),
+        ("10 10 ", FormatOptions(), False),  # "10" could have become "100"; as written no third angle works
+        ("10 100 ", FormatOptions(), True),
+        ("60.0 150.0 149.8\n", FormatOptions(angle_decimals=1), True),
+        ("60.0 150.0 149.9\n", FormatOptions(angle_decimals=1), False),  # 149 would do; 149.9 is refused at the end
+    ],
+)
+def test_angles_must_give_a_real_cell(angles: str, options: FormatOptions, expected: bool) -> None:
+    assert accepts(LENGTHS + angles, Grammar(options)) is expected
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Elements and composition
+
+
+@pytest.mark.parametrize(
+    ("element", "expected"),
+    [
+        ("Na\n", True),
+        ("N\n", True),
+        ("Xe\n", True),
+        ("X", True),  # could still become Xe
+        ("X\n", False),
+        ("Xx", False),
+        ("Q", False),
+        ("na", False),
+        ("Na ", False),
+        ("\n", False),
+        ("0", False),
+    ],
+)
+def test_element_symbols(element: str, expected: bool) -> None:
+    assert accepts(CUBE + element) is expected
+
+
+@pytest.mark.parametrize(
+    ("max_atoms", "text", "expected"),
+    [
+        (0, CUBE + "N", False),
+        (1, CUBE + "N", True),
+        (1, CUBE + ATOM + "\n", False),  # a second atom would pass the cap
+        (2, CUBE + ATOM + "\n", True),
+    ],
+)
+def test_atom_cap(max_atoms: int, text: str, expected: bool) -> None:
+    assert accepts(text, Grammar(max_atoms=max_atoms)) is expected
+
+
+def test_a_text_at_the_atom_cap_may_end() -> None:
+    assert can_end(advance(State(), CUBE + ATOM, Grammar(max_atoms=1)), Grammar(max_atoms=1))
+
+
+@pytest.mark.parametrize(
+    ("formula", "max_atoms", "text", "expected"),
+    [
+        ("NaCl", 52, "Na\n", True),
+        ("NaCl", 52, "Cl\n", True),
+        ("NaCl", 52, "C", True),  # could still become Cl
+        ("NaCl", 52, "C\n", False),  # a real element, but not in the formula
+        ("NaCl", 52, "K", False),
+        ("NaCl", 52, "Na\n0.00 0.00 0.00\nNa\n", True),
+        ("NaCl", 3, "Na\n0.00 0.00 0.00\nCl\n0.50 0.50 0.50\nNa", False),  # a second NaCl would make 4 atoms
+        ("NaCl", 3, "Na\n0.00 0.00 0.00\nCl\n0.50 0.50 0.50\n", False),  # so no new line after the last atom
+        ("NaCl", 4, "Na\n0.00 0.00 0.00\nCl\n0.50 0.50 0.50\nNa\n", True),
+        ("LiFePO4", 52, "Fe\n", True),
+        ("LiFePO4", 7, "O\n0.00 0.00 0.00\nO\n0.25 0.00 0.00\nO\n0.50 0.00 0.00\nO\n0.75 0.00 0.00\nO", False),
+    ],
+)
+def test_forced_composition(formula: str, max_atoms: int, text: str, expected: bool) -> None:
+    assert accepts(CUBE + text, Grammar.for_formula(formula, max_atoms=max_atoms)) is expected
+
+
+@pytest.mark.parametrize(
+    ("formula", "elements", "expected"),
+    [
+        ("NaCl", ["Na"], False),
+        ("NaCl", ["Na", "Cl"], True),
+        ("NaCl", ["Na", "Cl", "Na"], False),
+        ("NaCl", ["Na", "Cl", "Cl", "Na"], True),
+        ("Na2Cl2", ["Na", "Cl"], False),  # in proportion, but half a formula unit
+        ("Na2Cl2", ["Na", "Cl", "Cl", "Na"], True),
+    ],
+)
+def test_forced_composition_ends_only_in_proportion(formula: str, elements: list[str], expected: bool) -> None:
+    text = CUBE + "\n".join(f"{e}\n0.{i}0 0.00 0.00" for i, e in enumerate(elements))
+    grammar = Grammar.for_formula(formula)
+    assert can_end(advance(State(), text, grammar), grammar) is expected
+
+
+@pytest.mark.parametrize(
+    ("formula", "unit"),
+    [("NaCl", {"Na": 1, "Cl": 1}), ("Na4Cl4", {"Na": 4, "Cl": 4}), ("LiFePO4", {"Li": 1, "Fe": 1, "P": 1, "O": 4})],
+)
+def test_for_formula_takes_the_formula_as_written(formula: str, unit: dict[str, int]) -> None:
+    assert dict(Grammar.for_formula(formula).composition) == unit
+
+
+def test_for_formula_refuses_more_atoms_than_the_cap() -> None:
+    with pytest.raises(ValueError, match="max_atoms=6"):
+        Grammar.for_formula("LiFePO4", max_atoms=6)
+    assert Grammar.for_formula("LiFePO4", max_atoms=7).max_atoms == 7
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Where the text may end
+
+
+@pytest.mark.parametrize(
+    ("text", "options", "expected"),
+    [
+        (CUBE, FormatOptions(), False),
+        (CUBE + "Na\n", FormatOptions(), False),
+        (CUBE + "Na\n0.00 0.00 ", FormatOptions(), False),
+        (CUBE + "Na\n0.00 0.00 0.0", FormatOptions(), False),
+        (CUBE + ATOM, FormatOptions(), True),
+        (CUBE + ATOM + "\n", FormatOptions(), False),
+        (CUBE + ATOM + "\nCl", FormatOptions(), False),
+        (CUBE + ATOM + "\nCl\n0.50 0.50 0.50", FormatOptions(), True),
+        (CUBE + "Na\n0.000 0.000 0.00", FormatOptions(coord_decimals=3), False),
+        (CUBE + "Na\n0.000 0.000 0.000", FormatOptions(coord_decimals=3), True),
+    ],
+)
+def test_can_end_only_after_a_complete_atom(text: str, options: FormatOptions, expected: bool) -> None:
+    grammar = Grammar(options)
+    assert can_end(advance(State(), text, grammar), grammar) is expected
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The minimum distance
 
 
 def test_far_enough_uses_the_nearest_periodic_image() -> None:
@@ -38,17 +310,39 @@ def scratch_tokenizer() -> PreTrainedTokenizerBase:
     return train_scratch_tokenizer([CUBE])
 
 
-def allowed_after(text: str, grammar: Grammar) -> set[str]:
+@functools.cache
+def shipped_tokenizer() -> PreTrainedTokenizerBase:
+    return AutoTokenizer.from_pretrained(DEFAULT_MODEL)
+
+
+@functools.cache
+def tiny_tokenizer() -> PreTrainedTokenizerBase:
+    """A tokenizer that can write a lattice, Na and 0.00, and nothing else (X starts Xe, but no token ends it)."""
+    tokens = ["<pad>", "<s>", "</s>", "<unk>", "0", "4.0", "14.0", "90", "0.00", "Na", "X", " ", "\n"]
+    backend = Tokenizer(models.WordLevel({t: i for i, t in enumerate(tokens)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"\d+(?:\.\d+)?|[A-Z][a-z]?|\s"), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+
+
+def feed(processor: GrammarLogitsProcessor, rows: list[list[int]], bos: int = 1) -> torch.Tensor:
+    """Call `processor` as generate would: on the prompt (a BOS), then once per token of `rows`; the last scores."""
+    vocab = len(processor.texts)
+    ids = torch.full((len(rows), 1), bos)
+    out = processor(ids, torch.zeros(len(rows), vocab))
+    for step in range(max((len(r) for r in rows), default=0)):
+        ids = torch.cat([ids, torch.tensor([[r[step]] for r in rows])], dim=1)
+        out = processor(ids, torch.zeros(len(rows), vocab))
+    return out
+
+
+def allowed_after(text: str, grammar: Grammar, tokenizer: PreTrainedTokenizerBase | None = None) -> set[str]:
     """The token texts the processor allows after `text`, fed to it token by token as generate would."""
-    tokenizer = scratch_tokenizer()
-    vocab = len(tokenizer.get_vocab())
-    processor = GrammarLogitsProcessor(tokenizer, [grammar], vocab)
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    prompt = torch.tensor([[tokenizer.bos_token_id]])
-    scores = torch.zeros(1, vocab)
-    processor(prompt, scores)
-    for i in range(len(ids)):
-        out = processor(torch.cat([prompt, torch.tensor([ids[: i + 1]])], dim=1), scores)
+    tokenizer = tokenizer or scratch_tokenizer()
+    processor = GrammarLogitsProcessor(tokenizer, [grammar], len(tokenizer.get_vocab()))
+    out = feed(processor, [tokenizer(text, add_special_tokens=False)["input_ids"]], tokenizer.bos_token_id)
     return {tokenizer.convert_ids_to_tokens(i) for i in torch.isfinite(out[0]).nonzero().flatten().tolist()}
 
 
@@ -67,8 +361,6 @@ def test_processor_lets_a_crowded_atom_be_written_rather_than_cut_off() -> None:
 
 
 def test_digit_by_digit_coordinates_are_checked_as_they_complete() -> None:
-    from crystext.textformat import FormatOptions
-
     options = FormatOptions(coord_decimals=3)
     text = CUBE + "Na\n0.000 0.000 0.000\nCl\n0.000 0.000 0.12"
     # z = 0.120 ... 0.124 is under 0.5 A from the first atom (4 A * 0.125 = 0.5 A)
@@ -78,3 +370,139 @@ def test_digit_by_digit_coordinates_are_checked_as_they_complete() -> None:
     before = text[:-1]
     removed = allowed_after(before, Grammar(options)) - allowed_after(before, Grammar(options, min_distance=0.5))
     assert removed == {str(i) for i in range(10, 25)}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The processor's masks
+
+
+@pytest.mark.parametrize(
+    ("text", "grammar", "expected"),
+    [
+        (CUBE, Grammar(), ELEMENT_SYMBOLS),
+        (CUBE, Grammar.for_formula("NaCl"), {"Na", "Cl"}),
+        (CUBE + ATOM, Grammar(), {"\n", "</s>"}),
+        (CUBE + ATOM, Grammar(max_atoms=1), {"</s>"}),
+        (CUBE + ATOM + "\n" + ATOM, Grammar(max_atoms=2), {"</s>"}),  # the same place as after the first atom
+        (CUBE + ATOM, Grammar.for_formula("NaCl"), {"\n"}),
+        (CUBE + "Na\n0.00 0.00", Grammar(), {" "}),
+    ],
+)
+def test_processor_allows_what_the_grammar_allows(text: str, grammar: Grammar, expected: set[str]) -> None:
+    assert allowed_after(text, grammar, shipped_tokenizer()) == set(expected)
+
+
+def test_processor_refuses_a_symbol_start_no_token_can_finish() -> None:
+    assert allowed_after(CUBE, Grammar(), tiny_tokenizer()) == {"Na"}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Token-text recovery
+
+
+@pytest.mark.parametrize("token", ["0.25", "0.00", "5.7", "99.9", "90", "120", "0", "7", "Na", "O", " ", "\n"])
+def test_token_texts_recovers_what_each_token_writes(token: str) -> None:
+    tokenizer = shipped_tokenizer()
+    assert token_texts(tokenizer)[tokenizer.get_vocab()[token]] == token
+
+
+@pytest.mark.parametrize("token", ["<pad>", "<s>", "</s>", "<unk>", "[MASK]"])
+def test_token_texts_gives_special_tokens_none(token: str) -> None:
+    tokenizer = shipped_tokenizer()
+    texts = token_texts(tokenizer)
+    assert len(texts) == max(tokenizer.get_vocab().values()) + 1
+    assert texts[tokenizer.get_vocab()[token]] is None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The processor's lifetime: one generate call
+
+
+@pytest.mark.parametrize(
+    ("lengths", "batch", "message"),
+    [
+        ([1, 2, 1], 2, "build a fresh one"),  # reused for a second generation
+        ([1, 2, 2], 2, "build a fresh one"),  # called twice on one step
+        ([1, 3], 2, "build a fresh one"),  # a step skipped
+        ([1], 3, "built for 2 rows was called with 3"),  # beams or several sequences per prompt
+    ],
+)
+def test_processor_is_for_one_generation(lengths: list[int], batch: int, message: str) -> None:
+    tokenizer = scratch_tokenizer()
+    vocab = len(tokenizer.get_vocab())
+    processor = GrammarLogitsProcessor(tokenizer, [Grammar(), Grammar()], vocab)
+    token = tokenizer.convert_tokens_to_ids("4.0")
+    with pytest.raises(RuntimeError, match=message):
+        for length in lengths:
+            ids = torch.tensor([[tokenizer.bos_token_id] + [token] * (length - 1)] * batch)
+            processor(ids, torch.zeros(batch, vocab))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Dead ends and rows that leave the grammar
+
+
+# With only Na and at most 2 atoms, NaCl's second atom must be Cl: the tiny tokenizer has no token for it.
+NACL_IN_TWO = Grammar.for_formula("NaCl", max_atoms=2)
+STUCK = CUBE + ATOM + "\n"
+
+
+def test_a_dead_end_allows_only_the_end_and_says_why() -> None:
+    tokenizer = tiny_tokenizer()
+    processor = GrammarLogitsProcessor(tokenizer, [NACL_IN_TWO, Grammar()], len(tokenizer.get_vocab()))
+    ids = tokenizer(STUCK, add_special_tokens=False)["input_ids"]
+    out = feed(processor, [ids, ids])
+    assert processor.dead_ends == {
+        0: "constrained decoding reached a dead end after '4.0 4.0 4.0\\n90 90 90\\nNa\\n0.00 0.00 0.00\\n'"
+        " (no token continues the grammar)"
+    }
+    assert torch.isfinite(out[0]).nonzero().flatten().tolist() == [tokenizer.eos_token_id]
+    assert torch.isfinite(out[1]).nonzero().flatten().tolist() == [tokenizer.convert_tokens_to_ids("Na")]
+
+
+def test_a_dead_end_keeps_its_reason_through_the_end_token() -> None:
+    tokenizer = tiny_tokenizer()
+    processor = GrammarLogitsProcessor(tokenizer, [NACL_IN_TWO], len(tokenizer.get_vocab()))
+    ids = tokenizer(STUCK, add_special_tokens=False)["input_ids"]
+    feed(processor, [ids + [tokenizer.eos_token_id, tokenizer.pad_token_id]])
+    assert processor.states == [None]
+    assert list(processor.dead_ends) == [0] and "dead end after" in processor.dead_ends[0]
+
+
+def test_a_dead_end_quotes_the_last_40_characters() -> None:
+    tokenizer = tiny_tokenizer()
+    processor = GrammarLogitsProcessor(tokenizer, [NACL_IN_TWO], len(tokenizer.get_vocab()))
+    text = "14.0 14.0 4.0\n90 90 90\n" + ATOM + "\n"  # 41 characters
+    feed(processor, [tokenizer(text, add_special_tokens=False)["input_ids"]])
+    assert processor.dead_ends[0] == (
+        "constrained decoding reached a dead end after '4.0 14.0 4.0\\n90 90 90\\nNa\\n0.00 0.00 0.00\\n'"
+        " (no token continues the grammar)"
+    )
+
+
+def test_a_legitimate_end_is_no_dead_end() -> None:
+    tokenizer = scratch_tokenizer()
+    processor = GrammarLogitsProcessor(tokenizer, [Grammar()], len(tokenizer.get_vocab()))
+    ids = tokenizer(CUBE + ATOM, add_special_tokens=False)["input_ids"]
+    feed(processor, [ids + [tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.pad_token_id]])
+    assert processor.states == [None]
+    assert processor.dead_ends == {}
+
+
+@pytest.mark.parametrize(
+    ("last", "reason"),
+    [
+        ("90", "sampled '90', which leaves the grammar, after '4.0 4.0 4.0\\n90 90 90\\n'"),
+        ("</s>", "sampled special token 2, which leaves the grammar, after '4.0 4.0 4.0\\n90 90 90\\n'"),
+    ],
+)
+def test_a_token_that_leaves_the_grammar_is_recorded(last: str, reason: str) -> None:
+    tokenizer = scratch_tokenizer()
+    processor = GrammarLogitsProcessor(tokenizer, [Grammar(), Grammar()], len(tokenizer.get_vocab()))
+    ids = tokenizer(CUBE, add_special_tokens=False)["input_ids"]
+    out = feed(
+        processor, [ids + [tokenizer.convert_tokens_to_ids(last)], ids + [tokenizer.convert_tokens_to_ids("Na")]]
+    )
+    assert processor.dead_ends == {0: reason}
+    assert processor.states[0] is None and processor.states[1] is not None
+    assert torch.isfinite(out[0]).nonzero().flatten().tolist() == [tokenizer.eos_token_id]

@@ -13,7 +13,6 @@ import torch
 from pymatgen.core import Composition, Lattice, Structure
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from crystext import sample as sample_module
 from crystext.cli import main
 from crystext.evaluate.validity import structural_problem
 from crystext.model import ModelSpec
@@ -22,11 +21,13 @@ from crystext.sample import (
     SampleConfig,
     Sampler,
     SampleWriter,
+    attempt_row,
     parsed_structures,
     read_conditions,
     similar_elements,
     write_structures,
 )
+from crystext.sample import sampler as sampler_module
 from crystext.textformat import FormatOptions, decode
 from crystext.train import TrainConfig, train
 
@@ -58,7 +59,8 @@ def small(**changes) -> SampleConfig:
 
 
 def test_constrained_decoding_parses_every_attempt_where_free_sampling_fails(sampler, tmp_path) -> None:
-    free = sampler.sample(small(constrained=False, max_attempts=4, max_new_tokens=60), tmp_path / "free.csv", progress=False)
+    free = sampler.sample(small(constrained=False, max_attempts=4, max_new_tokens=60), tmp_path / "free.csv",
+                          progress=False)
     constrained = sampler.sample(small(), tmp_path / "constrained.csv", progress=False)
     assert free.attempts == 4 and free.valid < 4  # an almost untrained model rarely writes a whole crystal
     assert all(r["error"] for r in rows(tmp_path / "free.csv") if not r["cif"])
@@ -76,13 +78,13 @@ def test_automatic_batch_fits_the_kv_cache_in_the_memory_allowance(sampler, monk
     per_sequence = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * 100
     per_sequence *= sampler.model.dtype.itemsize
     assert sampler.auto_batch_size(100) == 256  # a tiny model on a CPU: the cap
-    monkeypatch.setattr(sample_module, "AUTO_CACHE_CPU_BYTES", 10 * per_sequence + 1)
+    monkeypatch.setattr(sampler_module, "AUTO_CACHE_CPU_BYTES", 10 * per_sequence + 1)
     assert sampler.auto_batch_size(100) == 10
     assert sampler.auto_batch_size(100_000) == 1  # never zero, however long the crystals
     # a config without head_dim and num_key_value_heads (GPT-2): every head caches hidden_size / heads values
     gpt2 = Sampler(GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=16, vocab_size=50)), sampler.tokenizer)
     monkeypatch.setattr(gpt2, "device", torch.device("cpu"))
-    monkeypatch.setattr(sample_module, "AUTO_CACHE_CPU_BYTES", 3 * (2 * 2 * 2 * 8 * 100 * 4) + 1)
+    monkeypatch.setattr(sampler_module, "AUTO_CACHE_CPU_BYTES", 3 * (2 * 2 * 2 * 8 * 100 * 4) + 1)
     assert gpt2.auto_batch_size(100) == 3
 
 
@@ -182,11 +184,9 @@ def test_cli_sample_and_infill(model_dir, tmp_path, capsys) -> None:
 
 def test_two_atoms_on_one_site_stay_a_structure_to_judge(tmp_path) -> None:
     """A sample with coincident atoms parses; its CIF does not read back, so the text is what is decoded."""
-    from crystext.sample import _row
-
     text = "4.0 4.0 4.0\n90 90 90\nNa\n0.00 0.00 0.00\nNa\n0.00 0.00 0.00\nCl\n0.50 0.50 0.50"
     out = tmp_path / "s.csv"
-    SampleWriter(out, resume=False).append([_row("s0", "unconditional", {}, text)])
+    SampleWriter(out, resume=False).append([attempt_row("s0", "unconditional", {}, text)])
     with pytest.raises(ValueError):
         Structure.from_str(rows(out)[0]["cif"], fmt="cif")
     [(sample_id, structure)] = list(parsed_structures(out))

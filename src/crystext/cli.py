@@ -12,7 +12,9 @@ from typing import TextIO
 import numpy as np
 
 from crystext import __version__
-from crystext.data import DATASETS, DatasetError, dataset_dir, fetch, read_structures
+from crystext.data import DATASETS, dataset_dir, fetch, read_structures
+from crystext.errors import CrystextError
+from crystext.evaluate import cli as evaluate_cli
 from crystext.model import SCRATCH_PRESETS, LoraSettings, ModelError, ModelSpec
 from crystext.prompts import Attributes
 from crystext.sample import (
@@ -24,19 +26,20 @@ from crystext.sample import (
     substitution_row,
     write_structures,
 )
-from crystext.stability.errors import StabilityError
+from crystext.stability import cli as stability_cli
 from crystext.textformat import CrystalText, CrystalTextError, FormatOptions, augment
 from crystext.train import TrainConfig, train
 
 Handler = Callable[[argparse.Namespace], int]
+Arguments = Callable[[argparse.ArgumentParser], None]
 #: TrainConfig fields that the CLI exposes one-to-one as numeric options.
 _TRAIN_NUMBERS = ("epochs", "max_steps", "batch_size", "grad_accum", "learning_rate", "warmup_steps", "weight_decay",
                   "grad_clip", "infill_fraction", "eval_every", "eval_examples", "save_every", "max_length",
                   "max_atoms", "seed")
 
 
-class CliError(Exception):
-    """A problem the user can fix; printed as one line without a traceback."""
+class CliError(CrystextError):
+    """A command-line problem the user can fix; printed as one line without a traceback."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -47,83 +50,83 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return args.handler(args)
-    except (CliError, DatasetError, CrystalTextError, ModelError, StabilityError) as err:
+    except CrystextError as err:
         print(f"crystext {args.command}: error: {err}", file=sys.stderr)
         return 1
 
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="crystext", description="Generate inorganic crystals with language models that read and write them as text."
+        prog="crystext",
+        description="Generate inorganic crystals with language models that read and write them as text.",
     )
     parser.add_argument("--version", action="version", version=f"crystext {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for name, (help_text, arguments, handler) in SUBCOMMANDS.items():
+        _command(commands, name, handler, help_text, arguments)
+    return parser
 
-    encode = _command(commands, "encode", _encode, "write structures (CIF, CSV, folder, extxyz) as crystal text")
-    encode.add_argument("input", type=Path, help="a .cif, a CSV with a cif column, a folder of .cif, or .extxyz")
-    encode.add_argument("-o", "--output", type=Path, help="output file (default: standard output)")
-    encode.add_argument("--length-decimals", type=int, default=FormatOptions.length_decimals)
-    encode.add_argument("--angle-decimals", type=int, default=FormatOptions.angle_decimals)
-    encode.add_argument("--coord-decimals", type=int, default=FormatOptions.coord_decimals)
-    encode.add_argument("--translate", action="store_true", help="shift all sites by one random vector")
-    encode.add_argument("--permute", action="store_true", help="shuffle the order of sites")
-    encode.add_argument("--seed", type=int, default=0, help="seed for --translate/--permute")
-    encode.add_argument("--jsonl", action="store_true", help="JSON lines {id, text} even for one structure")
 
-    decode = _command(commands, "decode", _decode, "read crystal text back into CIF")
-    decode.add_argument("input", help="a text file with one crystal, a .jsonl of {id, text}, or - for stdin")
-    decode.add_argument("-o", "--output", type=Path, help="CIF file for one crystal, folder for many")
+def _encode_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", type=Path, help="a .cif, a CSV with a cif column, a folder of .cif, or .extxyz")
+    parser.add_argument("-o", "--output", type=Path, help="output file (default: standard output)")
+    parser.add_argument("--length-decimals", type=int, default=FormatOptions.length_decimals)
+    parser.add_argument("--angle-decimals", type=int, default=FormatOptions.angle_decimals)
+    parser.add_argument("--coord-decimals", type=int, default=FormatOptions.coord_decimals)
+    parser.add_argument("--translate", action="store_true", help="shift all sites by one random vector")
+    parser.add_argument("--permute", action="store_true", help="shuffle the order of sites")
+    parser.add_argument("--seed", type=int, default=0, help="seed for --translate/--permute")
+    parser.add_argument("--jsonl", action="store_true", help="JSON lines {id, text} even for one structure")
 
-    train = _command(commands, "train", _train, "fine-tune a causal LM (LoRA) or train a small one from scratch")
-    train.add_argument("--model", default="scratch-small", help=f"{', '.join(SCRATCH_PRESETS)}, a hub id or a local dir")
-    train.add_argument("--data-dir", type=Path, required=True, help="dataset folder in the CDVAE layout")
-    train.add_argument("--splits", default="train,val", help="comma-separated splits to train on")
-    train.add_argument("--holdout", type=float, default=0.05, help="fraction held out for the validation loss")
-    train.add_argument("--out", type=Path, required=True, help="output model directory")
-    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+
+def _decode_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", help="a text file with one crystal, a .jsonl of {id, text}, or - for stdin")
+    parser.add_argument("-o", "--output", type=Path, help="CIF file for one crystal, folder for many")
+
+
+def _train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="scratch-small",
+                        help=f"{', '.join(SCRATCH_PRESETS)}, a hub id or a local dir")
+    parser.add_argument("--data-dir", type=Path, required=True, help="dataset folder in the CDVAE layout")
+    parser.add_argument("--splits", default="train,val", help="comma-separated splits to train on")
+    parser.add_argument("--holdout", type=float, default=0.05, help="fraction held out for the validation loss")
+    parser.add_argument("--out", type=Path, required=True, help="output model directory")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     defaults = TrainConfig(out=Path(), data_dir=Path())
     for name in _TRAIN_NUMBERS:
         value = getattr(defaults, name)
         kind = float if isinstance(value, float) else int
-        train.add_argument("--" + name.replace("_", "-"), type=kind, default=value, help=f"default {value}")
-    train.add_argument("--no-translate", action="store_true", help="keep the written coordinates (no random shift)")
-    train.add_argument("--permute", action="store_true", help="also shuffle the order of atoms")
-    train.add_argument("--full-sequence-loss", action="store_true", help="train on prompt tokens too")
-    train.add_argument("--lora-rank", type=int, default=LoraSettings.rank)
-    train.add_argument("--lora-alpha", type=int, default=LoraSettings.alpha)
-    train.add_argument("--lora-dropout", type=float, default=LoraSettings.dropout)
-    train.add_argument("--lora-targets", default=",".join(LoraSettings.target_modules))
-    train.add_argument("--no-lora", action="store_true", help="fine-tune all weights of a pretrained model")
-    train.add_argument("--quantization", choices=["4bit", "8bit"], help="load the base model quantized (CUDA only)")
+        parser.add_argument("--" + name.replace("_", "-"), type=kind, default=value, help=f"default {value}")
+    parser.add_argument("--no-translate", action="store_true", help="keep the written coordinates (no random shift)")
+    parser.add_argument("--permute", action="store_true", help="also shuffle the order of atoms")
+    parser.add_argument("--full-sequence-loss", action="store_true", help="train on prompt tokens too")
+    parser.add_argument("--lora-rank", type=int, default=LoraSettings.rank)
+    parser.add_argument("--lora-alpha", type=int, default=LoraSettings.alpha)
+    parser.add_argument("--lora-dropout", type=float, default=LoraSettings.dropout)
+    parser.add_argument("--lora-targets", default=",".join(LoraSettings.target_modules))
+    parser.add_argument("--no-lora", action="store_true", help="fine-tune all weights of a pretrained model")
+    parser.add_argument("--quantization", choices=["4bit", "8bit"], help="load the base model quantized (CUDA only)")
 
-    from crystext.evaluate.cli import add_parser as add_evaluate
 
-    add_evaluate(commands)
-
-    from crystext import stability
-
-    stability_help = "relax samples with a machine-learned potential and place them on the convex hull"
-    stability.add_arguments(_command(commands, "stability", stability.run, stability_help))
-
-    sample = _command(commands, "sample", _sample, "sample crystals: unconditional, conditional or infill")
-    sample.add_argument("--model", type=Path,
+def _sample_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", type=Path,
                         help="a model directory written by `crystext train` (default: the model shipped with crystext)")
-    sample.add_argument("-n", type=int, default=100, help="parseable structures wanted (infill: answers kept)")
-    sample.add_argument("-o", "--out", type=Path, default=Path("samples.csv"), help="samples CSV (one row per attempt)")
-    sample.add_argument("--resume", action="store_true", help="continue an interrupted run up to -n")
-    sample.add_argument("--batch-size", type=int,
+    parser.add_argument("-n", type=int, default=100, help="parseable structures wanted (infill: answers kept)")
+    parser.add_argument("-o", "--out", type=Path, default=Path("samples.csv"), help="samples CSV (one row per attempt)")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run up to -n")
+    parser.add_argument("--batch-size", type=int,
                         help="sequences decoded together (default: as many as fit in memory, at most 256)")
-    sample.add_argument("--temperature", type=float, default=SampleConfig.temperature)
-    sample.add_argument("--top-p", type=float, default=SampleConfig.top_p)
-    sample.add_argument("--seed", type=int, default=SampleConfig.seed)
-    sample.add_argument("--max-atoms", type=int, default=SampleConfig.max_atoms)
-    sample.add_argument("--min-distance", type=float, default=SampleConfig.min_distance,
+    parser.add_argument("--temperature", type=float, default=SampleConfig.temperature)
+    parser.add_argument("--top-p", type=float, default=SampleConfig.top_p)
+    parser.add_argument("--seed", type=int, default=SampleConfig.seed)
+    parser.add_argument("--max-atoms", type=int, default=SampleConfig.max_atoms)
+    parser.add_argument("--min-distance", type=float, default=SampleConfig.min_distance,
                         help="constrained: keep each new atom this many Angstrom from the earlier ones "
                         f"(default {SampleConfig.min_distance}, the validity cut-off; 0: off)")
-    sample.add_argument("--max-new-tokens", type=int, help="default: enough for --max-atoms atoms")
-    sample.add_argument("--max-attempts", type=int, help="give up after this many attempts (default 10 n)")
-    sample.add_argument("--no-constraint", action="store_true", help="sample without the grammar constraint")
-    conditions = sample.add_argument_group("conditions (text-conditional generation)")
+    parser.add_argument("--max-new-tokens", type=int, help="default: enough for --max-atoms atoms")
+    parser.add_argument("--max-attempts", type=int, help="give up after this many attempts (default 10 n)")
+    parser.add_argument("--no-constraint", action="store_true", help="sample without the grammar constraint")
+    conditions = parser.add_argument_group("conditions (text-conditional generation)")
     conditions.add_argument("--formula", help="e.g. LiFePO4")
     conditions.add_argument("--spacegroup", type=int, help="space group number, 1-230")
     conditions.add_argument("--e-above-hull", type=float, help="eV/atom")
@@ -131,31 +134,35 @@ def _build_parser() -> argparse.ArgumentParser:
     conditions.add_argument("--band-gap", type=float, help="eV")
     conditions.add_argument("--conditions", type=Path, help="CSV of conditions, one per row (dataset columns)")
     conditions.add_argument("--force-composition", action="store_true", help="cells hold whole formula units only")
-    infill = sample.add_argument_group("infill (element substitution)")
+    infill = parser.add_argument_group("infill (element substitution)")
     infill.add_argument("--infill", type=Path, help="a structure file (CIF, or CSV/extxyz: first record)")
     infill.add_argument("--mask-element", help="the element to replace (default: a random one of the structure)")
     infill.add_argument("--similar-only", action="store_true", help="only elements of similar ionic radius and charge")
-    outputs = sample.add_argument_group("extra outputs")
+    outputs = parser.add_argument_group("extra outputs")
     outputs.add_argument("--cif-dir", type=Path, help="also write each parseable sample as a .cif file here")
     outputs.add_argument("--extxyz", type=Path, help="also write the parseable samples into one extxyz file")
 
-    data = _command(commands, "data", None, "benchmark datasets: list, fetch, locate")
-    data_commands = data.add_subparsers(title="data commands", metavar="ACTION")
-    _command(data_commands, "list", _data_list, "the benchmark sets crystext knows")
-    fetch_cmd = _command(data_commands, "fetch", _data_fetch, "download a benchmark set into the cache")
-    fetch_cmd.add_argument("name", choices=sorted(DATASETS))
-    fetch_cmd.add_argument("--data-dir", type=Path, help="use this local copy instead of downloading")
-    return parser
+
+def _data_arguments(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(title="data commands", metavar="ACTION")
+    _command(actions, "list", _data_list, "the benchmark sets crystext knows", lambda _: None)
+    _command(actions, "fetch", _data_fetch, "download a benchmark set into the cache", _data_fetch_arguments)
+
+
+def _data_fetch_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", choices=sorted(DATASETS))
+    parser.add_argument("--data-dir", type=Path, help="use this local copy instead of downloading")
 
 
 def _command(
-    commands: argparse._SubParsersAction, name: str, handler: Handler | None, help_text: str
-) -> argparse.ArgumentParser:
+    commands: argparse._SubParsersAction, name: str, handler: Handler | None, help_text: str, arguments: Arguments
+) -> None:
+    """Register one subcommand: its help, its arguments, and the handler that runs it (None: it has actions)."""
     sub = commands.add_parser(name, help=help_text, description=help_text)
     sub.set_defaults(command=name)
     if handler is not None:
         sub.set_defaults(handler=handler)
-    return sub
+    arguments(sub)
 
 
 def _open_output(path: Path | None) -> TextIO:
@@ -321,6 +328,18 @@ def _data_fetch(args: argparse.Namespace) -> int:
     folder = dataset_dir(args.name, args.data_dir) if args.data_dir else fetch(args.name)
     print(folder)
     return 0
+
+
+#: Every subcommand, in pipeline order: (help, arguments, handler); the handler is None for `data` (its actions).
+SUBCOMMANDS: dict[str, tuple[str, Arguments, Handler | None]] = {
+    "encode": ("write structures (CIF, CSV, folder, extxyz) as crystal text", _encode_arguments, _encode),
+    "decode": ("read crystal text back into CIF", _decode_arguments, _decode),
+    "train": ("fine-tune a causal LM (LoRA) or train a small one from scratch", _train_arguments, _train),
+    "sample": ("sample crystals: unconditional, conditional or infill", _sample_arguments, _sample),
+    "evaluate": (evaluate_cli.HELP, evaluate_cli.add_arguments, evaluate_cli.run),
+    "stability": (stability_cli.HELP, stability_cli.add_arguments, stability_cli.run),
+    "data": ("benchmark datasets: list them, fetch one", _data_arguments, None),
+}
 
 
 if __name__ == "__main__":

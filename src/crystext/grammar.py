@@ -6,14 +6,19 @@ sane range that give a real cell, and the end token only after a complete atom. 
 elements must come in the proportions of a requested formula, and each new atom must keep a minimum
 distance from the atoms before it (checked as its last coordinate is chosen, so the distance check
 narrows the model's choice of that coordinate and never cuts a text short).
+
+Reading order: the grammar's settings (`Grammar`), where a partial text stands (`Section`, `State`),
+the automaton (`advance`, `can_end`, one step function per section), the rules those steps ask
+(number format, ranges, cell, composition, distance), token-text recovery, and the processor.
 """
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import numpy as np
 import torch
@@ -22,14 +27,20 @@ from transformers import LogitsProcessor, PreTrainedTokenizerBase
 
 from crystext.textformat import ELEMENT_SYMBOLS, FormatOptions
 
+# ---------------------------------------------------------------------------------------------------------------------
+# Grammar settings
+
 #: Sane lattice values for generated cells (Angstrom, degrees).
 LENGTH_RANGE = (1.0, 100.0)
 ANGLE_RANGE = (10.0, 170.0)
 #: Largest cell constrained decoding lets the model write.
 DEFAULT_MAX_ATOMS = 52
 
-_PREFIXES = frozenset(symbol[:i] for symbol in ELEMENT_SYMBOLS for i in range(1, len(symbol) + 1))
-_SECTIONS = ("lengths", "angles", "element", "coords")
+#: Integer digits a number may have: up to 100 (lengths) or 170 (angles); a coordinate is "0.".
+_LATTICE_INT_DIGITS = 3
+_COORD_INT_DIGITS = 1
+#: Every start of an element symbol ("C", "Cl", ...), for checking a symbol while it is written.
+_ELEMENT_PREFIXES = frozenset(symbol[:i] for symbol in ELEMENT_SYMBOLS for i in range(1, len(symbol) + 1))
 
 
 @dataclass(frozen=True)
@@ -43,29 +54,56 @@ class Grammar:
     min_distance: float | None = None  # Angstrom, nearest periodic image included; kept by the logits processor
 
     @classmethod
-    def for_formula(cls, formula: str, options: FormatOptions | None = None, max_atoms: int = DEFAULT_MAX_ATOMS) -> Grammar:
+    def for_formula(
+        cls, formula: str, options: FormatOptions | None = None, max_atoms: int = DEFAULT_MAX_ATOMS
+    ) -> Grammar:
         """A grammar whose cells hold a whole number of `formula` units (as written, e.g. NaCl or Na4Cl4)."""
-        counts = {el.symbol: int(round(n)) for el, n in Composition(formula).items()}
-        if sum(counts.values()) > max_atoms:
+        unit = {element.symbol: int(round(count)) for element, count in Composition(formula).items()}
+        if sum(unit.values()) > max_atoms:
             raise ValueError(f"formula {formula} has more than max_atoms={max_atoms} atoms")
-        return cls(options or FormatOptions(), max_atoms, counts)
+        return cls(options=options or FormatOptions(), max_atoms=max_atoms, composition=unit)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Where a partial text stands
+
+
+class Section(enum.Enum):
+    """The kind of line being written: the first two once, then element and coordinates once per atom."""
+
+    LENGTHS = "lengths"  # "a b c"
+    ANGLES = "angles"  # "alpha beta gamma"
+    ELEMENT = "element"  # an element symbol
+    COORDS = "coords"  # "x y z", fractional
+
+
+ElementCounts = tuple[tuple[str, int], ...]
 
 
 @dataclass(frozen=True)
 class State:
-    """Where a partial crystal text stands: section, field within the line, the current field's characters."""
+    """Where a partial crystal text stands. Frozen and hashable: the processor caches masks by `shape_key`."""
 
-    section: str = "lengths"
-    field: int = 0
-    buf: str = ""
-    values: tuple[float, ...] = ()  # finished numbers of the current lattice or coordinate line
-    counts: tuple[tuple[str, int], ...] = ()  # elements written so far
-    lattice: tuple[float, ...] = ()  # the six lattice parameters, once written
-    sites: tuple[tuple[float, float, float], ...] = ()  # fractional coordinates written so far
+    section: Section = Section.LENGTHS
+    column: int = 0  # which of the line's three numbers is being written (always 0 on an element line)
+    partial: str = ""  # the characters of the number or symbol being written
+    line_numbers: tuple[float, ...] = ()  # the finished numbers of the current lattice or coordinate line
+    element_counts: ElementCounts = ()  # (element, atoms written), sorted by element
+    lattice: tuple[float, ...] = ()  # the lattice parameters written so far: the lengths, then also the angles
+    sites: tuple[tuple[float, float, float], ...] = ()  # fractional coordinates of the complete atoms
+
+    @property
+    def atom_count(self) -> int:
+        """Atoms whose element has been written (the current one included once its symbol line is done)."""
+        return sum(count for _, count in self.element_counts)
 
     def shape_key(self) -> tuple:
-        """The part of the state that decides which characters may follow, composition aside."""
-        return (self.section, self.field, self.buf, self.values if self.section == "angles" else ())
+        """The part of the state that decides which characters may follow, composition and atom cap aside."""
+        return (self.section, self.column, self.partial, self.line_numbers if self.section is Section.ANGLES else ())
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The automaton
 
 
 def advance(state: State, text: str, grammar: Grammar) -> State | None:
@@ -78,77 +116,130 @@ def advance(state: State, text: str, grammar: Grammar) -> State | None:
 
 
 def can_end(state: State, grammar: Grammar) -> bool:
-    """Whether the text may end here: right after the last coordinate of a complete atom."""
-    if not (state.section == "coords" and state.field == 2 and _number_done(state.buf, grammar.options.coord_decimals)):
+    """Whether the text may end here: right after the last coordinate of a complete atom (and, with a
+    composition, when the elements are in its proportions)."""
+    if state.section is not Section.COORDS or state.column != 2:
         return False
-    return grammar.composition is None or _proportional(dict(state.counts), grammar.composition)
+    if not _number_done(state.partial, grammar.options.coord_decimals):
+        return False
+    return grammar.composition is None or _proportional(dict(state.element_counts), grammar.composition)
 
 
-def _step(s: State, char: str, g: Grammar) -> State | None:
-    opts = g.options
-    if s.section in ("lengths", "angles"):
-        decimals = opts.length_decimals if s.section == "lengths" else opts.angle_decimals
-        low, high = LENGTH_RANGE if s.section == "lengths" else ANGLE_RANGE
-        if char.isdigit() or char == ".":
-            buf = s.buf + char
-            live = _number_prefix(buf, decimals, 3) and _reachable(buf, s, (low, high))
-            return replace(s, buf=buf) if live else None
-        if not _number_done(s.buf, decimals) or not low <= float(s.buf) <= high:
-            return None
-        values = s.values + (float(s.buf),)
-        if s.field < 2:
-            return replace(s, field=s.field + 1, buf="", values=values) if char == " " else None
-        if char != "\n":
-            return None
-        if s.section == "lengths":
-            return replace(s, section="angles", field=0, buf="", values=(), lattice=values)
-        return State("element", 0, "", (), s.counts, s.lattice + values) if _valid_angles(values) else None
-    if s.section == "element":
-        if char == "\n":
-            if s.buf not in ELEMENT_SYMBOLS or not _element_allowed(s.buf, s.counts, g, exact=True):
-                return None
-            return State("coords", 0, "", (), _add(s.counts, s.buf), s.lattice, s.sites)
-        buf = s.buf + char
-        return replace(s, buf=buf) if buf in _PREFIXES and _element_allowed(buf, s.counts, g) else None
-    # coordinates: "0." followed by the configured number of digits
-    if char.isdigit() or char == ".":
-        buf = s.buf + char
-        ok = _number_prefix(buf, opts.coord_decimals, 1) and buf[0] == "0"
-        return replace(s, buf=buf) if ok else None
-    if not _number_done(s.buf, opts.coord_decimals):
+def _step(state: State, char: str, grammar: Grammar) -> State | None:
+    """The state after one more character, or None if it leaves the grammar."""
+    if state.section is Section.LENGTHS:
+        return _step_lengths(state, char, grammar)
+    if state.section is Section.ANGLES:
+        return _step_angles(state, char, grammar)
+    if state.section is Section.ELEMENT:
+        return _step_element(state, char, grammar)
+    return _step_coords(state, char, grammar)
+
+
+def _step_lengths(state: State, char: str, grammar: Grammar) -> State | None:
+    """The lengths line: three lengths in LENGTH_RANGE; its newline starts the angles."""
+    decimals = grammar.options.length_decimals
+    if _is_number_char(char):
+        return _extend_lattice_number(state, char, decimals, LENGTH_RANGE)
+    numbers = _close_number(state, char, decimals, LENGTH_RANGE)
+    if numbers is None:
         return None
-    if s.field < 2:
-        return replace(s, field=s.field + 1, buf="", values=s.values + (float(s.buf),)) if char == " " else None
-    if char != "\n" or sum(n for _, n in s.counts) >= g.max_atoms:
+    if len(numbers) < 3:
+        return _next_column(state, numbers)
+    return replace(state, section=Section.ANGLES, column=0, partial="", line_numbers=(), lattice=numbers)
+
+
+def _step_angles(state: State, char: str, grammar: Grammar) -> State | None:
+    """The angles line: three angles in ANGLE_RANGE that give a real cell; its newline starts the first atom."""
+    decimals = grammar.options.angle_decimals
+    if _is_number_char(char):
+        return _extend_lattice_number(state, char, decimals, ANGLE_RANGE)
+    numbers = _close_number(state, char, decimals, ANGLE_RANGE)
+    if numbers is None:
         return None
-    site = (*s.values, float(s.buf))
-    return State("element", 0, "", (), s.counts, s.lattice, s.sites + (site,))
+    if len(numbers) == 2 and not _third_angle_exists(numbers[0], numbers[1], ANGLE_RANGE):
+        return None  # "10" could have become "100", but as written no third angle gives a real cell
+    if len(numbers) < 3:
+        return _next_column(state, numbers)
+    if not _valid_angles(numbers):
+        return None
+    return State(section=Section.ELEMENT, element_counts=state.element_counts, lattice=state.lattice + numbers)
 
 
-def _far_enough(s: State, z: np.ndarray, min_distance: float) -> np.ndarray:
-    """For each candidate last coordinate `z` of the atom being written: whether it keeps `min_distance`
-    from every atom before it (nearest of the 27 neighbouring images)."""
-    if not s.sites:
-        return np.ones(len(z), dtype=bool)
-    x, y = s.values
-    candidates = np.stack([np.full(len(z), x), np.full(len(z), y), z], axis=1)
-    delta = candidates[:, None, :] - np.array(s.sites)[None, :, :]
-    delta = delta - np.round(delta)
-    shifted = delta[:, :, None, :] + _IMAGES[None, None, :, :]
-    distances = np.linalg.norm(shifted @ _matrix(s.lattice), axis=-1)
-    return distances.min(axis=(1, 2)) >= min_distance
+def _step_element(state: State, char: str, grammar: Grammar) -> State | None:
+    """An element line: a real symbol the composition and atom cap allow; its newline starts the coordinates."""
+    if char == "\n":
+        symbol = state.partial
+        if symbol not in ELEMENT_SYMBOLS or not _element_allowed(symbol, state.element_counts, grammar, exact=True):
+            return None
+        counts = _with_one_more(state.element_counts, symbol)
+        return State(section=Section.COORDS, element_counts=counts, lattice=state.lattice, sites=state.sites)
+    partial = state.partial + char
+    if partial not in _ELEMENT_PREFIXES or not _element_allowed(partial, state.element_counts, grammar):
+        return None
+    return replace(state, partial=partial)
 
 
-_IMAGES = np.array([(i, j, k) for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)], dtype=float)
+def _step_coords(state: State, char: str, grammar: Grammar) -> State | None:
+    """A coordinates line: three numbers "0." and the configured digits; its newline (only if another atom may
+    follow) completes the atom and starts the next element."""
+    decimals = grammar.options.coord_decimals
+    if _is_number_char(char):
+        partial = state.partial + char
+        ok = _number_prefix(partial, decimals, _COORD_INT_DIGITS) and partial[0] == "0"
+        return replace(state, partial=partial) if ok else None
+    numbers = _close_number(state, char, decimals)
+    if numbers is None:
+        return None
+    if len(numbers) < 3:
+        return _next_column(state, numbers)
+    if not _element_allowed("", state.element_counts, grammar):
+        return None  # no further atom fits (the atom cap, or no room for another whole formula unit)
+    site = (numbers[0], numbers[1], numbers[2])
+    return State(
+        section=Section.ELEMENT, element_counts=state.element_counts, lattice=state.lattice, sites=state.sites + (site,)
+    )
 
 
-@lru_cache(maxsize=4096)
-def _matrix(lattice: tuple[float, ...]) -> np.ndarray:
-    return Lattice.from_parameters(*lattice).matrix
+def _is_number_char(char: str) -> bool:
+    return char.isdigit() or char == "."
 
 
-def _number_prefix(buf: str, decimals: int, max_int_digits: int) -> bool:
-    whole, dot, frac = buf.partition(".")
+def _extend_lattice_number(state: State, char: str, decimals: int, bounds: tuple[float, float]) -> State | None:
+    """`char` added to a length or angle, if the number can still end in `bounds` (and give a real cell)."""
+    partial = state.partial + char
+    live = _number_prefix(partial, decimals, _LATTICE_INT_DIGITS) and _reachable(partial, state, bounds)
+    return replace(state, partial=partial) if live else None
+
+
+def _close_number(
+    state: State, char: str, decimals: int, bounds: tuple[float, float] | None = None
+) -> tuple[float, ...] | None:
+    """The line's numbers so far if `char` may end the number being written: it is complete and in `bounds`,
+    and `char` is a space after the first two numbers or a newline after the third. None otherwise."""
+    if not _number_done(state.partial, decimals):
+        return None
+    value = float(state.partial)
+    if bounds is not None and not bounds[0] <= value <= bounds[1]:
+        return None
+    if char != (" " if state.column < 2 else "\n"):
+        return None
+    return state.line_numbers + (value,)
+
+
+def _next_column(state: State, numbers: tuple[float, ...]) -> State:
+    """The state for the line's next number, after `numbers`."""
+    return replace(state, column=state.column + 1, partial="", line_numbers=numbers)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The rules the steps ask: number format, lattice ranges and cell, composition
+
+
+def _number_prefix(partial: str, decimals: int, max_int_digits: int) -> bool:
+    """Whether `partial` can start a number with up to `max_int_digits` integer digits (no leading zero)
+    and `decimals` decimal places (no dot when 0)."""
+    whole, dot, frac = partial.partition(".")
     if not whole.isdigit() or len(whole) > max_int_digits or (len(whole) > 1 and whole[0] == "0"):
         return False
     if dot and decimals == 0:
@@ -156,77 +247,120 @@ def _number_prefix(buf: str, decimals: int, max_int_digits: int) -> bool:
     return (frac == "" or frac.isdigit()) and len(frac) <= decimals
 
 
-def _reachable(buf: str, s: State, bounds: tuple[float, float]) -> bool:
-    """Whether the number being written can still end in range (and, for the last angle, give a real cell)."""
-    whole, dot, frac = buf.partition(".")
+def _number_done(partial: str, decimals: int) -> bool:
+    """Whether `partial` is a complete number with exactly `decimals` decimal places."""
+    whole, dot, frac = partial.partition(".")
+    return bool(whole) and whole.isdigit() and (len(frac) == decimals if decimals else not dot)
+
+
+def _reachable(partial: str, state: State, bounds: tuple[float, float]) -> bool:
+    """Whether the lattice number being written can still end in `bounds` (and, for an angle, leave a real cell).
+
+    Only whole numbers are tried as endings: the decimals then must keep the value inside `bounds`.
+    """
+    whole, dot, frac = partial.partition(".")
     if dot and not (bounds[0] <= float(f"{whole}.{frac}9999") and float(f"{whole}.{frac}0") <= bounds[1]):
         return False
     for value in range(math.ceil(bounds[0]), math.floor(bounds[1]) + 1):
         text = str(value)
-        if (text == whole if dot else text.startswith(whole)) and _cell_possible(s, float(value), bounds):
+        if (text == whole if dot else text.startswith(whole)) and _cell_possible(state, float(value), bounds):
             return True
     return False
 
 
-def _cell_possible(s: State, value: float, bounds: tuple[float, float]) -> bool:
-    """For the angles: whether the line can still describe a real cell once this angle is `value`."""
-    if s.section != "angles" or s.field == 0:
+def _cell_possible(state: State, value: float, bounds: tuple[float, float]) -> bool:
+    """For the angles: whether the line can still describe a real cell once the angle being written is `value`."""
+    if state.section is not Section.ANGLES or state.column == 0:
         return True
-    if s.field == 2:
-        return _valid_angles(s.values + (value,))
-    return _third_angle_exists(s.values[0], value, bounds)
+    if state.column == 2:
+        return _valid_angles(state.line_numbers + (value,))
+    return _third_angle_exists(state.line_numbers[0], value, bounds)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _third_angle_exists(alpha: float, beta: float, bounds: tuple[float, float]) -> bool:
-    return any(_valid_angles((alpha, beta, float(g))) for g in range(int(bounds[0]), int(bounds[1]) + 1))
+    """Whether some whole-degree gamma in `bounds` makes a real cell with `alpha` and `beta`."""
+    return any(_valid_angles((alpha, beta, float(gamma))) for gamma in range(int(bounds[0]), int(bounds[1]) + 1))
 
 
-def _number_done(buf: str, decimals: int) -> bool:
-    whole, dot, frac = buf.partition(".")
-    return bool(whole) and whole.isdigit() and (len(frac) == decimals if decimals else not dot)
-
-
-@lru_cache(maxsize=None)
+@cache
 def _valid_angles(angles: tuple[float, ...]) -> bool:
+    """Whether three angles (degrees) give a cell of real, not vanishing, volume."""
     ca, cb, cg = (math.cos(math.radians(x)) for x in angles)
     return 1 - ca * ca - cb * cb - cg * cg + 2 * ca * cb * cg > 1e-3
 
 
-def _add(counts: tuple[tuple[str, int], ...], element: str) -> tuple[tuple[str, int], ...]:
+def _element_allowed(prefix: str, counts: ElementCounts, grammar: Grammar, *, exact: bool = False) -> bool:
+    """Whether some element starting with `prefix` (or `prefix` itself, if `exact`) may come next: below the
+    atom cap, and, with a composition, one of its elements whose whole formula units still fit the cap."""
+    if sum(count for _, count in counts) >= grammar.max_atoms:
+        return False
+    unit = grammar.composition
+    if unit is None:
+        return True
+    written = dict(counts)
+    for element in unit:
+        if not (element == prefix if exact else element.startswith(prefix)):
+            continue
+        after = {**written, element: written.get(element, 0) + 1}
+        units = max(math.ceil(after.get(e, 0) / n) for e, n in unit.items())
+        if units * sum(unit.values()) <= grammar.max_atoms:
+            return True
+    return False
+
+
+def _with_one_more(counts: ElementCounts, element: str) -> ElementCounts:
+    """`counts` with one more atom of `element`, still sorted by element."""
     table = dict(counts)
     table[element] = table.get(element, 0) + 1
     return tuple(sorted(table.items()))
 
 
-def _element_allowed(prefix: str, counts: tuple[tuple[str, int], ...], g: Grammar, exact: bool = False) -> bool:
-    """Whether some element starting with `prefix` (or `prefix` itself, if `exact`) may come next, given the
-    composition and the atom cap."""
-    if sum(n for _, n in counts) >= g.max_atoms:
-        return False
-    if g.composition is None:
-        return True
-    unit = g.composition
-    current = dict(counts)
-    for element in unit:
-        if not (element == prefix if exact else element.startswith(prefix)):
-            continue
-        after = {**current, element: current.get(element, 0) + 1}
-        units = max(math.ceil(after.get(e, 0) / n) for e, n in unit.items())
-        if units * sum(unit.values()) <= g.max_atoms:
-            return True
-    return False
-
-
 def _proportional(counts: dict[str, int], unit: Mapping[str, int]) -> bool:
+    """Whether `counts` is a whole number of formula `unit`s."""
     if set(counts) != set(unit):
         return False
     ratios = {counts[e] / n for e, n in unit.items()}
     return len(ratios) == 1 and next(iter(ratios)).is_integer()
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# The minimum distance (kept by the processor, as the last coordinate of an atom is chosen)
+
+#: The 27 cell offsets of a site and its neighbouring periodic images.
+_IMAGES = np.array([(i, j, k) for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)], dtype=float)
+
+
+def _far_enough(state: State, z: np.ndarray, min_distance: float) -> np.ndarray:
+    """For each candidate last coordinate `z` of the atom being written: whether it keeps `min_distance`
+    from every atom before it (nearest of the 27 neighbouring images)."""
+    if not state.sites:
+        return np.ones(len(z), dtype=bool)
+    x, y = state.line_numbers
+    candidates = np.stack([np.full(len(z), x), np.full(len(z), y), z], axis=1)
+    delta = candidates[:, None, :] - np.array(state.sites)[None, :, :]
+    delta = delta - np.round(delta)
+    shifted = delta[:, :, None, :] + _IMAGES[None, None, :, :]
+    distances = np.linalg.norm(shifted @ _matrix(state.lattice), axis=-1)
+    return distances.min(axis=(1, 2)) >= min_distance
+
+
+@lru_cache(maxsize=4096)
+def _matrix(lattice: tuple[float, ...]) -> np.ndarray:
+    """The lattice vectors (rows, Angstrom) of the six lattice parameters."""
+    return Lattice.from_parameters(*lattice).matrix
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Token-text recovery
+
+
 def token_texts(tokenizer: PreTrainedTokenizerBase) -> list[str | None]:
-    """The text each token id adds when decoded after other text (None for special tokens)."""
+    """The text each token id adds when decoded after other text (None for special tokens).
+
+    Decoded after an anchor token, so that tokenizers that drop or add a leading space at the start of a
+    text report what the token adds in the middle of one, as the grammar sees it.
+    """
     anchor = tokenizer("0", add_special_tokens=False)["input_ids"][-1]
     base = tokenizer.decode([anchor])
     special = set(tokenizer.all_special_ids)
@@ -237,71 +371,137 @@ def token_texts(tokenizer: PreTrainedTokenizerBase) -> list[str | None]:
             texts.append(None)
             continue
         full = tokenizer.decode([anchor, token_id], clean_up_tokenization_spaces=False)
-        texts.append(full[len(base):] if full.startswith(base) else None)
+        texts.append(full[len(base) :] if full.startswith(base) else None)
     return texts
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# The logits processor
+
+#: Characters of a row's text quoted in a dead-end reason.
+_REASON_TAIL = 40
+
+
 class GrammarLogitsProcessor(LogitsProcessor):
-    """Masks tokens that would take each sequence out of the crystal grammar (one grammar per batch row)."""
+    """Masks tokens that would take each sequence out of the crystal grammar (one grammar per batch row).
+
+    Lifetime: it holds the grammar state of each row, so build a fresh one for every `generate` call. It
+    reads the token generate appended since its previous call, so it must see every step of one generation
+    in turn; it raises RuntimeError when called with another batch size than `len(grammars)` (beams or
+    several sequences per prompt) or with an input that is not one token longer than on its previous call
+    (reused for another generation).
+
+    `dead_ends` maps a batch row to a one-line reason why its text stopped short of a legitimate end:
+    no token continues the grammar (the row may then only emit end of sequence, so its text ends there), or
+    a token outside the grammar was sampled (only if the mask was bypassed). A row that ends with the end
+    token where `can_end` allows it has no entry; neither does a row cut off by the token limit.
+    """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, grammars: list[Grammar], vocab_size: int) -> None:
-        self.texts = token_texts(tokenizer)[:vocab_size]
+        self.texts = token_texts(tokenizer)[:vocab_size]  # token id -> the text it adds, None if special
         self.texts += [None] * (vocab_size - len(self.texts))
         self.eos = tokenizer.eos_token_id
         self.grammars = grammars
-        self.states: list[State | None] = [State() for _ in grammars]
-        self.start: int | None = None
-        self._masks: dict[tuple, torch.Tensor] = {}
+        self.states: list[State | None] = [State() for _ in grammars]  # None once a row has ended
+        self.dead_ends: dict[int, str] = {}
+        self._prompt_length: int | None = None  # input length at the first call
+        self._length: int | None = None  # input length at the latest call
+        self._masks: dict[tuple, tuple[torch.Tensor, bool]] = {}  # (mask, whether it allows any token)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if self.start is None:
-            self.start = input_ids.shape[1]
-        elif input_ids.shape[1] > self.start:
-            for row, token in enumerate(input_ids[:, -1].tolist()):
-                state = self.states[row]
-                if state is not None:
-                    text = self.texts[token] if token < len(self.texts) else None
-                    self.states[row] = advance(state, text, self.grammars[row]) if text is not None else None
+        self._check_lifetime(input_ids)
+        if self._length is None:
+            self._prompt_length = input_ids.shape[1]
+        else:
+            self._advance_rows(input_ids)
+        self._length = input_ids.shape[1]
         allowed = torch.zeros_like(scores, dtype=torch.bool)
         for row, state in enumerate(self.states):
-            if state is None:  # finished (or, never, broken): let it emit end tokens
+            if state is None:  # ended: let it emit end tokens
                 allowed[row, self.eos] = True
                 continue
-            allowed[row] = self._mask(state, self.grammars[row], scores.shape[1], scores.device)
-            if can_end(state, self.grammars[row]) or not allowed[row].any():
-                allowed[row, self.eos] = True  # a dead end (never expected) ends the text; it is kept as a failure
+            grammar = self.grammars[row]
+            mask, any_allowed = self._mask(state, grammar, scores.shape[1], scores.device)
+            allowed[row] = mask
+            if can_end(state, grammar):
+                allowed[row, self.eos] = True
+            elif not any_allowed:  # a dead end: end the text here, and say why it stopped
+                allowed[row, self.eos] = True
+                text = self._row_text(input_ids, row)
+                self.dead_ends[row] = (
+                    f"constrained decoding reached a dead end after {text[-_REASON_TAIL:]!r}"
+                    " (no token continues the grammar)"
+                )
         return scores.masked_fill(~allowed, -math.inf)
 
-    def _leads_on(self, state: State, text: str | None, grammar: Grammar) -> bool:
+    def _check_lifetime(self, input_ids: torch.LongTensor) -> None:
+        """Refuse a call that does not continue this processor's generation by one token."""
+        rows, length = input_ids.shape
+        if rows != len(self.grammars):
+            raise RuntimeError(
+                f"GrammarLogitsProcessor built for {len(self.grammars)} rows was called with {rows}: it keeps one "
+                "state per row, so give one grammar per sequence (no beam search or several sequences per prompt)"
+            )
+        if self._length is not None and length != self._length + 1:
+            raise RuntimeError(
+                f"GrammarLogitsProcessor called with {length} tokens after {self._length}: it follows one "
+                "generation a token at a time; build a fresh one for every generate call"
+            )
+
+    def _advance_rows(self, input_ids: torch.LongTensor) -> None:
+        """Move each live row's state past the token generate appended; a row ends on a token the grammar
+        cannot take, recorded in `dead_ends` unless it is the end token where the text may end."""
+        for row, token in enumerate(input_ids[:, -1].tolist()):
+            state = self.states[row]
+            if state is None:
+                continue
+            grammar = self.grammars[row]
+            text = self.texts[token] if token < len(self.texts) else None
+            after = advance(state, text, grammar) if text is not None else None
+            finished = after is None and token == self.eos and can_end(state, grammar)
+            if after is None and not finished and row not in self.dead_ends:
+                written = self._row_text(input_ids[:, :-1], row)
+                shown = repr(text) if text is not None else f"special token {token}"
+                self.dead_ends[row] = f"sampled {shown}, which leaves the grammar, after {written[-_REASON_TAIL:]!r}"
+            self.states[row] = after
+
+    def _row_text(self, input_ids: torch.LongTensor, row: int) -> str:
+        """The text a row has generated so far (read back from the device only when a row goes wrong)."""
+        tokens = input_ids[row, self._prompt_length :].tolist()
+        return "".join((self.texts[t] or "") if t < len(self.texts) else "" for t in tokens)
+
+    def _mask(self, state: State, grammar: Grammar, width: int, device: torch.device) -> tuple[torch.Tensor, bool]:
+        """The tokens allowed after `state` (cached by what decides them), and whether there are any."""
+        unit = tuple(sorted(grammar.composition.items())) if grammar.composition else None
+        at_cap = state.atom_count >= grammar.max_atoms
+        key = (grammar.options, grammar.max_atoms, unit, state.shape_key(), state.element_counts if unit else at_cap)
+        cached = self._masks.get(key)
+        if cached is None:
+            mask = torch.tensor([self._token_allowed(state, text, grammar) for text in self.texts], dtype=torch.bool)
+            mask = torch.nn.functional.pad(mask, (0, max(0, width - len(mask))))[:width]
+            cached = self._masks[key] = (mask.to(device), bool(mask.any()))
+        mask, any_allowed = cached
+        # Only while the last coordinate is still open: once written, the distance is settled.
+        writing_z = state.section is Section.COORDS and state.column == 2
+        if grammar.min_distance and writing_z and not _number_done(state.partial, grammar.options.coord_decimals):
+            mask = self._keep_distance(state, grammar, mask)  # never empties a mask
+        return mask, any_allowed
+
+    def _token_allowed(self, state: State, text: str | None, grammar: Grammar) -> bool:
         """Whether `text` keeps the grammar and, if it stops inside an element symbol, some token can finish it."""
         after = advance(state, text, grammar) if text else None
         if after is None:
             return False
-        if after.section == "element" and after.buf:
+        if after.section is Section.ELEMENT and after.partial:
             return any(t and advance(after, t, grammar) is not None for t in self.texts)
         return True
-
-    def _mask(self, state: State, grammar: Grammar, width: int, device: torch.device) -> torch.Tensor:
-        full = sum(n for _, n in state.counts) >= grammar.max_atoms
-        unit = tuple(sorted(grammar.composition.items())) if grammar.composition else None
-        key = (grammar.options, grammar.max_atoms, unit, state.shape_key(), state.counts if unit else full)
-        mask = self._masks.get(key)
-        if mask is None:
-            mask = torch.tensor([self._leads_on(state, text, grammar) for text in self.texts], dtype=torch.bool)
-            mask = torch.nn.functional.pad(mask, (0, max(0, width - len(mask))))[:width].to(device)
-            self._masks[key] = mask
-        # Only while the last coordinate is still open: once written, the distance is settled.
-        writing_z = state.section == "coords" and state.field == 2
-        if grammar.min_distance and writing_z and not _number_done(state.buf, grammar.options.coord_decimals):
-            mask = self._keep_distance(state, grammar, mask)
-        return mask
 
     def _keep_distance(self, state: State, grammar: Grammar, mask: torch.Tensor) -> torch.Tensor:
         """`mask` less the tokens that finish the last coordinate too close to an earlier atom (unless every
         one does: then the atom is written anyway, and judged invalid later, rather than steered astray)."""
         ids, values = [], []
         for token_id in mask.nonzero().flatten().tolist():
-            number = state.buf + (self.texts[token_id] or "").split(" ")[0].split("\n")[0]
+            number = state.partial + (self.texts[token_id] or "").split(" ")[0].split("\n")[0]
             if _number_done(number, grammar.options.coord_decimals):
                 ids.append(token_id)
                 values.append(float(number))

@@ -1,0 +1,235 @@
+"""The sampler: a loaded model that writes crystals in batches, constrained by the crystal grammar.
+
+`Sampler.sample` decodes batch after batch until the wanted number of parseable structures is in the
+samples CSV (`crystext.sample.samples_csv`); every attempt is a row, so a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+from pymatgen.core import Structure
+from tqdm.auto import tqdm
+from transformers import LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
+
+from crystext.constants import MIN_INTERATOMIC_DISTANCE
+from crystext.grammar import DEFAULT_MAX_ATOMS, Grammar, GrammarLogitsProcessor
+from crystext.model import device, load_model
+from crystext.prompts import Attributes
+from crystext.sample.infill import Substitution, rank_substitutions
+from crystext.sample.samples_csv import SampleWriter, attempt_row
+from crystext.textformat import FormatOptions
+
+#: Head room over the token count of the widest crystal text, when no token limit is given.
+TOKEN_MARGIN = 1.1
+#: Largest batch chosen automatically: past it a CPU gains little per extra row
+#: (benchmarks/results/sample_default_batch.md).
+AUTO_BATCH_MAX = 256
+#: Memory an automatic batch's KV cache may take: this many bytes on a CPU, this share of the GPU's memory
+#: (its total, not what is free at the moment, so the same GPU always gets the same batch and the same samples).
+AUTO_CACHE_CPU_BYTES = 2 * 1024**3
+AUTO_CACHE_GPU_SHARE = 0.25
+#: Spare attempts in the last batch over those the parse rate so far says the wanted structures need.
+LAST_BATCH_SPARE = 0.1
+#: A batch's seed is seed * SEED_STRIDE + its first attempt's number: a prime larger than any run's attempt count,
+#: so no two (seed, batch) pairs share a generator seed.
+SEED_STRIDE = 1_000_003
+
+
+@dataclass
+class SampleConfig:
+    """How to sample: how many parseable structures, batch size, temperature/top-p, constraints, seed."""
+
+    n: int = 100
+    batch_size: int | None = None  # None: as many as the KV cache fits in memory, up to AUTO_BATCH_MAX
+    temperature: float = 0.7
+    top_p: float = 0.9
+    constrained: bool = True
+    force_composition: bool = False
+    max_atoms: int = DEFAULT_MAX_ATOMS
+    # Constrained only: keep each new atom this far (A) from the earlier ones; None turns the check off.
+    min_distance: float | None = MIN_INTERATOMIC_DISTANCE
+    max_new_tokens: int | None = None
+    max_attempts: int | None = None  # default 10 * n
+    seed: int = 0
+    text_format: FormatOptions = field(default_factory=FormatOptions)
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One decoded text, and why constrained decoding cut it short where it did (empty if it did not)."""
+
+    text: str
+    error: str = ""
+
+
+@dataclass
+class SampleSummary:
+    """What a sampling run produced: parseable structures, attempts, and wall time."""
+
+    valid: int
+    attempts: int
+    seconds: float
+
+    @property
+    def valid_per_second(self) -> float:
+        return self.valid / self.seconds if self.seconds else 0.0
+
+
+class Sampler:
+    """A loaded model ready to write crystals."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.device = device()
+        self.model = model.to(self.device).eval()
+        if self.device.type == "cpu":
+            # Decoding step by step with a preallocated cache, plain attention beats SDPA on a CPU
+            # (benchmarks/results/sample_default.md); on a GPU the fused kernel stays.
+            self.model.set_attn_implementation("eager")
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path | None = None) -> Sampler:
+        """Load a `crystext train` model directory; without one, the default model shipped with crystext."""
+        model, tokenizer, _ = load_model(path)
+        return cls(model, tokenizer)
+
+    def token_budget(self, options: FormatOptions, max_atoms: int) -> int:
+        """Tokens a crystal of `max_atoms` atoms may take: the count for the widest such text, with a margin.
+
+        It sizes the preallocated cache, whose length every decoding step pays for.
+        """
+        length = f"{88.8888:.{options.length_decimals}f}"
+        angle = f"{118.888:.{options.angle_decimals}f}"
+        coord = f"{0.8888:.{options.coord_decimals}f}"
+        lattice = f"{length} {length} {length}\n{angle} {angle} {angle}\n"
+        widest = lattice + f"Og\n{coord} {coord} {coord}\n" * max_atoms
+        return math.ceil(TOKEN_MARGIN * len(self.tokenizer(widest, add_special_tokens=False)["input_ids"])) + 1
+
+    def auto_batch_size(self, tokens: int) -> int:
+        """The batch whose preallocated KV cache of `tokens` positions fits the memory allowance (1 to AUTO_BATCH_MAX).
+
+        A small model on a CPU gets AUTO_BATCH_MAX; a 7B model on a GPU what a quarter of the GPU's memory holds.
+        """
+        config = self.model.config
+        layers = config.num_hidden_layers
+        heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        per_sequence = 2 * layers * heads * head_dim * tokens * self.model.dtype.itemsize  # keys and values
+        if self.device.type == "cuda":
+            allowance = AUTO_CACHE_GPU_SHARE * torch.cuda.get_device_properties(self.device).total_memory
+        else:
+            allowance = AUTO_CACHE_CPU_BYTES
+        return max(1, min(AUTO_BATCH_MAX, int(allowance // per_sequence)))
+
+    def _new_tokens(self, config: SampleConfig) -> int:
+        """Tokens a completion may add: --max-new-tokens, else enough for the widest allowed crystal."""
+        return config.max_new_tokens or self.token_budget(config.text_format, config.max_atoms)
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        """The token ids the model reads for `prompt`, after its begin-of-sequence token if it has one."""
+        bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
+        return bos + self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+    @torch.no_grad()
+    def generate(
+        self, prompts: Sequence[str], grammars: Sequence[Grammar] | None, config: SampleConfig, seed: int
+    ) -> list[Completion]:
+        """Complete each prompt once (batched, with KV cache); constrained when `grammars` is given.
+
+        A fresh grammar processor per call: it holds the state of each row of this batch.
+        """
+        encoded = [self.prompt_ids(p) for p in prompts]
+        width = max(len(ids) for ids in encoded)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in encoded], device=self.device)
+        attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], device=self.device)
+        limit = self._new_tokens(config)
+        limit = min(limit, getattr(self.model.config, "max_position_embeddings", limit + width) - width)
+        processors = LogitsProcessorList()
+        grammar = None
+        if grammars is not None:
+            vocab = self.model.get_output_embeddings().weight.shape[0]
+            grammar = GrammarLogitsProcessor(self.tokenizer, list(grammars), vocab)
+            processors.append(grammar)
+        torch.manual_seed(seed)
+        output = self.model.generate(
+            input_ids=input_ids,
+            attention_mask=attention,
+            do_sample=True,
+            temperature=config.temperature,
+            top_p=config.top_p,
+            max_new_tokens=limit,
+            logits_processor=processors,
+            pad_token_id=pad,
+            eos_token_id=self.tokenizer.eos_token_id,
+            cache_implementation="static",  # preallocated: a growing cache is copied at every token
+        )
+        texts = self.tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
+        dead_ends = grammar.dead_ends if grammar is not None else {}
+        return [Completion(text, dead_ends.get(row, "")) for row, text in enumerate(texts)]
+
+    def sample(
+        self,
+        config: SampleConfig,
+        out: Path,
+        conditions: Sequence[Attributes] | None = None,
+        resume: bool = False,
+        progress: bool = True,
+    ) -> SampleSummary:
+        """Sample until `config.n` parseable structures are in `out` (or attempts run out); every attempt is a row."""
+        writer = SampleWriter(out, resume)
+        mode = "conditional" if conditions else "unconditional"
+        conditions = list(conditions) if conditions else [Attributes()]
+        max_attempts = config.max_attempts or 10 * config.n
+        batch_size = config.batch_size or self.auto_batch_size(
+            max(len(self.prompt_ids(a.to_prompt())) for a in conditions)
+            + self._new_tokens(config))
+        started = time.perf_counter()
+        bar = tqdm(total=config.n, initial=min(writer.valid, config.n), desc=f"sampling (batch {batch_size})",
+                   disable=not progress)
+        new_valid = 0
+        while writer.valid < config.n and len(writer.rows) < max_attempts:
+            first = len(writer.rows)
+            # The last batch is cut to what the wanted structures need at the parse rate so far, plus a spare.
+            parse_rate = max(writer.valid / first, 0.01) if first else 1.0
+            needed = math.ceil((1 + LAST_BATCH_SPARE) * (config.n - writer.valid) / parse_rate)
+            size = min(batch_size, max_attempts - first, needed)
+            batch = [conditions[(first + i) % len(conditions)] for i in range(size)]
+            grammars = [self._grammar(a, config) for a in batch] if config.constrained else None
+            seed = config.seed * SEED_STRIDE + first
+            completions = self.generate([a.to_prompt() for a in batch], grammars, config, seed)
+            rows = []
+            for i, (attributes, done) in enumerate(zip(batch, completions)):
+                if writer.valid + sum(1 for r in rows if r["cif"]) >= config.n:
+                    break
+                rows.append(attempt_row(f"s{first + i:07d}", mode, attributes.to_dict(), done.text, done.error))
+            writer.append(rows)
+            added = sum(1 for r in rows if r["cif"])
+            new_valid += added
+            bar.update(added)
+            speed = new_valid / (time.perf_counter() - started)
+            bar.set_postfix(valid=f"{writer.valid}/{len(writer.rows)}", per_s=f"{speed:.2f}")
+        bar.close()
+        return SampleSummary(writer.valid, len(writer.rows), time.perf_counter() - started)
+
+    def _grammar(self, attributes: Attributes, config: SampleConfig) -> Grammar:
+        if config.force_composition and attributes.formula:
+            grammar = Grammar.for_formula(attributes.formula, config.text_format, config.max_atoms)
+            return replace(grammar, min_distance=config.min_distance)
+        return Grammar(config.text_format, config.max_atoms, min_distance=config.min_distance)
+
+    def infill(
+        self,
+        structure: Structure,
+        element: str,
+        candidates: Sequence[str] | None = None,
+        text_format: FormatOptions | None = None,
+    ) -> list[Substitution]:
+        """Rank replacements for every site of `element` (see `crystext.sample.infill.rank_substitutions`)."""
+        return rank_substitutions(self, structure, element, candidates, text_format)
