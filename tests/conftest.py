@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -35,9 +36,14 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-def head_csv(source: Path, rows: int, target: Path) -> Path:
-    """Copy the first `rows` rows of a (possibly gzipped) dataset CSV, to test on real data quickly."""
+@pytest.fixture(scope="session")
+def head_csv() -> Callable[[Path, int, Path], Path]:
+    """A function that copies the first `rows` rows of a (possibly gzipped) dataset CSV, to test on real data
+    quickly."""
     import pandas as pd
 
-    pd.read_csv(source, nrows=rows).to_csv(target, index=False)
-    return target
+    def copy_head(source: Path, rows: int, target: Path) -> Path:
+        pd.read_csv(source, nrows=rows).to_csv(target, index=False)
+        return target
+
+    return copy_head

@@ -9,13 +9,14 @@ import sys
 
 from pymatgen.core import Lattice, Structure
 
-from conftest import head_csv
 from crystext.cli import main
 from crystext.textformat import decode
 
 
 def test_help_lists_the_subcommands() -> None:
-    result = subprocess.run([sys.executable, "-m", "crystext.cli", "--help"], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "crystext.cli", "--help"], capture_output=True, text=True, check=True
+    )
     for command in ("encode", "decode", "train", "sample", "evaluate", "stability", "data"):
         assert re.search(rf"^    {command}\s", result.stdout, re.MULTILINE), command
 
@@ -27,7 +28,7 @@ def test_encode_one_cif_prints_its_text(tmp_path, capsys) -> None:
     assert capsys.readouterr().out == "2.9 2.9 2.9\n90 90 90\nFe\n0.00 0.00 0.00\nFe\n0.50 0.50 0.50\n"
 
 
-def test_encode_csv_then_decode_jsonl_round_trip(shared_data, tmp_path, capsys) -> None:
+def test_encode_csv_then_decode_jsonl_round_trip(shared_data, head_csv, tmp_path, capsys) -> None:
     csv = head_csv(shared_data / "mp_20" / "test.csv", 12, tmp_path / "head.csv")
     texts = tmp_path / "texts.jsonl"
     assert main(["encode", str(csv), "-o", str(texts), "--translate", "--seed", "1"]) == 0

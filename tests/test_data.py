@@ -11,7 +11,6 @@ import pandas as pd
 import pytest
 from pymatgen.core import Composition, Lattice, Structure
 
-from conftest import head_csv
 from crystext import data
 from crystext.data import (
     DATASETS,
@@ -86,7 +85,7 @@ def test_whole_file_problems_are_one_line_errors(tmp_path) -> None:
         read_structures(tmp_path / "structures.pdf")
 
 
-def test_read_gzipped_split(shared_data, tmp_path) -> None:
+def test_read_gzipped_split(shared_data, head_csv, tmp_path) -> None:
     head_csv(shared_data / "perov_5" / "test.csv", 5, tmp_path / "plain.csv")
     with open(tmp_path / "plain.csv", "rb") as src, gzip.open(tmp_path / "test.csv.gz", "wb") as dst:
         shutil.copyfileobj(src, dst)
@@ -124,7 +123,7 @@ def test_cif_folder_and_extxyz(tmp_path) -> None:
     assert from_xyz.records[1].structure.composition.reduced_formula == "NaCl"
 
 
-def test_training_set_joins_splits_dedupes_and_holds_out(shared_data, tmp_path) -> None:
+def test_training_set_joins_splits_dedupes_and_holds_out(shared_data, head_csv, tmp_path) -> None:
     head_csv(shared_data / "mp_20" / "val.csv", 30, tmp_path / "val.csv")
     head_csv(shared_data / "mp_20" / "test.csv", 10, tmp_path / "train.csv")
     # Put one val row into train as well: it must appear once.

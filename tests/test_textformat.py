@@ -7,7 +7,6 @@ import pytest
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Lattice, Structure
 
-from conftest import head_csv
 from crystext.data import read_csv, read_split
 from crystext.textformat import CrystalText, CrystalTextError, FormatOptions, augment, decode, encode
 
@@ -72,7 +71,8 @@ def test_decode_ignores_blank_lines_and_trailing_junk() -> None:
         ("0.0 4.1 4.1\n90 90 90\nNa\n0 0 0", "line 1: non-positive lattice length 0"),
         ("-4 4 4\n90 90 90\nNa\n0 0 0", "line 1: non-positive lattice length -4"),
         ("4 4 4\n90 90 200\nNa\n0 0 0", "line 2: lattice angles 90 90 200 must each lie strictly between 0 and 180"),
-        ("4 4 4\n120 120 120\nNa\n0 0 0", "line 2: lattice angles 120 120 120 give no valid lattice (zero or imaginary volume)"),
+        ("4 4 4\n120 120 120\nNa\n0 0 0",
+         "line 2: lattice angles 120 120 120 give no valid lattice (zero or imaginary volume)"),
         ("4 4 4\n90 90 90", "no atoms: expected element and coordinates lines after the lattice angles"),
         ("4 4 4\n90 90 90\nXx\n0 0 0", 'line 3: unknown element "Xx"'),
         ("4 4 4\n90 90 90\nhello\n0 0 0", "line 3: expected an element symbol, got 'hello'"),
@@ -143,7 +143,7 @@ def test_augment_is_seeded_and_keeps_the_crystal() -> None:
 
 
 @pytest.mark.parametrize(("dataset", "rows"), [("mp_20", 150), ("perov_5", 100), ("carbon_24", 100)])
-def test_real_crystals_survive_the_round_trip(shared_data, tmp_path, dataset: str, rows: int) -> None:
+def test_real_crystals_survive_the_round_trip(shared_data, head_csv, tmp_path, dataset: str, rows: int) -> None:
     records = read_csv(head_csv(shared_data / dataset / "test.csv", rows, tmp_path / "head.csv")).records
     assert len(records) == rows
     matcher = StructureMatcher()

@@ -7,15 +7,17 @@ several GPUs (`accelerate launch -m crystext.cli train ...`), with bf16 on GPUs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import random
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -23,6 +25,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_cosine_schedule_with_warmup
 
 from crystext.data import Dataset, Record, training_set
+from crystext.files import atomic_path, write_atomic
 from crystext.model import (
     ModelSpec,
     build_scratch_model,
@@ -35,7 +38,12 @@ from crystext.prompts import Attributes, generation_example, infill_example
 from crystext.textformat import CrystalText, CrystalTextError, FormatOptions, augment
 
 IGNORE = -100  # label value the loss skips
-STATE_FILE = "trainer_state.pt"
+CHECKPOINT = Path("checkpoints") / "last"  # in the output directory: the latest checkpoint, which --resume continues
+STATE_FILE = "trainer_state.pt"  # in a checkpoint: run state, optimizer, schedule, data position, random states
+WARMUP_SHARE = 10  # warmup takes at most 1/WARMUP_SHARE of the steps, so a short run is not all warmup
+VALIDATION_SEED_OFFSET = 1  # the held-out crystals' seeded shifts are drawn apart from the training stream's
+LOSS_DECIMALS = 5  # digits of the training loss written to log.jsonl
+RATE_DECIMALS = 1  # digits of tokens per second written to log.jsonl
 
 
 @dataclass
@@ -78,16 +86,17 @@ class Example:
 
     @classmethod
     def from_record(cls, record: Record) -> Example:
-        return cls(record.id, CrystalText.from_structure(record.structure), Attributes.from_properties(record.properties))
+        """The example for one dataset record; raises CrystalTextError if the text format cannot hold it."""
+        return cls(
+            record.id, CrystalText.from_structure(record.structure), Attributes.from_properties(record.properties)
+        )
 
 
 @dataclass
 class TrainState:
-    """Where a run is: step count, position in the data, best validation loss."""
+    """Where a run is: step count, best validation loss, tokens seen (the position in the data is in `Batches`)."""
 
     step: int = 0
-    epoch: int = 0
-    position: int = 0
     best_val: float = math.inf
     tokens_seen: int = 0
 
@@ -145,13 +154,14 @@ def validation_batches(
     Fixed so that the validation loss is comparable across evaluations and runs; the loss is the
     mean per-token loss of the crystal text and end token.
     """
-    rng = np.random.default_rng(config.seed + 1)
+    rng = np.random.default_rng(config.seed + VALIDATION_SEED_OFFSET)
     rows = []
     for example in examples[: config.eval_examples]:
         crystal = augment(example.crystal, rng, translate=config.translate)
         prompt, completion = generation_example(crystal, Attributes(), config.text_format)
         rows.append(tokenize_pair(tokenizer, prompt, completion, True, config.max_length))
-    return [collate(rows[i : i + config.batch_size], tokenizer.pad_token_id) for i in range(0, len(rows), config.batch_size)]
+    return [collate(rows[i : i + config.batch_size], tokenizer.pad_token_id)
+            for i in range(0, len(rows), config.batch_size)]
 
 
 @torch.no_grad()
@@ -167,6 +177,156 @@ def validation_loss(model: PreTrainedModel, batches: list[dict[str, torch.Tensor
     return total / max(count, 1)
 
 
+class Stateful(Protocol):
+    """Something a checkpoint saves and restores through torch's `state_dict` / `load_state_dict` pair."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None: ...
+
+
+class Batches:
+    """This process's share of each training batch: fresh pairs from a seeded permutation of the examples,
+    epoch by epoch.
+
+    Its `state_dict` (epoch, position, random state) goes into every checkpoint, so a resumed run sees the same batches.
+    """
+
+    def __init__(
+        self,
+        examples: list[Example],
+        tokenizer: PreTrainedTokenizerBase,
+        config: TrainConfig,
+        rank: int = 0,
+        processes: int = 1,
+    ) -> None:
+        self.examples, self.tokenizer, self.config = examples, tokenizer, config
+        self.rank, self.processes = rank, processes
+        self.epoch, self.position = 0, 0
+        self.rng = np.random.default_rng(config.seed)  # draws each example's augmentation and prompt
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        """The next batch, right-padded, on the CPU; each process takes every `processes`-th example from `rank` on."""
+        rows = []
+        order = self._order()
+        for _ in range(self.config.batch_size):
+            if self.position >= len(self.examples):
+                self.epoch, self.position = self.epoch + 1, 0
+                order = self._order()
+            example = self.examples[int(order[(self.position + self.rank) % len(self.examples)])]
+            self.position += self.processes
+            prompt, completion = make_pair(example, self.rng, self.config)
+            rows.append(
+                tokenize_pair(self.tokenizer, prompt, completion, self.config.completion_only, self.config.max_length)
+            )
+        return collate(rows, self.tokenizer.pad_token_id)
+
+    def _order(self) -> np.ndarray:
+        """This epoch's permutation of the examples: the same on every process and after a resume."""
+        return np.random.default_rng([self.config.seed, self.epoch]).permutation(len(self.examples))
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the stream is: epoch, position in that epoch's order, and the augmentation generator's state."""
+        return {"epoch": self.epoch, "position": self.position, "numpy_rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue from a `state_dict` saved earlier."""
+        self.epoch, self.position = state_dict["epoch"], state_dict["position"]
+        self.rng.bit_generator.state = state_dict["numpy_rng"]
+
+
+@contextlib.contextmanager
+def replacing_dir(path: Path) -> Iterator[Path]:
+    """An empty directory beside `path` to fill; it replaces `path` when the block ends, and is removed if it fails.
+
+    Built on `atomic_path`, so a kill while the new directory is being filled leaves the previous `path` whole.
+    """
+    with atomic_path(path) as staging:
+        shutil.rmtree(staging, ignore_errors=True)  # left by a killed earlier process that had the same id
+        staging.mkdir()
+        try:
+            yield staging
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        shutil.rmtree(path, ignore_errors=True)  # a directory can only be renamed onto a missing or empty one
+
+
+def save_checkpoint(
+    folder: Path,
+    config: TrainConfig,
+    state: TrainState,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    optimizer: Stateful,
+    scheduler: Stateful,
+    batches: Batches,
+) -> None:
+    """Replace `folder` with the model and all `restore_checkpoint` needs to continue the run exactly."""
+    with replacing_dir(folder) as staging:
+        save_model(model, tokenizer, staging, run_info(config, state))
+        progress = {
+            "state": asdict(state),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "batches": batches.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "python_rng": random.getstate(),
+        }
+        torch.save(progress, staging / STATE_FILE)
+
+
+def restore_checkpoint(folder: Path, optimizer: Stateful, scheduler: Stateful, batches: Batches) -> TrainState:
+    """Load what `save_checkpoint` wrote into the optimizer, schedule, batches and global random generators.
+
+    Returns where the run was; the model itself is loaded from `folder` with `load_model`.
+    """
+    saved = torch.load(folder / STATE_FILE, weights_only=False)
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    batches.load_state_dict(saved["batches"])
+    torch.set_rng_state(saved["torch_rng"])
+    random.setstate(saved["python_rng"])
+    return TrainState(**saved["state"])
+
+
+def load_examples(config: TrainConfig) -> tuple[list[Example], list[Example]]:
+    """The training and held-out examples of `config`'s data, saying how many structures were skipped and why."""
+    kept, held = training_set(config.data_dir, config.splits, config.holdout, config.seed, max_atoms=config.max_atoms)
+    examples, skipped = to_examples(kept)
+    held_examples, _ = to_examples(held)
+    if not examples:
+        raise ValueError(f"no usable training structures in {config.data_dir}")
+    if kept.skipped or skipped:
+        print(f"skipped {len(kept.skipped) + len(skipped)} structures: {kept.summary()}")
+    return examples, held_examples
+
+
+def build_model(
+    config: TrainConfig, examples: list[Example], checkpoint: Path | None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The model to train: the checkpoint's when resuming, else a new scratch model (and tokenizer) or a
+    pretrained one."""
+    if checkpoint is not None:
+        model, tokenizer, _ = load_model(checkpoint)
+        return model, tokenizer
+    if config.model.is_scratch:
+        tokenizer = train_scratch_tokenizer(e.crystal.to_str(config.text_format) for e in examples)
+        return build_scratch_model(config.model.name, tokenizer, config.seed), tokenizer
+    return load_pretrained(config.model)
+
+
+def count_steps(config: TrainConfig, n_examples: int, processes: int) -> int:
+    """Optimizer steps in the run: `max_steps` if set, else enough for `epochs` passes over the examples."""
+    per_step = config.batch_size * config.grad_accum * processes
+    return config.max_steps or max(1, math.ceil(config.epochs * n_examples / per_step))
+
+
+def warmup_steps(config: TrainConfig, total_steps: int) -> int:
+    """Warmup steps of the schedule: as configured, but at most 1/WARMUP_SHARE of the run."""
+    return min(config.warmup_steps, total_steps // WARMUP_SHARE)
+
+
 def train(config: TrainConfig, resume: bool = False, on_step: Callable[[int, float], None] | None = None) -> Path:
     """Train as `config` says and return the output directory (the best model by validation loss).
 
@@ -176,133 +336,73 @@ def train(config: TrainConfig, resume: bool = False, on_step: Callable[[int, flo
     from accelerate import Accelerator
 
     out = Path(config.out)
-    last = out / "checkpoints" / "last"
+    last = out / CHECKPOINT
     if resume and not (last / STATE_FILE).is_file():
         raise FileNotFoundError(f"{last}: no checkpoint to resume from")
     if not resume and (last / STATE_FILE).is_file():
         raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
 
     accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
-    kept, held = training_set(config.data_dir, config.splits, config.holdout, config.seed, max_atoms=config.max_atoms)
-    examples, skipped = to_examples(kept)
-    held_examples, _ = to_examples(held)
-    if not examples:
-        raise ValueError(f"no usable training structures in {config.data_dir}")
-    if kept.skipped or skipped:
-        print(f"skipped {len(kept.skipped) + len(skipped)} structures: {kept.summary()}")
-
-    if resume:
-        model, tokenizer, _ = load_model(last)
-    elif config.model.is_scratch:
-        tokenizer = train_scratch_tokenizer(e.crystal.to_str(config.text_format) for e in examples)
-        model = build_scratch_model(config.model.name, tokenizer, config.seed)
-    else:
-        model, tokenizer = load_pretrained(config.model)
-
+    main = accelerator.is_main_process
+    examples, held_examples = load_examples(config)
+    model, tokenizer = build_model(config, examples, last if resume else None)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
-    per_step = config.batch_size * config.grad_accum * accelerator.num_processes
-    total_steps = config.max_steps or max(1, math.ceil(config.epochs * len(examples) / per_step))
-    scheduler = get_cosine_schedule_with_warmup(optimizer, min(config.warmup_steps, total_steps // 10), total_steps)
-    state = TrainState()
-    rng = np.random.default_rng(config.seed)
+    total_steps = count_steps(config, len(examples), accelerator.num_processes)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, warmup_steps(config, total_steps), total_steps)
+    batches = Batches(examples, tokenizer, config, accelerator.process_index, accelerator.num_processes)
     if resume:
-        saved = torch.load(last / STATE_FILE, weights_only=False)
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        state = TrainState(**saved["state"])
-        rng.bit_generator.state = saved["numpy_rng"]
-        torch.set_rng_state(saved["torch_rng"])
-        random.setstate(saved["python_rng"])
+        state = restore_checkpoint(last, optimizer, scheduler, batches)
     else:
+        state = TrainState()
         torch.manual_seed(config.seed)
         random.seed(config.seed)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    val_batches = validation_batches(held_examples, tokenizer, config) if held_examples else []
-
-    def epoch_order(epoch: int) -> np.ndarray:
-        return np.random.default_rng([config.seed, epoch]).permutation(len(examples))
-
-    def next_rows() -> list[tuple[list[int], list[int]]]:
-        """This process's share of the next batch, walking a seeded permutation of the data epoch by epoch."""
-        rows = []
-        order = epoch_order(state.epoch)
-        for _ in range(config.batch_size):
-            if state.position >= len(examples):
-                state.epoch, state.position = state.epoch + 1, 0
-                order = epoch_order(state.epoch)
-            index = order[(state.position + accelerator.process_index) % len(examples)]
-            state.position += accelerator.num_processes
-            prompt, completion = make_pair(examples[int(index)], rng, config)
-            rows.append(tokenize_pair(tokenizer, prompt, completion, config.completion_only, config.max_length))
-        return rows
-
-    def save_checkpoint() -> None:
-        if not accelerator.is_main_process:
-            return
-        staging = last.with_name("last.tmp")
-        shutil.rmtree(staging, ignore_errors=True)
-        save_model(accelerator.unwrap_model(model), tokenizer, staging, run_info(config, state))
-        torch.save(
-            {
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "state": asdict(state),
-                "numpy_rng": rng.bit_generator.state,
-                "torch_rng": torch.get_rng_state(),
-                "python_rng": random.getstate(),
-            },
-            staging / STATE_FILE,
-        )
-        shutil.rmtree(last, ignore_errors=True)
-        staging.rename(last)
-
-    def evaluate_and_keep_best() -> float | None:
-        if not val_batches:
-            return None
-        loss = validation_loss(model, val_batches, accelerator.device)
-        if loss < state.best_val and accelerator.is_main_process:
-            state.best_val = loss
-            save_model(accelerator.unwrap_model(model), tokenizer, out, run_info(config, state))
-        return loss
+    val_batches = validation_batches(held_examples, tokenizer, config)
 
     out.mkdir(parents=True, exist_ok=True)
-    log = open(out / "log.jsonl", "a") if accelerator.is_main_process else None
     model.train()
-    bar = tqdm(total=total_steps, initial=state.step, desc="training", disable=not accelerator.is_main_process)
     started, tokens_at_start = time.perf_counter(), state.tokens_seen
-    while state.step < total_steps:
-        step_loss = 0.0
-        for _ in range(config.grad_accum):
-            batch = {k: v.to(accelerator.device) for k, v in collate(next_rows(), tokenizer.pad_token_id).items()}
-            state.tokens_seen += int(batch["attention_mask"].sum()) * accelerator.num_processes
-            with accelerator.autocast():
-                loss = model(**batch).loss / config.grad_accum
-            accelerator.backward(loss)
-            step_loss += loss.detach().item()
-        accelerator.clip_grad_norm_(trainable, config.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        state.step += 1
+    with (
+        open(out / "log.jsonl" if main else os.devnull, "a") as log,
+        tqdm(total=total_steps, initial=state.step, desc="training", disable=not main) as bar,
+    ):
+        while state.step < total_steps:
+            step_loss = 0.0
+            for _ in range(config.grad_accum):
+                batch = {k: v.to(accelerator.device) for k, v in next(batches).items()}
+                state.tokens_seen += int(batch["attention_mask"].sum()) * accelerator.num_processes
+                with accelerator.autocast():
+                    loss = model(**batch).loss / config.grad_accum
+                accelerator.backward(loss)
+                step_loss += loss.detach().item()
+            accelerator.clip_grad_norm_(trainable, config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
 
-        record: dict[str, Any] = {"step": state.step, "loss": round(step_loss, 5), "lr": scheduler.get_last_lr()[0]}
-        record["tokens_per_s"] = round((state.tokens_seen - tokens_at_start) / (time.perf_counter() - started), 1)
-        if state.step % config.eval_every == 0 or state.step == total_steps:
-            record["val_loss"] = evaluate_and_keep_best()
-        if log:
+            tokens_per_s = (state.tokens_seen - tokens_at_start) / (time.perf_counter() - started)
+            record: dict[str, Any] = {"step": state.step, "loss": round(step_loss, LOSS_DECIMALS),
+                                      "lr": scheduler.get_last_lr()[0],
+                                      "tokens_per_s": round(tokens_per_s, RATE_DECIMALS)}
+            finished = state.step == total_steps
+            if state.step % config.eval_every == 0 or finished:
+                record["val_loss"] = validation_loss(model, val_batches, accelerator.device) if val_batches else None
+                if record["val_loss"] is not None and record["val_loss"] < state.best_val:
+                    state.best_val = record["val_loss"]
+                    if main:
+                        save_model(accelerator.unwrap_model(model), tokenizer, out, run_info(config, state))
             log.write(json.dumps(record) + "\n")
             log.flush()
-        bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
-        bar.update(1)
-        if state.step % config.save_every == 0 or state.step == total_steps:
-            save_checkpoint()
-        if on_step:
-            on_step(state.step, step_loss)
-    bar.close()
-    if log:
-        log.close()
-    if accelerator.is_main_process:
+            bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
+            bar.update(1)
+            if main and (state.step % config.save_every == 0 or finished):
+                save_checkpoint(last, config, state, accelerator.unwrap_model(model), tokenizer, optimizer, scheduler,
+                                batches)
+            if on_step:
+                on_step(state.step, step_loss)
+    if main:
         if not val_batches:
             save_model(accelerator.unwrap_model(model), tokenizer, out, run_info(config, state))
         write_model_card(out, config, state, len(examples), len(held_examples))
@@ -322,7 +422,8 @@ def write_model_card(out: Path, config: TrainConfig, state: TrainState, n_train:
     records = [json.loads(line) for line in lines if line]
     final_val = next((r["val_loss"] for r in reversed(records) if r.get("val_loss") is not None), None)
     spec = config.model
-    kind = f"LLaMA-architecture `{spec.name}` trained from scratch" if spec.is_scratch else f"`{spec.name}` + LoRA {spec.lora}"
+    kind = (f"LLaMA-architecture `{spec.name}` trained from scratch" if spec.is_scratch
+            else f"`{spec.name}` + LoRA {spec.lora}")
     shuffles = [name for name, on in (("random translation", config.translate), ("random atom order", config.permute))
                 if on]
     augmentations = (f"; {' and '.join(shuffles)} of every example" if shuffles
@@ -343,12 +444,15 @@ coordinates {config.text_format.coord_decimals} decimals).
   formation energy, band gap) and infill ({config.infill_fraction:.2f} of examples){augmentations}
 
 ## Training
-- steps: {state.step}, batch {config.batch_size} x {config.grad_accum} accumulation, learning rate {config.learning_rate}
-  (cosine, warmup {min(config.warmup_steps, state.step // 10)}), weight decay {config.weight_decay}, gradient clip {config.grad_clip}, seed {config.seed}
+- steps: {state.step}, batch {config.batch_size} x {config.grad_accum} accumulation, \
+learning rate {config.learning_rate}
+  (cosine, warmup {warmup_steps(config, state.step)}), weight decay {config.weight_decay}, \
+gradient clip {config.grad_clip}, seed {config.seed}
 - tokens seen: {state.tokens_seen:,}
 - final training loss: {records[-1]['loss'] if records else 'n/a'}
-- validation loss (unconditional generation, per token): best {state.best_val:.4f}, last {'n/a' if final_val is None else f'{final_val:.4f}'}
+- validation loss (unconditional generation, per token): best {state.best_val:.4f}, \
+last {'n/a' if final_val is None else f'{final_val:.4f}'}
 
 Load with `crystext sample --model {out}` or `transformers.AutoModelForCausalLM.from_pretrained("{out}")`.
 """
-    (out / "README.md").write_text(card)
+    write_atomic(out / "README.md", card)

@@ -1,0 +1,40 @@
+"""Prompts: attribute prompts stated exactly and sampled reproducibly, and infill of whole element lines."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from crystext.prompts import Attributes, infill_example, infill_prompt
+from crystext.textformat import CrystalText, FormatOptions
+
+
+def test_attribute_prompts_are_exact_and_sampled_reproducibly() -> None:
+    row = {"pretty_formula": "GaTe", "spacegroup.number": 194, "e_above_hull": 0.0123456, "band_gap": float("nan"),
+           "formation_energy_per_atom": -0.5750923}
+    attributes = Attributes.from_properties(row)
+    assert attributes == Attributes("GaTe", 194, 0.0123456, -0.5750923, None)
+    assert attributes.to_prompt() == (
+        "bulk crystal. formula GaTe. space group 194. energy above hull 0.0123 ev/atom. formation energy -0.5751 "
+        "ev/atom. lattice lengths and angles, then each element and its fractional coordinates:\n"
+    )
+    assert Attributes().to_prompt() == (
+        "bulk crystal. lattice lengths and angles, then each element and its fractional coordinates:\n"
+    )
+    subsets = [attributes.subset(np.random.default_rng(s)) for s in range(40)]
+    assert subsets[:5] == [attributes.subset(np.random.default_rng(s)) for s in range(5)]
+    assert {len(s.to_dict()) for s in subsets} == {0, 1, 2, 3, 4}
+    assert all(s.band_gap is None for s in subsets)
+
+
+def test_infill_masks_whole_element_lines_only() -> None:
+    crystal = CrystalText.from_str("5.6 5.6 5.6\n90 90 90\nC\n0.00 0.00 0.00\nCl\n0.50 0.50 0.50\nC\n0.25 0.25 0.25")
+    prompt = infill_prompt(crystal, "C", FormatOptions())
+    assert prompt == (
+        "bulk crystal with one element written as [MASK]:\n5.6 5.6 5.6\n90 90 90\n[MASK]\n0.00 0.00 0.00\nCl\n"
+        "0.50 0.50 0.50\n[MASK]\n0.25 0.25 0.25\nelement for [MASK]:"
+    )
+    _, answer = infill_example(crystal, np.random.default_rng(0), FormatOptions())
+    assert answer in (" C", " Cl")
+    with pytest.raises(ValueError, match="element Fe is not in the crystal"):
+        infill_prompt(crystal, "Fe", FormatOptions())
