@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from _machine import describe, machine
+
 from crystext.evaluate import EvaluateConfig, ProtocolSettings, evaluate
 from crystext.report import markdown_table
 

@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 import pandas as pd
+from _machine import describe, machine
 from pymatgen.core import Structure
 
-from _machine import describe, machine
 from crystext.evaluate import EvaluateConfig, ProtocolSettings, evaluate
 from crystext.textformat import decode, encode
 

@@ -12,10 +12,10 @@ import json
 import time
 from pathlib import Path
 
+from _machine import describe, machine
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from tqdm import tqdm
 
-from _machine import describe, machine
 from crystext.data import read_csv
 from crystext.textformat import FormatOptions, decode, encode
 

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from _machine import describe, machine
+
 from crystext.constants import MIN_INTERATOMIC_DISTANCE
 from crystext.evaluate.validity import compositional_validity, structural_problem
 from crystext.sample import SampleConfig, Sampler, parsed_structures
@@ -48,7 +49,8 @@ def main() -> None:
             valid = sum(structural_problem(s) is None and compositional_validity(s.composition)
                         for _, s in parsed_structures(out))
             runs.append({"constrained": constrained, "min_distance": min_distance, "batch_size": batch or "auto",
-                         "attempts": summary.attempts, "parseable": summary.valid, "valid": valid, "seconds": round(seconds, 2),
+                         "attempts": summary.attempts, "parseable": summary.valid, "valid": valid,
+                         "seconds": round(seconds, 2),
                          "structures_per_s": round(summary.attempts / seconds, 2),
                          "parseable_per_s": round(summary.valid / seconds, 2),
                          "valid_per_s": round(valid / seconds, 2),

@@ -32,7 +32,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 def build(variant: str):
     from crystext.stability import hull
 
-    primary = [SHARED / "mp_20" / f"{s}.csv" for s in hull.MP20_SPLITS] + sorted((SHARED / hull.LEMAT_HULLS).glob("*.parquet"))
+    primary = [SHARED / "mp_20" / f"{s}.csv" for s in hull.MP20_SPLITS] + sorted(
+        (SHARED / hull.LEMAT_HULLS).glob("*.parquet")
+    )
     refs, older = SHARED / hull.ELEMENTAL_REFERENCES, SHARED / hull.MP_E_FORM_TABLE
     if variant == "primary":
         return hull.from_formation_energies(primary, refs)
@@ -94,7 +96,9 @@ def main() -> int:
         os.environ["CRYSTEXT_CACHE_DIR"] = str(args.cache_dir)
     from _machine import machine
 
-    test = pd.read_csv(SHARED / "mp_20" / "test.csv", usecols=["pretty_formula", "formation_energy_per_atom", "e_above_hull"])
+    test = pd.read_csv(
+        SHARED / "mp_20" / "test.csv", usecols=["pretty_formula", "formation_energy_per_atom", "e_above_hull"]
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "stability_hull.json"
     results = json.loads(path.read_text()) if path.is_file() else {"variants": {}}  # variants run separately add up

@@ -48,7 +48,8 @@ def compare(rows: pd.DataFrame, test: pd.DataFrame, reference) -> dict[str, floa
         e_hull.append(reference.evaluate(Structure.from_str(cif, fmt="cif").composition, energy).e_above_hull)
     e_hull = np.array(e_hull)
     diff = e_hull - test.loc[rows["id"], "e_above_hull"].to_numpy()
-    return {"mae_vs_dataset": round(float(np.abs(diff).mean()), 4), "mean_signed_difference": round(float(diff.mean()), 4),
+    return {"mae_vs_dataset": round(float(np.abs(diff).mean()), 4),
+            "mean_signed_difference": round(float(diff.mean()), 4),
             "metastable_fraction_of_placed": round(float((e_hull < 0.1).mean()), 4)}
 
 
@@ -60,7 +61,8 @@ def main() -> int:
     parser.add_argument("--perturb", type=float, default=0.0)
     parser.add_argument("--timeout", type=float, default=30.0)
     parser.add_argument("--cache-dir", type=Path, help="CRYSTEXT_CACHE_DIR for this run")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/crystext-bench"), help="per-structure CSVs (not committed)")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/crystext-bench"),
+                        help="per-structure CSVs (not committed)")
     parser.add_argument("--compare", nargs="*", default=["primary", "fill", "all"], help="hull variants to re-place on")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()

@@ -32,9 +32,9 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=120)
     parser.add_argument("--backends", nargs="+", default=["chgnet", "sevennet"])
     args = parser.parse_args()
+    from _machine import machine
     from pymatgen.core import Structure
 
-    from _machine import machine
     from crystext.stability import RelaxConfig, load_backend, mp2020_energy
     from crystext.stability.hull import ELEMENTAL_REFERENCES
 

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from _machine import describe, machine
+
 from crystext.data import training_set
 from crystext.model import ModelSpec, train_scratch_tokenizer
 from crystext.prompts import Attributes
@@ -78,7 +78,8 @@ def main() -> None:
     md = [
         f"# Training throughput: {args.preset}",
         "",
-        describe(result["machine"], f"python benchmarks/train_throughput.py --data-dir {args.data_dir} --steps {args.steps}"),
+        describe(result["machine"],
+                 f"python benchmarks/train_throughput.py --data-dir {args.data_dir} --steps {args.steps}"),
         "",
         "| tokens/s | peak RSS | batch | epoch of MP-20 train+val (estimate) |",
         "|---|---|---|---|",
