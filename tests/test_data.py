@@ -74,13 +74,16 @@ def test_whole_file_problems_are_one_line_errors(tmp_path) -> None:
         read_csv(tmp_path / "nowhere.csv")
     empty = tmp_path / "empty.csv"
     empty.write_text("")
-    with pytest.raises(DatasetError, match=r"empty\.csv: not a readable CSV \(EmptyDataError"):
+    with pytest.raises(DatasetError, match=r"empty\.csv: no rows \(the file is empty\)$"):
         read_csv(empty)
     no_cif = tmp_path / "nocif.csv"
     no_cif.write_text("material_id,formula\nmp-1,NaCl\n")
     with pytest.raises(DatasetError) as caught:
         read_csv(no_cif)
-    assert str(caught.value) == f"{no_cif}: no 'cif' column (columns: material_id, formula)"
+    assert str(caught.value) == (
+        f"{no_cif}: no 'cif', 'structure' or 'cif_string' column (columns: material_id, formula); "
+        "name yours with --structure-column"
+    )
     with pytest.raises(DatasetError, match=r"unknown kind of file"):
         read_structures(tmp_path / "structures.pdf")
 

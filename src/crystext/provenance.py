@@ -33,10 +33,12 @@ def package_versions(packages: Iterable[str] = RECORDED_PACKAGES) -> dict[str, s
 
 
 def file_digest(path: Path) -> str:
-    """SHA-256 of a file's bytes, or of a folder's .cif files (names and bytes, in name order)."""
+    """SHA-256 of a file's bytes, or of a folder's .cif files, any case, as `crystext.data` reads them (names and
+    bytes, in name order)."""
     digest = hashlib.sha256()
     folder = path.is_dir()
-    for file in sorted(path.glob("*.cif")) if folder else [path]:
+    cifs = sorted(f for f in path.iterdir() if f.suffix.lower() == ".cif" and f.is_file()) if folder else [path]
+    for file in cifs:
         if folder:
             digest.update(file.name.encode() + b"\0")
         with open(file, "rb") as handle:

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from crystext.data import find_structure_column, is_csv, read_table, table_ids
 from crystext.errors import CrystextError
-from crystext.evaluate.profiles import id_column, is_csv
 
 __all__ = ["EvaluateError", "SampleColumns", "read_stability"]
 
@@ -25,7 +25,8 @@ class EvaluateError(CrystextError):
 class SampleColumns:
     """The columns `crystext sample` writes beside each CIF (mode, conditions, error), by sample id.
 
-    `order` is the file's order of ids (read as `crystext.evaluate.profiles.read_any` reads them).
+    `order` is the file's order of ids: the ids `crystext.data.read_structures` gives its records (one rule,
+    `crystext.data.tables.table_ids`).
     """
 
     order: list[str] = field(default_factory=list)
@@ -34,20 +35,12 @@ class SampleColumns:
     errors: dict[str, str] = field(default_factory=dict)  # why a sample has no CIF, where the file says
 
     @classmethod
-    def from_file(cls, path: Path) -> tuple[SampleColumns, list[str]]:
-        """Read the side columns of a samples file (none for a folder or extxyz), and notes on bad conditions."""
+    def from_file(cls, path: Path, structure_column: str | None = None) -> tuple[SampleColumns, list[str]]:
+        """Read the side columns of a samples CSV (none for other inputs), and notes on bad conditions."""
         if not is_csv(path):
             return cls(), []
-        try:
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, OSError) as err:
-            raise EvaluateError(f"{path}: not a readable CSV ({type(err).__name__})") from None
-        column = id_column(frame.columns)
-        ids = frame[column].tolist() if column else [f"row{i}" for i in range(len(frame))]
-        repeated = pd.Series(ids).value_counts()
-        if len(repeated) and repeated.iloc[0] > 1:
-            repeats = f"id '{repeated.index[0]}' appears {repeated.iloc[0]} times"
-            raise EvaluateError(f"{path}: {repeats}; ids must be unique")
+        frame = read_table(path)
+        ids = table_ids(frame, path)
         notes = []
         conditions: dict[str, dict[str, Any]] = {}
         for rid, text in zip(ids, frame.get("conditions", pd.Series([""] * len(frame)))):
@@ -63,8 +56,9 @@ class SampleColumns:
             conditions[rid] = {k: v for k, v in parsed.items() if v is not None}
         mode = dict(zip(ids, frame["mode"])) if "mode" in frame.columns else {}
         errors = {}
-        if "error" in frame.columns and "cif" in frame.columns:
-            errors = {r: e.strip() for r, e, c in zip(ids, frame["error"], frame["cif"]) if e.strip() and not c.strip()}
+        cells = frame[find_structure_column(list(frame.columns), path, structure_column)]
+        if "error" in frame.columns:
+            errors = {r: e.strip() for r, e, c in zip(ids, frame["error"], cells) if e.strip() and not c.strip()}
         return cls(ids, mode, conditions, errors), notes
 
 

@@ -89,6 +89,12 @@ class ProtocolSettings:
             raise ValueError(f"unknown protocol '{self.protocol}' (known: {', '.join(PROTOCOLS)})")
         if self.n_valid < 1:
             raise ValueError(f"n_valid must be at least 1, got {self.n_valid}")
+        for name in ("struct_cutoff", "comp_cutoff"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive distance, got {value}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
         if self.dataset not in COVERAGE_CUTOFFS and (self.struct_cutoff is None or self.comp_cutoff is None):
             raise ValueError(
                 f"no published coverage cut-offs for dataset '{self.dataset}' (known: {', '.join(COVERAGE_CUTOFFS)}); "
