@@ -238,18 +238,19 @@ def test_text_format_round_trip_samples(test_rows: pd.DataFrame, reference: Path
 def test_bad_inputs_give_one_line_messages(reference: Path, tmp_path: Path) -> None:
     no_cif = tmp_path / "no_cif.csv"
     pd.DataFrame({"id": ["a"], "text": ["x"]}).to_csv(no_cif, index=False)
-    with pytest.raises(DatasetError, match=r"no_cif.csv: no 'cif' column \(columns: id, text\)$"):
+    with pytest.raises(DatasetError, match=r"no_cif.csv: no 'cif', 'structure' or 'cif_string' column "
+                       r"\(columns: id, text\); name yours with --structure-column$"):
         evaluate(no_cif, reference, config=QUIET)
     empty = tmp_path / "empty.csv"
     empty.write_text("")
-    with pytest.raises(EvaluateError, match=r"empty.csv: not a readable CSV \(EmptyDataError\)$"):
+    with pytest.raises(DatasetError, match=r"empty.csv: no rows \(the file is empty\)$"):
         evaluate(empty, reference, config=QUIET)
     header_only = tmp_path / "header.csv"
     header_only.write_text("id,cif\n")
-    with pytest.raises(EvaluateError, match=r"header.csv: no samples records$"):
+    with pytest.raises(DatasetError, match=r"header.csv: no rows \(only a header: id, cif\)$"):
         evaluate(header_only, reference, config=QUIET)
     repeated = sample_csv(tmp_path / "repeated.csv", [{"id": "a", "cif": BROKEN_CIF}, {"id": "a", "cif": ""}])
-    with pytest.raises(EvaluateError, match=r"repeated.csv: id 'a' appears 2 times; ids must be unique$"):
+    with pytest.raises(DatasetError, match=r"repeated.csv: id 'a' appears 2 times; ids must be unique$"):
         evaluate(repeated, reference, config=QUIET)
     bad_stability = tmp_path / "stability.csv"
     pd.DataFrame({"id": ["s0"], "energy": [1.0]}).to_csv(bad_stability, index=False)
@@ -318,4 +319,4 @@ def test_crystext_evaluate_command(reference: Path, tmp_path: Path, capsys: pyte
     assert json.loads((out / "metrics.json").read_text())["protocol"]["name"] == "paper"
     assert main(["evaluate", str(tmp_path / "missing.csv"), "--reference", str(reference)]) == 1
     error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert error == f"crystext evaluate: error: {tmp_path / 'missing.csv'}: no such file"
+    assert error == f"crystext evaluate: error: {tmp_path / 'missing.csv'}: no such file or folder"

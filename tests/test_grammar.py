@@ -506,3 +506,17 @@ def test_a_token_that_leaves_the_grammar_is_recorded(last: str, reason: str) -> 
     assert processor.dead_ends == {0: reason}
     assert processor.states[0] is None and processor.states[1] is not None
     assert torch.isfinite(out[0]).nonzero().flatten().tolist() == [tokenizer.eos_token_id]
+
+
+@pytest.mark.parametrize(
+    ("formula", "message"),
+    [
+        ("Na0.5Cl", r"formula Na0.5Cl has fractional amounts: .* \(write it as NaCl2, or a multiple of it\)"),
+        ("Fe1.5O2", r"formula Fe1.5O2 has fractional amounts: .* \(write it as Fe3O4, or a multiple of it\)"),
+        ("Na0", "formula 'Na0' has no atoms"),
+    ],
+)
+def test_for_formula_refuses_what_no_whole_cell_can_hold(formula: str, message: str) -> None:
+    """A fractional formula is refused, not rounded (Na0.5Cl rounded to a Cl-only unit once divided by zero)."""
+    with pytest.raises(ValueError, match=message):
+        Grammar.for_formula(formula)

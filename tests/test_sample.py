@@ -211,3 +211,48 @@ def test_without_a_model_the_shipped_default_samples(tmp_path) -> None:
     assert main(["sample", "-n", "4", "--batch-size", "4", "--max-atoms", "8", "-o", str(out)]) == 0
     parsed = dict(parsed_structures(out))
     assert len(parsed) == 4 and all(len(s) <= 8 for s in parsed.values())
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"n": -5}, "n must be at least 1, got -5"),
+        ({"batch_size": 0}, "batch_size must be at least 1, got 0"),
+        ({"temperature": 0.0}, "temperature must be positive (0 would write the same crystal every time), got 0.0"),
+        ({"top_p": 0.0}, "top_p must be in (0, 1], got 0.0"),
+        ({"top_p": 1.5}, "top_p must be in (0, 1], got 1.5"),
+        ({"min_distance": float("inf")}, "min_distance must be a distance >= 0 in Angstrom, got inf"),
+        ({"max_attempts": 0}, "max_attempts must be at least 1, got 0"),
+        ({"seed": -1}, "seed must be >= 0, got -1"),
+    ],
+)
+def test_sample_config_refuses_settings_that_make_no_sense(changes: dict, message: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        SampleConfig(**changes)
+    assert str(caught.value) == message
+    assert SampleConfig(top_p=1.0, min_distance=None).top_p == 1.0
+
+
+def test_a_samples_file_with_only_its_header_does_not_block_a_new_run(tmp_path) -> None:
+    """A run that wrote nothing (refused, killed before its first batch) leaves the header: a rerun starts afresh."""
+    out = tmp_path / "s.csv"
+    SampleWriter(out, resume=False)
+    assert SampleWriter(out, resume=False).rows == []
+    SampleWriter(out, resume=False).append([attempt_row("s0", "unconditional", {}, "no crystal")])
+    with pytest.raises(FileExistsError, match="pass --resume"):
+        SampleWriter(out, resume=False)
+    assert len(SampleWriter(out, resume=True).rows) == 1
+
+
+def test_infill_into_an_existing_file_needs_resume_and_adds_only_new_answers(model_dir, tmp_path, capsys) -> None:
+    cif = tmp_path / "nacl.cif"
+    Structure(Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]).to(filename=str(cif))
+    out = tmp_path / "i.csv"
+    infill = ["sample", "--model", str(model_dir), "-o", str(out), "--infill", str(cif), "--mask-element", "Na"]
+    assert main([*infill, "-n", "2"]) == 0
+    assert main([*infill, "-n", "2"]) == 1  # refused before the model loads
+    assert "i.csv exists: pass --resume" in capsys.readouterr().err
+    assert main([*infill, "-n", "3", "--resume"]) == 0
+    assert "2 of these answers were already in" in capsys.readouterr().err
+    ids = [r["id"] for r in rows(out)]
+    assert len(ids) == len(set(ids)) == 3

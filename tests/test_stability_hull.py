@@ -88,6 +88,24 @@ def test_hull_is_cached_by_content(na_cl_table: Path, refs: Path, tmp_path: Path
     assert from_formation_energies([changed], refs).details["cache_file"] != first.details["cache_file"]
 
 
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda data: data[: len(data) // 2],  # cut short by a kill
+        lambda data: data[:-40] + bytes(b ^ 0xFF for b in data[-40:-20]) + data[-20:],  # flipped bits
+        lambda data: gzip.compress(b"[1, 2, 3]"),  # JSON, but not a hull
+        lambda data: b"",
+    ],
+)
+def test_a_damaged_hull_cache_is_rebuilt(na_cl_table: Path, refs: Path, damage) -> None:
+    first = from_formation_energies([na_cl_table], refs)
+    cache = Path(first.details["cache_file"])
+    cache.write_bytes(damage(cache.read_bytes()))
+    again = from_formation_energies([na_cl_table], refs)
+    assert again.details["cache"] == "built" and again.stable == first.stable
+    assert from_formation_energies([na_cl_table], refs).details["cache"] == "loaded"
+
+
 def test_missing_element_is_a_clear_error(na_cl_table: Path, refs: Path) -> None:
     reference = from_formation_energies([na_cl_table], refs)
     with pytest.raises(HullError, match=r"^no elemental reference energy for Po in formation energies from na_cl\.csv"):

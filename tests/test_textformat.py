@@ -156,3 +156,40 @@ def test_full_split_reads_and_every_text_decodes(shared_data) -> None:
     assert len(dataset) == 3787 and not dataset.skipped
     for record in dataset:
         assert decode(encode(record.structure)).composition == record.structure.composition
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (f"4 4 {'9' * 400}\n90 90 90\nNa\n0 0 0",
+         f"line 1: number '{'9' * 40}...' in the lattice lengths is too large"),
+        (f"4 4 4\n90 90 90\nNa\n0 {'9' * 400}.5 0",
+         f"line 4: number '{'9' * 40}...' in the fractional coordinates is too large"),
+        (f"{'1' + '0' * 200} 4 {'1' + '0' * 200}\n90 90 90\nNa\n0 0 0",
+         "line 1: lattice lengths too large: the cell volume is not a finite number"),
+    ],
+)
+def test_numbers_that_overflow_are_refused_naming_the_line(text: str, message: str) -> None:
+    with pytest.raises(CrystalTextError) as caught:
+        decode(text)
+    assert str(caught.value) == message
+
+
+@pytest.mark.parametrize(
+    ("tail", "message"),
+    [
+        ("c1\n0.5 0.5 0.5", "line 5: expected an element symbol, got 'c1'"),  # a garbled element
+        ("CL\n0.5 0.5 0.5\n", "line 5: expected an element symbol, got 'CL'"),
+        ("0.5 0.5 0.5", "line 5: expected an element symbol, got '0.5 0.5 0.5'"),  # the element line missing
+        ("Cl 0.5 0.5 0.5", "line 5: expected an element symbol, got 'Cl 0.5 0.5 0.5'"),  # both on one line
+    ],
+)
+def test_a_garbled_last_atom_is_an_error_not_trailing_junk(tail: str, message: str) -> None:
+    with pytest.raises(CrystalTextError) as caught:
+        decode("4 4 4\n90 90 90\nNa\n0 0 0\n" + tail)
+    assert str(caught.value) == message
+
+
+@pytest.mark.parametrize("junk", ["The material is stable.", "<eos>\n1 2", "0.5 0.", "note: 1 2 3 4"])
+def test_text_after_the_last_atom_that_is_no_atom_is_still_ignored(junk: str) -> None:
+    assert CrystalText.from_str(NACL + "\n" + junk) == CrystalText.from_str(NACL)

@@ -198,3 +198,39 @@ def test_lora_fine_tuning_changes_adapters_not_base_weights(tiny_data, tmp_path)
     lora_b = next(p for n, p in tuned_weights.items() if "layers.0.self_attn.q_proj.lora_B" in n)
     assert lora_b.abs().sum() > 0  # initialised at zero, so training moved it
     assert info["model"]["lora"]["rank"] == 4
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"batch_size": 0}, "batch_size must be at least 1, got 0"),
+        ({"max_steps": -1}, "max_steps must be at least 1, got -1"),
+        ({"grad_accum": 0}, "grad_accum must be at least 1, got 0"),
+        ({"save_every": 0}, "save_every must be at least 1, got 0"),
+        ({"warmup_steps": -1}, "warmup_steps must be at least 0, got -1"),
+        ({"epochs": float("nan")}, "epochs must be positive, got nan"),
+        ({"grad_clip": 0.0}, "grad_clip must be positive, got 0.0"),
+        ({"weight_decay": -0.1}, "weight_decay must be >= 0, got -0.1"),
+        ({"infill_fraction": -0.5}, "infill_fraction must be between 0 and 1, got -0.5"),
+        ({"max_atoms": 0}, "max_atoms must be at least 1, got 0"),
+    ],
+)
+def test_train_config_refuses_settings_that_make_no_sense(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        TrainConfig(Path("x"), Path("x"), **changes)
+    assert str(caught.value) == message
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"rank": 0}, "rank must be at least 1, got 0"),
+        ({"alpha": 0}, "alpha must be positive, got 0"),
+        ({"dropout": 1.0}, "dropout must be in [0, 1), got 1.0"),
+        ({"target_modules": ("q_proj", "")}, "target_modules must be module names, got 'q_proj,'"),
+    ],
+)
+def test_lora_settings_refuse_settings_that_make_no_sense(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        LoraSettings(**changes)
+    assert str(caught.value) == message

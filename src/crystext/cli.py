@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO, TypeVar
 
 import numpy as np
+from pymatgen.core import Composition
 
 from crystext import __version__
 from crystext.data import DATASETS, dataset_dir, fetch, read_structures
-from crystext.errors import CrystextError
+from crystext.errors import CrystextError, flag_message, option_flags
 from crystext.evaluate import cli as evaluate_cli
+from crystext.files import CsvLog
+from crystext.grammar import Grammar
 from crystext.model import SCRATCH_PRESETS, LoraSettings, ModelError, ModelSpec
 from crystext.prompts import Attributes
 from crystext.sample import (
+    COLUMNS,
     SampleConfig,
     Sampler,
     SampleWriter,
@@ -27,7 +33,7 @@ from crystext.sample import (
     write_structures,
 )
 from crystext.stability import cli as stability_cli
-from crystext.textformat import CrystalText, CrystalTextError, FormatOptions, augment
+from crystext.textformat import ELEMENT_SYMBOLS, CrystalText, CrystalTextError, FormatOptions, augment
 from crystext.train import TrainConfig, train
 
 Handler = Callable[[argparse.Namespace], int]
@@ -36,6 +42,17 @@ Arguments = Callable[[argparse.ArgumentParser], None]
 _TRAIN_NUMBERS = ("epochs", "max_steps", "batch_size", "grad_accum", "learning_rate", "warmup_steps", "weight_decay",
                   "grad_clip", "infill_fraction", "eval_every", "eval_examples", "save_every", "max_length",
                   "max_atoms", "seed")
+#: Settings fields and the flags that set them, to name the flag when a setting is refused.
+_TRAIN_FLAGS = option_flags((*_TRAIN_NUMBERS, "holdout"))
+_LORA_FLAGS = option_flags(("rank", "alpha", "dropout", "target_modules"), rank="--lora-rank", alpha="--lora-alpha",
+                           dropout="--lora-dropout", target_modules="--lora-targets")
+_FORMAT_FLAGS = option_flags(("length_decimals", "angle_decimals", "coord_decimals"))
+_SAMPLE_FLAGS = option_flags(("n", "batch_size", "temperature", "top_p", "max_atoms", "min_distance", "max_new_tokens",
+                              "max_attempts", "seed"), n="-n")
+#: Longest file name (without .cif) `decode` gives a crystal; longer ids are cut.
+MAX_FILE_STEM = 100
+_UNSAFE_FILE_CHARS = re.compile(r"[^A-Za-z0-9._+=@-]+")
+Settings = TypeVar("Settings")
 
 
 class CliError(CrystextError):
@@ -51,8 +68,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except CrystextError as err:
-        print(f"crystext {args.command}: error: {err}", file=sys.stderr)
+        message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        print(f"crystext {args.command}: error: {message}", file=sys.stderr)
         return 1
+
+
+def _settings(factory: Callable[..., Settings], flags: Mapping[str, str], **values: Any) -> Settings:
+    """`factory(**values)`, a settings object; a setting it refuses (ValueError) becomes a CliError naming the flag."""
+    try:
+        return factory(**values)
+    except ValueError as err:
+        raise CliError(flag_message(err, flags)) from None
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -77,6 +103,8 @@ def _encode_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--permute", action="store_true", help="shuffle the order of sites")
     parser.add_argument("--seed", type=int, default=0, help="seed for --translate/--permute")
     parser.add_argument("--jsonl", action="store_true", help="JSON lines {id, text} even for one structure")
+    parser.add_argument("--structure-column", metavar="NAME",
+                        help="a CSV input's structure column (default: cif, structure, cif_string)")
 
 
 def _decode_arguments(parser: argparse.ArgumentParser) -> None:
@@ -127,20 +155,67 @@ def _sample_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-attempts", type=int, help="give up after this many attempts (default 10 n)")
     parser.add_argument("--no-constraint", action="store_true", help="sample without the grammar constraint")
     conditions = parser.add_argument_group("conditions (text-conditional generation)")
-    conditions.add_argument("--formula", help="e.g. LiFePO4")
-    conditions.add_argument("--spacegroup", type=int, help="space group number, 1-230")
-    conditions.add_argument("--e-above-hull", type=float, help="eV/atom")
-    conditions.add_argument("--formation-energy", type=float, help="eV/atom")
-    conditions.add_argument("--band-gap", type=float, help="eV")
+    conditions.add_argument("--formula", type=_formula, help="e.g. LiFePO4")
+    conditions.add_argument("--spacegroup", type=_spacegroup, help="space group number, 1-230")
+    conditions.add_argument("--e-above-hull", type=_finite, help="eV/atom")
+    conditions.add_argument("--formation-energy", type=_finite, help="eV/atom")
+    conditions.add_argument("--band-gap", type=_finite, help="eV")
     conditions.add_argument("--conditions", type=Path, help="CSV of conditions, one per row (dataset columns)")
     conditions.add_argument("--force-composition", action="store_true", help="cells hold whole formula units only")
     infill = parser.add_argument_group("infill (element substitution)")
-    infill.add_argument("--infill", type=Path, help="a structure file (CIF, or CSV/extxyz: first record)")
+    infill.add_argument("--infill", type=Path, help="a structure file (CIF, or CSV/extxyz: first record); "
+                        "into an existing -o only with --resume (answers already there are not repeated)")
     infill.add_argument("--mask-element", help="the element to replace (default: a random one of the structure)")
     infill.add_argument("--similar-only", action="store_true", help="only elements of similar ionic radius and charge")
     outputs = parser.add_argument_group("extra outputs")
     outputs.add_argument("--cif-dir", type=Path, help="also write each parseable sample as a .cif file here")
     outputs.add_argument("--extxyz", type=Path, help="also write the parseable samples into one extxyz file")
+
+
+def _formula_problem(formula: str) -> str | None:
+    """Why `formula` is no chemical formula of real elements, or None."""
+    try:
+        composition = Composition(formula)
+    except Exception:  # pymatgen raises several types on a formula it cannot read
+        return f"{formula!r} is not a chemical formula (e.g. LiFePO4)"
+    unknown = [getattr(e, "symbol", str(e)) for e in composition if getattr(e, "symbol", None) not in ELEMENT_SYMBOLS]
+    if unknown:
+        return f"formula {formula!r} has an unknown element {unknown[0]!r}"
+    if not composition:
+        return f"formula {formula!r} has no atoms"
+    return None
+
+
+def _spacegroup_problem(number: int) -> str | None:
+    return None if 1 <= number <= 230 else f"space group {number} does not exist (1-230)"
+
+
+def _formula(text: str) -> str:
+    problem = _formula_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
+def _spacegroup(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a space group number (1-230), got {text!r}") from None
+    problem = _spacegroup_problem(number)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return number
+
+
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
+    return value
 
 
 def _data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -165,17 +240,44 @@ def _command(
     arguments(sub)
 
 
+def _check_output_file(path: Path | None, flag: str = "-o") -> None:
+    """Refuse an output file that is a folder, before any work is done."""
+    if path is not None and path.is_dir():
+        raise CliError(f"{flag} {path} is a folder: give the name of a file to write")
+
+
 def _open_output(path: Path | None) -> TextIO:
-    return open(path, "w") if path else sys.stdout
+    """The output file (its missing folders made), or standard output for None."""
+    if path is None:
+        return sys.stdout
+    _check_output_file(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return open(path, "w", encoding="utf-8")
+    except OSError as err:
+        raise CliError(f"cannot write {path}: {err.strerror or err}") from None
+
+
+def _shown(rid: str, limit: int = 60) -> str:
+    """An id as messages show it: as it is if short and plain, else quoted and cut (no line breaks in a message)."""
+    if rid and rid.isprintable() and rid.strip() == rid and len(rid) <= limit:
+        return rid
+    return repr(rid[:limit]) + ("..." if len(rid) > limit else "")
 
 
 def _encode(args: argparse.Namespace) -> int:
-    options = FormatOptions(args.length_decimals, args.angle_decimals, args.coord_decimals)
-    dataset = read_structures(args.input, progress=args.output is not None)
+    options = _settings(FormatOptions, _FORMAT_FLAGS, length_decimals=args.length_decimals,
+                        angle_decimals=args.angle_decimals, coord_decimals=args.coord_decimals)
+    _check_output_file(args.output)
+    dataset = read_structures(args.input, structure_column=args.structure_column, progress=args.output is not None)
     for rid, reason in dataset.skipped:
-        print(f"crystext encode: skipped {rid}: {reason}", file=sys.stderr)
+        print(f"crystext encode: skipped {_shown(rid)}: {reason}", file=sys.stderr)
+    total = len(dataset) + len(dataset.skipped)
+    if not len(dataset):
+        held = f"none of its {total} records is a readable structure" if total else "it holds no structures"
+        raise CliError(f"{args.input}: nothing to encode: {held}")
     rng = np.random.default_rng(args.seed)
-    as_jsonl = args.jsonl or len(dataset) != 1
+    as_jsonl = args.jsonl or total != 1  # one record per input record, whether or not some are skipped
     written = 0
     out = _open_output(args.output)
     try:
@@ -183,7 +285,7 @@ def _encode(args: argparse.Namespace) -> int:
             try:
                 crystal = CrystalText.from_structure(record.structure)
             except CrystalTextError as err:
-                print(f"crystext encode: skipped {record.id}: {err}", file=sys.stderr)
+                print(f"crystext encode: skipped {_shown(record.id)}: {err}", file=sys.stderr)
                 continue
             text = augment(crystal, rng, translate=args.translate, permute=args.permute).to_str(options)
             out.write(json.dumps({"id": record.id, "text": text}) + "\n" if as_jsonl else text + "\n")
@@ -191,64 +293,134 @@ def _encode(args: argparse.Namespace) -> int:
     finally:
         if args.output:
             out.close()
+    skipped = f", skipped {total - written} of {total}" if written < total else ""
     if args.output:
-        print(f"wrote {written} crystal texts to {args.output}", file=sys.stderr)
-    return 0 if written else 1
+        print(f"wrote {written} crystal texts to {args.output}{skipped}", file=sys.stderr)
+    elif skipped:
+        print(f"crystext encode: wrote {written} crystal texts{skipped}", file=sys.stderr)
+    if not written and args.output:
+        args.output.unlink(missing_ok=True)  # the empty file this run opened
+    return 0 if written == total else 1
 
 
-def _read_texts(source: str) -> list[tuple[str, str]]:
-    """(id, text) pairs from a plain text file (one crystal) or a JSON-lines file of {id, text}."""
+def _read_content(source: str) -> tuple[str, str]:
+    """The text of a file (or of standard input for -) and its name; a file that is not UTF-8 text is refused."""
     if source == "-":
-        content, name = sys.stdin.read(), "stdin"
+        stream = getattr(sys.stdin, "buffer", None)
+        data, name, label = (stream.read() if stream else sys.stdin.read()), "stdin", "standard input"
     else:
         path = Path(source)
         if not path.is_file():
             raise CliError(f"{path}: no such file")
-        content, name = path.read_text(), path.stem
+        try:
+            data = path.read_bytes()
+        except OSError as err:
+            raise CliError(f"cannot read {path}: {err.strerror or err}") from None
+        name, label = path.stem, str(path)
+    if isinstance(data, str):
+        return data, name
+    try:
+        return data.decode("utf-8-sig"), name
+    except UnicodeDecodeError as err:
+        hint = ", it looks like UTF-16" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        raise CliError(
+            f"{label}: not UTF-8 text ({err.reason} at byte {err.start}{hint}); crystal text files are UTF-8"
+        ) from None
+
+
+def _read_texts(source: str) -> tuple[list[tuple[str, str]], int]:
+    """(id, text) pairs from a plain text file (one crystal) or a JSON-lines file of {id, text}, and how many
+    lines of the latter were not such an object (each reported and skipped)."""
+    content, name = _read_content(source)
     if not source.endswith(".jsonl"):
-        return [(name, content)]
-    pairs = []
+        return [(name, content)], 0
+    pairs, bad = [], 0
     for number, line in enumerate(content.splitlines(), start=1):
         if not line.strip():
             continue
         try:
             item = json.loads(line)
-            pairs.append((str(item.get("id", f"line{number}")), str(item["text"])))
-        except (json.JSONDecodeError, KeyError, AttributeError):
-            raise CliError(f"{source} line {number}: expected a JSON object with a 'text' field") from None
-    return pairs
+            text, rid = item["text"], item.get("id")
+        except (json.JSONDecodeError, KeyError, AttributeError, TypeError):
+            text = rid = None
+        if not isinstance(text, str):
+            print(f"crystext decode: {source} line {number}: expected a JSON object with a 'text' string, skipped",
+                  file=sys.stderr)
+            bad += 1
+            continue
+        pairs.append((f"line{number}" if rid is None or rid == "" else str(rid), text))
+    return pairs, bad
+
+
+def _file_stems(ids: Sequence[str]) -> list[tuple[str, str]]:
+    """A file name (without .cif) per id, safe and unique, and why it is not the id ("" if it is).
+
+    Characters other than letters, digits and ._+=@- become _, leading dots go (no hidden files, no ..), long
+    ids are cut, and a repeated name gets -2, -3, ... (compared without case, for case-insensitive file systems).
+    """
+    used: set[str] = set()
+    stems = []
+    for rid in ids:
+        base = _UNSAFE_FILE_CHARS.sub("_", rid).lstrip(".")[:MAX_FILE_STEM] or "crystal"
+        stem, copy = base, 1
+        while stem.casefold() in used:
+            copy += 1
+            stem = f"{base}-{copy}"
+        used.add(stem.casefold())
+        why = "" if stem == rid else "the id is not a safe file name" if base != rid else "the id repeats"
+        stems.append((stem, why))
+    return stems
 
 
 def _decode(args: argparse.Namespace) -> int:
-    pairs = _read_texts(args.input)
-    if len(pairs) == 1 and (args.output is None or args.output.suffix == ".cif"):
+    pairs, bad = _read_texts(args.input)
+    total = len(pairs) + bad
+    if not pairs:
+        raise CliError(f"{args.input}: no crystal texts in it" + (f" ({bad} lines skipped)" if bad else ""))
+    if total == 1 and pairs and (args.output is None or args.output.suffix == ".cif"):
         rid, text = pairs[0]
         try:
             cif = CrystalText.from_str(text).to_structure().to(fmt="cif")
         except CrystalTextError as err:
-            raise CliError(f"{rid}: {err}") from None
-        with _open_output(args.output) as out:
-            out.write(cif)
+            raise CliError(f"{_shown(rid)}: {err}") from None
+        if args.output is None:
+            sys.stdout.write(cif)
+        else:
+            with _open_output(args.output) as out:
+                out.write(cif)
         return 0
     if args.output is None:
         raise CliError("several crystals need -o FOLDER for their CIF files")
+    if args.output.suffix == ".cif" or (args.output.exists() and not args.output.is_dir()):
+        raise CliError(f"-o {args.output} names a file, but {args.input} holds {total} crystal texts: give a folder")
     args.output.mkdir(parents=True, exist_ok=True)
-    good = 0
-    for rid, text in pairs:
+    good = renamed = 0
+    for (rid, text), (stem, why) in zip(pairs, _file_stems([rid for rid, _ in pairs])):
         try:
             structure = CrystalText.from_str(text).to_structure()
         except CrystalTextError as err:
-            print(f"crystext decode: {rid}: {err}", file=sys.stderr)
+            print(f"crystext decode: {_shown(rid)}: {err}", file=sys.stderr)
             continue
-        structure.to(filename=str(args.output / f"{rid}.cif"))
+        if why:
+            print(f"crystext decode: {_shown(rid)}: written as {stem}.cif ({why})", file=sys.stderr)
+            renamed += 1
+        try:
+            structure.to(filename=str(args.output / f"{stem}.cif"))
+        except OSError as err:
+            print(f"crystext decode: {_shown(rid)}: cannot write {stem}.cif: {err.strerror or err}", file=sys.stderr)
+            continue
         good += 1
-    print(f"decoded {good} of {len(pairs)} crystals into {args.output}", file=sys.stderr)
-    return 0 if good else 1
+    note = f" ({renamed} under another file name, see above)" if renamed else ""
+    print(f"decoded {good} of {total} crystals into {args.output}{note}", file=sys.stderr)
+    return 0 if good == total else 1
 
 
 def _train(args: argparse.Namespace) -> int:
-    lora = LoraSettings(args.lora_rank, args.lora_alpha, args.lora_dropout, tuple(args.lora_targets.split(",")))
-    config = TrainConfig(
+    lora = _settings(LoraSettings, _LORA_FLAGS, rank=args.lora_rank, alpha=args.lora_alpha,
+                     dropout=args.lora_dropout, target_modules=tuple(args.lora_targets.split(",")))
+    config = _settings(
+        TrainConfig,
+        _TRAIN_FLAGS,
         out=args.out,
         data_dir=args.data_dir,
         model=ModelSpec(args.model, None if args.no_lora else lora, args.quantization),
@@ -262,27 +434,36 @@ def _train(args: argparse.Namespace) -> int:
     try:
         out = train(config, resume=args.resume)
     except (FileExistsError, FileNotFoundError, ValueError, ModelError) as err:
-        raise CliError(str(err)) from None
+        raise CliError(flag_message(err, _TRAIN_FLAGS)) from None
     print(f"model written to {out}")
     return 0
 
 
 def _sample(args: argparse.Namespace) -> int:
-    config = SampleConfig(
+    config = _settings(
+        SampleConfig, _SAMPLE_FLAGS,
         n=args.n, batch_size=args.batch_size, temperature=args.temperature, top_p=args.top_p,
         constrained=not args.no_constraint, force_composition=args.force_composition, max_atoms=args.max_atoms,
         min_distance=args.min_distance or None,
         max_new_tokens=args.max_new_tokens, max_attempts=args.max_attempts, seed=args.seed,
     )
+    # Everything the arguments alone can refuse is refused before the model loads.
+    given = Attributes(args.formula, args.spacegroup, args.e_above_hull, args.formation_energy, args.band_gap)
+    if args.conditions and given.to_dict():
+        raise CliError("give conditions either as --conditions CSV or as --formula/--spacegroup/..., not both")
+    conditions = _read_conditions(args.conditions) if args.conditions else ([given] if given.to_dict() else None)
+    if args.infill and (conditions or config.force_composition):
+        raise CliError("--infill ranks replacements in one given structure: it takes no conditions")
+    if config.force_composition:
+        _check_forced_compositions(config, conditions or [])
+    CsvLog.check_output(args.out, COLUMNS, args.resume)
     try:
         sampler = Sampler.from_pretrained(args.model)
     except (OSError, ModelError) as err:
         raise CliError(f"cannot load model {args.model or '(default)'}: {str(err).splitlines()[0]}") from None
     if args.infill:
-        return _infill(args, sampler)
-    given = Attributes(args.formula, args.spacegroup, args.e_above_hull, args.formation_energy, args.band_gap)
+        return _infill(args, config, sampler)
     try:
-        conditions = read_conditions(args.conditions) if args.conditions else ([given] if given.to_dict() else None)
         summary = sampler.sample(config, args.out, conditions, resume=args.resume)
     except (FileExistsError, ValueError) as err:
         raise CliError(str(err)) from None
@@ -296,25 +477,67 @@ def _sample(args: argparse.Namespace) -> int:
     return 0 if summary.valid >= config.n else 1
 
 
-def _infill(args: argparse.Namespace, sampler: Sampler) -> int:
+def _read_conditions(path: Path) -> list[Attributes]:
+    """The conditions of a --conditions CSV, each row's formula and space group checked (naming the row)."""
+    if not path.is_file():
+        raise CliError(f"--conditions {path}: no such file")
+    try:
+        conditions = read_conditions(path)
+    except ValueError as err:  # pandas' EmptyDataError and ParserError, UnicodeDecodeError, a bad number
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if message.startswith(str(path)):
+            raise CliError(message) from None
+        raise CliError(f"--conditions {path}: not a readable conditions CSV ({message})") from None
+    except OSError as err:
+        raise CliError(f"--conditions {path}: cannot read it ({err.strerror or err})") from None
+    for row, attributes in enumerate(conditions, start=2):  # line 1 is the header
+        problem = _formula_problem(attributes.formula) if attributes.formula else None
+        if not problem and attributes.spacegroup is not None:
+            problem = _spacegroup_problem(attributes.spacegroup)
+        if problem:
+            raise CliError(f"--conditions {path} line {row}: {problem}")
+    return conditions
+
+
+def _check_forced_compositions(config: SampleConfig, conditions: Sequence[Attributes]) -> None:
+    """Refuse --force-composition where it cannot act: no formula, no grammar, or a formula no grammar can force."""
+    formulas = sorted({c.formula for c in conditions if c.formula})
+    if not formulas:
+        raise CliError("--force-composition needs a formula: --formula, or a --conditions CSV with formulas")
+    if not config.constrained:
+        raise CliError("--force-composition works through the grammar: it cannot be used with --no-constraint")
+    for formula in formulas:
+        try:
+            Grammar.for_formula(formula, config.text_format, config.max_atoms)
+        except ValueError as err:
+            raise CliError(flag_message(err, _SAMPLE_FLAGS)) from None
+
+
+def _infill(args: argparse.Namespace, config: SampleConfig, sampler: Sampler) -> int:
     dataset = read_structures(args.infill)
     if not dataset.records:
         raise CliError(f"{args.infill}: no readable structure ({dataset.summary()})")
     record = dataset.records[0]
     elements = sorted({site.specie.symbol for site in record.structure})
-    element = args.mask_element or str(np.random.default_rng(args.seed).choice(elements))
+    element = args.mask_element or str(np.random.default_rng(config.seed).choice(elements))
     if element not in elements:
-        raise CliError(f"{record.id} has no {element} (elements: {' '.join(elements)})")
+        raise CliError(f"{_shown(record.id)} has no {element} (elements: {' '.join(elements)})")
     candidates = similar_elements(element) if args.similar_only else None
     if candidates is not None and not candidates:
         raise CliError(f"no elements of similar charge and ionic radius are known for {element}")
-    ranked = sampler.infill(record.structure, element, candidates)[: args.n]
+    ranked = sampler.infill(record.structure, element, candidates)[: config.n]
     rows = [
         substitution_row(f"{record.id}-{element}-{s.element}", record.id, element, s) for s in ranked
     ]
-    SampleWriter(args.out, resume=False).append(rows)
+    writer = SampleWriter(args.out, resume=args.resume)
+    done = writer.ids()
+    writer.append([row for row in rows if row["id"] not in done])
     for s in ranked:
         print(f"{element} -> {s.element:3s} log p = {s.log_prob:8.3f}  {s.structure.composition.reduced_formula}")
+    repeated = sum(1 for row in rows if row["id"] in done)
+    if repeated:
+        print(f"crystext sample: {repeated} of these answers were already in {args.out}, not written again",
+              file=sys.stderr)
     return 0
 
 

@@ -7,7 +7,9 @@ traceback; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-__all__ = ["CrystextError", "OutputExistsError"]
+from collections.abc import Iterable, Mapping
+
+__all__ = ["CrystextError", "OutputExistsError", "flag_message", "option_flags"]
 
 
 class CrystextError(Exception):
@@ -16,3 +18,15 @@ class CrystextError(Exception):
 
 class OutputExistsError(CrystextError, FileExistsError):
     """An output that already holds results: continue it with resume, or choose another."""
+
+
+def option_flags(names: Iterable[str], **flags: str) -> dict[str, str]:
+    """Settings fields and the command-line flags that set them: `--field-name`, unless given in `flags`."""
+    return {name: flags.get(name, "--" + name.replace("_", "-")) for name in names}
+
+
+def flag_message(err: Exception, flags: Mapping[str, str]) -> str:
+    """A settings object's error message ("batch_size must be at least 1, ..."), its leading field name written
+    as the flag that sets it ("--batch-size must be at least 1, ...")."""
+    name, space, rest = str(err).partition(" ")
+    return f"{flags[name]}{space}{rest}" if name in flags else str(err)

@@ -51,12 +51,29 @@ class CsvLog:
     def __init__(self, path: str | Path, columns: Sequence[str], resume: bool) -> None:
         self.path = Path(path)
         self.columns = tuple(columns)
-        exists = self.path.is_file() and self.path.stat().st_size > 0
-        if exists and not resume:
-            raise OutputExistsError(f"{self.path} exists: pass --resume to continue it, or choose another output")
+        exists = self.check_output(self.path, self.columns, resume)
         self.rows: list[dict[str, str]] = self._read_complete() if exists else []
         if not exists:
             write_atomic(self.path, self._text([], header=True))
+
+    @staticmethod
+    def check_output(path: Path, columns: Sequence[str], resume: bool) -> bool:
+        """Whether `path` holds something to continue; raises if it does and `resume` is off, or if it is a folder.
+
+        A file holding only this log's header (a run that wrote nothing) holds no results: it is started afresh.
+        Callers may check an output this way before doing the work that fills it.
+        """
+        if path.is_dir():
+            raise CrystextError(f"{path} is a folder: give the name of a file to write")
+        if not path.is_file() or path.stat().st_size == 0:
+            return False
+        with open(path, "rb") as handle:
+            head = handle.read(len(",".join(columns)) + 3)
+        if head.rstrip(b"\r\n") == ",".join(columns).encode() and head.endswith(b"\n"):
+            return False  # a header and nothing else
+        if not resume:
+            raise OutputExistsError(f"{path} exists: pass --resume to continue it, or choose another output")
+        return True
 
     def append(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """Append whole rows with one write and an fsync; missing columns and None are written empty."""
@@ -74,7 +91,8 @@ class CsvLog:
         return {row[column] for row in self.rows}
 
     def _read_complete(self) -> list[dict[str, str]]:
-        """The file's whole rows; a torn last row (no final newline) and rows of the wrong width are dropped."""
+        """The file's whole rows; a torn last row (no final newline, or an open quote) and rows of the wrong width
+        are dropped."""
         try:
             text = self.path.read_text(encoding="utf-8")
         except UnicodeDecodeError:
@@ -87,10 +105,12 @@ class CsvLog:
                 f"{self.path}: its header is not {','.join(self.columns)}; cannot resume it (choose another output)"
             )
         body = records[1:]
-        if body and not text.endswith("\n"):
-            body = body[:-1]  # killed mid-row: the last record is cut short, whatever its width
+        # Killed mid-row: no final newline, or one inside a quoted field still open (an odd number of quotes).
+        torn = not text.endswith("\n") or text.count('"') % 2 == 1
+        if body and torn:
+            body = body[:-1]  # the last record is cut short, whatever its width
         complete = [dict(zip(self.columns, r)) for r in body if len(r) == len(self.columns)]
-        if len(complete) != len(records) - 1 or not text.endswith("\n"):
+        if len(complete) != len(records) - 1 or torn:
             write_atomic(self.path, self._text(complete, header=True))
         return complete
 

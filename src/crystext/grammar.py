@@ -57,8 +57,19 @@ class Grammar:
     def for_formula(
         cls, formula: str, options: FormatOptions | None = None, max_atoms: int = DEFAULT_MAX_ATOMS
     ) -> Grammar:
-        """A grammar whose cells hold a whole number of `formula` units (as written, e.g. NaCl or Na4Cl4)."""
-        unit = {element.symbol: int(round(count)) for element, count in Composition(formula).items()}
+        """A grammar whose cells hold a whole number of `formula` units (as written, e.g. NaCl or Na4Cl4).
+
+        A formula with fractional amounts (Na0.5Cl) is refused rather than scaled: the prompt states the formula
+        as written, so the whole-number formula (NaCl2) is for the user to write.
+        """
+        composition = Composition(formula)
+        if any(count != round(count) for count in composition.values()):
+            whole = composition.get_integer_formula_and_factor()[0]
+            raise ValueError(f"formula {formula} has fractional amounts: a forced composition needs whole atoms "
+                             f"per formula unit (write it as {whole}, or a multiple of it)")
+        unit = {element.symbol: int(round(count)) for element, count in composition.items()}
+        if not unit:
+            raise ValueError(f"formula {formula!r} has no atoms")
         if sum(unit.values()) > max_atoms:
             raise ValueError(f"formula {formula} has more than max_atoms={max_atoms} atoms")
         return cls(options=options or FormatOptions(), max_atoms=max_atoms, composition=unit)

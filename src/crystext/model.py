@@ -79,6 +79,17 @@ class LoraSettings:
     dropout: float = constants.LORA_DROPOUT
     target_modules: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj")
 
+    def __post_init__(self) -> None:
+        """Refuse settings that make no sense; the message starts with the field's name."""
+        if self.rank < 1:
+            raise ValueError(f"rank must be at least 1, got {self.rank}")
+        if not self.alpha > 0:
+            raise ValueError(f"alpha must be positive, got {self.alpha}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not self.target_modules or not all(self.target_modules):
+            raise ValueError(f"target_modules must be module names, got {','.join(self.target_modules)!r}")
+
 
 @dataclass(frozen=True)
 class ModelSpec:

@@ -101,7 +101,11 @@ class CrystalText:
 
     @classmethod
     def from_str(cls, text: str) -> CrystalText:
-        """Parse crystal text: strict, except that blank lines and junk after the last complete atom are ignored."""
+        """Parse crystal text: strict, except that blank lines and junk after the last complete atom are ignored.
+
+        Junk is text that is not part of an atom: a line where an element belongs that is followed by a
+        coordinates line (a garbled element), or is one itself (a missing element), is an error, not junk.
+        """
         lines = [(number, line.strip()) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
         if not lines:
             raise CrystalTextError("empty text: expected the lattice lengths")
@@ -117,8 +121,8 @@ class CrystalText:
         while index < len(lines):
             number, token = lines[index]
             if not _ELEMENT_LIKE.fullmatch(token):
-                if species and not _has_atom_from(lines, index + 1):
-                    break  # trailing junk after the last complete atom
+                if species and not _is_atom_part(lines, index) and not _has_atom_from(lines, index + 1):
+                    break  # trailing junk after the last complete atom (prose, an unfinished line)
                 raise CrystalTextError(f"expected an element symbol, got {_quote(token)}", number)
             if token not in ELEMENT_SYMBOLS:
                 raise CrystalTextError(f'unknown element "{token}"', number)
@@ -199,17 +203,32 @@ def _parse_numbers(line: tuple[int, str], what: str) -> Vector:
     for field in fields:
         if not _NUMBER.fullmatch(field):
             raise CrystalTextError(f"bad number {_quote(field)} in the {what}", number)
+        if not math.isfinite(float(field)):
+            raise CrystalTextError(f"number {_quote(field)} in the {what} is too large", number)
     return _vector([float(f) for f in fields])
+
+
+def _is_numbers_line(content: str) -> bool:
+    fields = content.split()
+    return len(fields) == 3 and all(_NUMBER.fullmatch(f) for f in fields)
+
+
+def _is_atom_part(lines: list[tuple[int, str]], index: int) -> bool:
+    """Whether the line at `index`, where an element belongs, is part of an atom all the same: a garbled element
+    followed by a coordinates line, a coordinates line itself (its element line missing), or both on one line."""
+    content = lines[index][1]
+    following = lines[index + 1][1] if index + 1 < len(lines) else ""
+    symbol, _, rest = content.partition(" ")
+    return _is_numbers_line(content) or _is_numbers_line(following) or (
+        symbol in ELEMENT_SYMBOLS and _is_numbers_line(rest)
+    )
 
 
 def _has_atom_from(lines: list[tuple[int, str]], start: int) -> bool:
     """Whether an element line followed by a coordinates line appears anywhere from `start` on."""
-    for i in range(start, len(lines) - 1):
-        if lines[i][1] in ELEMENT_SYMBOLS:
-            fields = lines[i + 1][1].split()
-            if len(fields) == 3 and all(_NUMBER.fullmatch(f) for f in fields):
-                return True
-    return False
+    return any(
+        lines[i][1] in ELEMENT_SYMBOLS and _is_numbers_line(lines[i + 1][1]) for i in range(start, len(lines) - 1)
+    )
 
 
 def _check_lattice(
@@ -222,5 +241,8 @@ def _check_lattice(
     if not all(0 < x < 180 for x in angles):
         raise CrystalTextError(f"lattice angles {shown} must each lie strictly between 0 and 180", angle_line)
     ca, cb, cg = (math.cos(math.radians(x)) for x in angles)
-    if 1 - ca * ca - cb * cb - cg * cg + 2 * ca * cb * cg <= 1e-8:
+    shape = 1 - ca * ca - cb * cb - cg * cg + 2 * ca * cb * cg
+    if shape <= 1e-8:
         raise CrystalTextError(f"lattice angles {shown} give no valid lattice (zero or imaginary volume)", angle_line)
+    if not math.isfinite(lengths[0] * lengths[1] * lengths[2] * math.sqrt(shape)):
+        raise CrystalTextError("lattice lengths too large: the cell volume is not a finite number", length_line)

@@ -75,6 +75,25 @@ class TrainConfig:
     seed: int = 0
     text_format: FormatOptions = field(default_factory=FormatOptions)
 
+    def __post_init__(self) -> None:
+        """Refuse settings that make no sense (a run that trains nothing, a zero batch); the message starts with
+        the field's name."""
+        for name, least in (("batch_size", 1), ("grad_accum", 1), ("max_steps", 1), ("eval_every", 1),
+                            ("save_every", 1), ("max_length", 2), ("max_atoms", 1), ("warmup_steps", 0),
+                            ("eval_examples", 0), ("seed", 0)):
+            value = getattr(self, name)
+            if value is not None and value < least:
+                raise ValueError(f"{name} must be at least {least}, got {value}")
+        for name in ("epochs", "learning_rate", "grad_clip"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be positive, got {value}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.infill_fraction <= 1:
+            raise ValueError(f"infill_fraction must be between 0 and 1, got {self.infill_fraction}")
+        # holdout is checked where it is used, by crystext.data.training_set
+
 
 @dataclass
 class Example:

@@ -50,6 +50,13 @@ class IptSettings:
     n_translations: int = 20
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.n_structures < 1:
+            raise ValueError(f"n_structures must be at least 1, got {self.n_structures}")
+        if self.n_translations < 2:
+            raise ValueError(f"n_translations must be at least 2 (the structure and one translation), "
+                             f"got {self.n_translations}")
+
 
 @dataclass(frozen=True)
 class EvaluateConfig:
@@ -59,11 +66,18 @@ class EvaluateConfig:
     fingerprint: FingerprintSettings = FingerprintSettings()
     matcher: bool = True  # StructureMatcher uniqueness, and novelty when a training set is given
     max_atoms: int | None = None  # structures with more atoms are skipped as unreadable
+    structure_column: str | None = None  # the samples CSV's structure column (default: cif, structure, cif_string)
     jobs: int | None = None  # worker processes (default: all cores)
     cache: bool = True  # cache reference and training profiles
     cache_samples: bool = False  # cache the samples' profiles too (all fingerprints are then computed)
     progress: bool = True
     ipt: IptSettings | None = None  # also measure IPT with a trained model
+
+    def __post_init__(self) -> None:
+        for name in ("max_atoms", "jobs"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
 
 
 @dataclass
@@ -130,18 +144,20 @@ def evaluate(
 ) -> Evaluation:
     """Score generated structures against a reference set under one protocol (see `crystext.evaluate.protocols`).
 
-    `samples` and `reference` are a CSV with a `cif` column, a folder of CIFs, a .cif or an extxyz file;
-    `train` one or several such files (e.g. the train and val splits a model learnt from), for novelty;
-    `stability` a `crystext stability` CSV joined by sample id.
+    `samples` and `reference` are anything `crystext.data.read_structures` reads (a CSV with a `cif` column,
+    a folder of CIFs, a CIF archive, pymatgen JSON, a CDVAE .pt, extxyz, ...); `train` one or several such
+    files (e.g. the train and val splits a model learnt from), for novelty; `stability` a `crystext stability`
+    CSV joined by sample id. Per-sample rows keep the samples' ids (`crystext.data.tables`), in the file's order.
     """
     start = time.monotonic()
     samples, reference = Path(samples), Path(reference)
     rules = config.protocol.rules
-    columns, notes = SampleColumns.from_file(samples)
+    columns, notes = SampleColumns.from_file(samples, config.structure_column)
     timings: dict[str, float] = {}
     sample_profiles = _profile(
         samples, "samples", config, timings, notes, cache=config.cache_samples,
         fingerprint_invalid=rules.fingerprint_invalid_samples, missing_cif_reasons=columns.errors,
+        structure_column=config.structure_column,
     )
     reference_profiles = _profile(reference, "reference", config, timings, notes, cache=config.cache)
     train_paths = [Path(train)] if isinstance(train, (str, Path)) else [Path(t) for t in train or ()]
@@ -200,7 +216,8 @@ def evaluate(
     info = {
         "protocol": {"name": rules.name, "description": rules.description, **asdict(rules)},
         "settings": {"protocol": asdict(config.protocol), "fingerprint": asdict(config.fingerprint),
-                     "matcher": config.matcher, "max_atoms": config.max_atoms},
+                     "matcher": config.matcher, "max_atoms": config.max_atoms,
+                     "structure_column": config.structure_column},
         "inputs": {
             "samples": _describe(samples, sample_profiles),
             "reference": _describe(reference, reference_profiles),

@@ -15,6 +15,8 @@ import multiprocessing
 import os
 import time
 import warnings
+import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,7 +27,7 @@ import pandas as pd
 from pymatgen.core import Lattice, Structure
 from tqdm.auto import tqdm
 
-from crystext.data import Dataset, cache_dir, read_csv, read_structures
+from crystext.data import READER_VERSION, Dataset, cache_dir, read_structures
 from crystext.evaluate.fingerprints import (
     COMPOSITION_FP_SIZE,
     STRUCTURE_FP_SIZE,
@@ -44,8 +46,6 @@ __all__ = ["VERSIONED_PACKAGES", "Profiles", "cache_path", "profile_dataset", "p
 
 #: Bump when the profile columns or their meaning change, so old cache files are not read.
 PROFILE_FORMAT = 1
-#: The columns a CSV's ids come from, in order of preference.
-ID_COLUMNS = ("id", "material_id")
 #: Packages whose versions change a profile (and so are part of the cache key and every result).
 VERSIONED_PACKAGES = ("smact", "matminer", "pymatgen", "spglib")
 #: The fingerprint settings profiles use unless told otherwise (the paper's).
@@ -331,26 +331,6 @@ def cache_path(path: Path, settings: FingerprintSettings, read_options: dict[str
     return cache_dir("fingerprints") / f"{digest}.npz"
 
 
-def is_csv(path: Path) -> bool:
-    return path.is_file() and path.name.lower().endswith((".csv", ".csv.gz"))
-
-
-def id_column(columns: Sequence[str]) -> str | None:
-    """Where a CSV's ids come from: its `id` column, else `material_id`, else (None) the row numbers."""
-    return next((c for c in ID_COLUMNS if c in columns), None)
-
-
-def read_any(path: Path, max_atoms: int | None = None, progress: bool = False) -> Dataset:
-    """Read structures from any supported input, CSV ids as `id_column` says."""
-    if is_csv(path):
-        try:
-            columns = pd.read_csv(path, nrows=0).columns
-        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, OSError):
-            columns = pd.Index([])  # read_csv below says what is wrong with the file
-        return read_csv(path, id_column=id_column(columns), max_atoms=max_atoms, progress=progress)
-    return read_structures(path, max_atoms=max_atoms, progress=progress)
-
-
 def profile_file(
     path: str | Path,
     settings: FingerprintSettings = DEFAULT_FINGERPRINT,
@@ -358,21 +338,25 @@ def profile_file(
     cache: bool = True,
     fingerprint_invalid: bool = True,
     max_atoms: int | None = None,
+    structure_column: str | None = None,
     jobs: int | None = None,
     progress: bool = True,
 ) -> Profiles:
-    """Profile every structure of a file or folder, from the cache when it holds this file under these settings.
+    """Profile every structure of a file or folder (anything `crystext.data.read_structures` reads), from the
+    cache when it holds this file under these settings and read options.
 
     A cached set always has the fingerprints of every structure, so any protocol can use it.
     """
     path = Path(path)
-    target = cache_path(path, settings, {"max_atoms": max_atoms}) if cache else None
+    read_options = {"max_atoms": max_atoms, "structure_column": structure_column, "reader": READER_VERSION}
+    target = cache_path(path, settings, read_options) if cache else None
     if target is not None and target.is_file():
         try:
             return Profiles.from_npz(target)
-        except (OSError, ValueError, KeyError):  # a damaged cache file is rebuilt below
+        # a damaged cache file (cut short, empty, overwritten) is rebuilt below
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error):
             pass
-    dataset = read_any(path, max_atoms, progress)
+    dataset = read_structures(path, structure_column=structure_column, max_atoms=max_atoms, progress=progress)
     profiles = profile_dataset(
         dataset, settings, fingerprint_invalid=fingerprint_invalid or cache, jobs=jobs, progress=progress,
         desc=f"fingerprinting {path.name}",

@@ -59,6 +59,22 @@ class SampleConfig:
     seed: int = 0
     text_format: FormatOptions = field(default_factory=FormatOptions)
 
+    def __post_init__(self) -> None:
+        """Refuse settings that make no sense; the message starts with the field's name."""
+        for name in ("n", "batch_size", "max_atoms", "max_new_tokens", "max_attempts"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"temperature must be positive (0 would write the same crystal every time), "
+                             f"got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.min_distance is not None and not (math.isfinite(self.min_distance) and self.min_distance >= 0):
+            raise ValueError(f"min_distance must be a distance >= 0 in Angstrom, got {self.min_distance}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+
 
 @dataclass(frozen=True)
 class Completion:

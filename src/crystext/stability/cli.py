@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 from crystext.data import Dataset, read_structures
+from crystext.errors import flag_message, option_flags
+from crystext.files import CsvLog
 from crystext.stability.errors import StabilityError
 from crystext.stability.hull import (
     HullReference,
@@ -16,7 +18,7 @@ from crystext.stability.hull import (
     from_entries,
     from_formation_energies,
 )
-from crystext.stability.pipeline import StabilityConfig, read_samples, relax_and_place, summary_path
+from crystext.stability.pipeline import OUTPUT_COLUMNS, StabilityConfig, read_samples, relax_and_place, summary_path
 from crystext.stability.relax import BACKENDS, RelaxConfig
 
 __all__ = ["HELP", "add_arguments", "run"]
@@ -25,6 +27,8 @@ HELP = "relax samples with a machine-learned potential and place them on the con
 
 #: Environment variable naming the default offline hull folder (the shared-data layout: mp_20/, mp_hull_ref/).
 HULL_DATA_ENV = "CRYSTEXT_HULL_DATA"
+#: Settings fields and the flags that set them, to name the flag when a setting is refused.
+_FLAGS = option_flags(("fmax", "max_steps", "timeout", "workers"))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,11 +39,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run, skipping ids already done")
     parser.add_argument("--limit", type=int,
                         help="only the first N structures (rows that did not parse are always kept)")
+    parser.add_argument("--structure-column", metavar="NAME",
+                        help="the samples CSV's structure column (default: cif, structure, cif_string)")
     relax = parser.add_argument_group("relaxation")
     relax.add_argument("--backend", choices=sorted(BACKENDS), default="chgnet",
                        help="machine-learned potential (default chgnet; m3gnet needs matgl and internet)")
     relax.add_argument("--fmax", type=float, default=RelaxConfig.fmax, help="force threshold, eV/A")
-    relax.add_argument("--max-steps", type=int, default=RelaxConfig.max_steps, help="optimizer step cap")
+    relax.add_argument("--max-steps", type=int, default=RelaxConfig.max_steps,
+                       help="optimizer step cap (0: a single point, no relaxation)")
     relax.add_argument("--timeout", type=float, default=RelaxConfig.timeout,
                        help="wall-clock seconds per structure (the paper used 30)")
     relax.add_argument("--optimizer", choices=("FIRE", "BFGS"), default=RelaxConfig.optimizer)
@@ -63,18 +70,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run `crystext stability`: relax, place on the hull, write the CSV and summary, print the rates."""
-    samples = read_samples(args.samples)
+    # Every setting is checked before the slow work (reading the hull, loading the potential) starts.
+    if args.limit is not None and args.limit < 1:
+        raise StabilityError(f"--limit must be at least 1, got {args.limit}")
+    try:
+        config = StabilityConfig(
+            backend=args.backend,
+            relax=RelaxConfig(fmax=args.fmax, max_steps=args.max_steps, timeout=args.timeout,
+                              optimizer=args.optimizer),
+            workers=args.workers,
+            resume=args.resume,
+        )
+    except ValueError as err:
+        raise StabilityError(flag_message(err, _FLAGS)) from None
+    output = args.output or args.samples.with_name(args.samples.name.split(".")[0] + "_stability.csv")
+    CsvLog.check_output(output, OUTPUT_COLUMNS, args.resume)
+    for flag in ("hull_data", "entries", "formation_energies", "elemental_refs", "fill", "train"):
+        value = getattr(args, flag)
+        for path in value if isinstance(value, list) else [value]:
+            if path is not None and not path.exists():
+                raise StabilityError(f"--{flag.replace('_', '-')} {path}: no such file or folder")
+    samples = read_samples(args.samples, args.structure_column)
     if args.limit is not None:
         samples = Dataset(samples.records[: args.limit], samples.skipped, samples.source)
     reference = _reference(args)
     training = _training(args.train) if args.train else None
-    config = StabilityConfig(
-        backend=args.backend,
-        relax=RelaxConfig(fmax=args.fmax, max_steps=args.max_steps, timeout=args.timeout, optimizer=args.optimizer),
-        workers=args.workers,
-        resume=args.resume,
-    )
-    output = args.output or args.samples.with_name(args.samples.name.split(".")[0] + "_stability.csv")
     summary = relax_and_place(samples, reference, output, config, training)
     meta, stable = summary["metastable"], summary["stable"]
     print(

@@ -30,6 +30,7 @@ import json
 import os
 import time
 import warnings
+import zlib
 from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -253,8 +254,10 @@ def _load_cached(path: Path) -> PhaseTable | None:
     try:
         with gzip.open(path, "rt") as handle:
             data = json.load(handle)
-        return PhaseTable.from_json(data) if data.get("version") == HULL_CACHE_VERSION else None
-    except (OSError, ValueError, KeyError, EOFError):
+        if not isinstance(data, dict) or data.get("version") != HULL_CACHE_VERSION:
+            return None
+        return PhaseTable.from_json(data)
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zlib.error):
         return None  # a damaged cache file is rebuilt
 
 

@@ -62,27 +62,23 @@ class StabilityConfig:
     resume: bool = False
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"workers must be at least 1, got {self.workers}")
+
 
 def summary_path(output: Path) -> Path:
     """Where the summary JSON of an output CSV goes: beside it, as NAME.summary.json."""
     return output.with_name(output.name.removesuffix(".csv") + ".summary.json")
 
 
-def read_samples(path: str | Path) -> Dataset:
-    """Read samples (the `crystext sample` CSV, or any structure file `read_structures` knows).
+def read_samples(path: str | Path, structure_column: str | None = None) -> Dataset:
+    """Read samples: the `crystext sample` CSV, or any structure file `crystext.data.read_structures` knows.
 
-    A samples CSV is keyed by its `id` column, and a row whose text never became a structure is
-    reported as skipped with the sampler's own error message.
+    Ids follow the one rule of `crystext.data.tables` (a samples CSV's `id` column), and a row whose text
+    never became a structure is reported as skipped with the sampler's own error message.
     """
-    path = Path(path)
-    csv_like = path.name.lower().endswith((".csv", ".csv.gz")) and path.is_file()
-    header = pd.read_csv(path, nrows=0).columns if csv_like else ()
-    dataset = read_structures(path, id_column="id") if "id" in header else read_structures(path)
-    if "error" in header:
-        frame = pd.read_csv(path, usecols=["id", "error"], dtype=str, keep_default_na=False)
-        why = dict(zip(frame["id"], frame["error"]))
-        dataset.skipped = [(rid, why.get(rid) or reason) for rid, reason in dataset.skipped]
-    return dataset
+    return read_structures(path, structure_column=structure_column)
 
 
 def relax_and_place(

@@ -80,8 +80,12 @@ class RelaxConfig:
     relax_cell: bool = True
 
     def __post_init__(self) -> None:
-        if self.fmax <= 0 or self.max_steps < 0 or (self.timeout is not None and self.timeout <= 0):
-            raise ValueError(f"fmax and timeout must be positive and max_steps >= 0, got {self}")
+        if not (math.isfinite(self.fmax) and self.fmax > 0):
+            raise ValueError(f"fmax must be a positive force, got {self.fmax}")
+        if self.max_steps < 0:
+            raise ValueError(f"max_steps must be >= 0 (0: a single point, no relaxation), got {self.max_steps}")
+        if self.timeout is not None and not self.timeout > 0:
+            raise ValueError(f"timeout must be positive seconds, got {self.timeout}")
         if self.optimizer not in ("FIRE", "BFGS"):
             raise ValueError(f"optimizer must be FIRE or BFGS, got {self.optimizer}")
 
