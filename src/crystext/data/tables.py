@@ -15,6 +15,7 @@ cell gets its position id. An id that appears twice in one file is an error nami
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -45,7 +46,8 @@ MISSING = (
     "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA",
     "NULL", "NaN", "None", "n/a", "nan", "null",
 )
-_NOT_READABLE = (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError)
+#: What pandas raises on a file that is not a readable (possibly gzipped) CSV: a damaged gzip stream included.
+_NOT_READABLE = (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError, EOFError, zlib.error)
 
 
 def is_csv(path: Path) -> bool:
