@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from pymatgen.core import Composition, Lattice, Structure
@@ -140,3 +141,43 @@ def test_cli_without_reference_says_what_to_pass(
     error = capsys.readouterr().err
     assert error.startswith("crystext stability: error: no hull reference: pass --hull-data DIR")
     assert error.count("\n") == 1
+
+
+def _rattled(structure: Structure, seed: int) -> Structure:
+    """`structure` strained by a few percent and its atoms moved by about 0.05 A: a few steps from relaxed."""
+    rng = np.random.default_rng(seed)
+    lattice = Lattice(structure.lattice.matrix @ (np.eye(3) + rng.uniform(-0.03, 0.03, (3, 3))))
+    cart = lattice.get_cartesian_coords(structure.frac_coords) + rng.normal(0, 0.05, (len(structure), 3))
+    return Structure(lattice, structure.species, cart, coords_are_cartesian=True)
+
+
+def test_the_step_cap_places_the_structure_and_flags_it(rock_salt: Structure, reference, tmp_path: Path) -> None:
+    """The default budget counts steps: a structure still above fmax at the cap is placed with its last
+    energy, flagged not converged, and the summary gives the rates with and without it."""
+    samples = Dataset([Record("capped", _rattled(rock_salt, 1)), Record("free", _rattled(rock_salt, 2))])
+    config = StabilityConfig(relax=RelaxConfig(max_steps=1, fmax=1e-4), workers=1, progress=False)
+    summary = relax_and_place(samples, reference, tmp_path / "out.csv", config)
+    rows = pd.read_csv(tmp_path / "out.csv", dtype=str, keep_default_na=False).set_index("id")
+    assert rows.loc["capped", "converged"] == "False" and rows.loc["capped", "error"] == ""
+    assert int(rows.loc["capped", "steps"]) == 1 and rows.loc["capped", "e_above_hull"] != ""
+    assert summary["placed_on_hull"] == 2 and summary["placed_unconverged"] == 2
+    assert summary["metastable"]["rate_all"] == 1.0  # rock salt, a step from its minimum
+    assert summary["metastable"]["rate_all_converged_only"] == 0.0
+    assert summary["budget"] == {"name": "custom", "max_steps": 1, "timeout_s": None, "fmax": 1e-4,
+                                 "optimizer": "FIRE"}
+
+
+def test_the_same_rows_with_one_or_two_workers(rock_salt: Structure, reference, tmp_path: Path) -> None:
+    """With a budget in steps the rows depend on the crystals only, not on how the work is spread."""
+    samples = Dataset([Record(f"r{i}", _rattled(rock_salt, i)) for i in range(3)])
+    runs = {}
+    for workers in (1, 2):
+        output = tmp_path / f"w{workers}.csv"
+        summary = relax_and_place(samples, reference, output, StabilityConfig(workers=workers, progress=False))
+        assert summary["budget"]["name"] == "steps" and summary["budget"]["timeout_s"] is None
+        runs[workers] = pd.read_csv(output, dtype={"id": str}, keep_default_na=False).set_index("id").sort_index()
+    one, two = runs[1], runs[2]
+    assert list(one.index) == list(two.index) == ["r0", "r1", "r2"]
+    assert (one["steps"] == two["steps"]).all() and (one["converged"] == two["converged"]).all()
+    np.testing.assert_allclose(one["energy_per_atom"].astype(float), two["energy_per_atom"].astype(float), atol=1e-6)
+    np.testing.assert_allclose(one["e_above_hull"].astype(float), two["e_above_hull"].astype(float), atol=1e-6)

@@ -11,6 +11,7 @@ import pytest
 from pymatgen.core import Lattice, Structure
 
 from crystext.stability import BackendError, RelaxConfig, check_structure, load_backend, mp2020_energy
+from crystext.stability.relax import BUDGETS, budget_name
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 ELEMENTAL_REFS = "mp_hull_ref/matbench_discovery/2023-02-07-mp-elemental-reference-entries.json.gz"
@@ -128,3 +129,9 @@ def test_m3gnet_without_matgl_says_so() -> None:
             load_backend("m3gnet")
     else:
         pytest.skip("matgl is installed here")
+
+
+def test_budgets_are_named_and_the_default_counts_steps() -> None:
+    assert RelaxConfig().timeout is None and budget_name(RelaxConfig()) == "steps"
+    assert BUDGETS["paper"].timeout == 30.0 and budget_name(RelaxConfig(timeout=30.0)) == "paper"
+    assert budget_name(RelaxConfig(max_steps=100)) == "custom"

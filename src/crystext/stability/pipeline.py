@@ -8,6 +8,7 @@ whole CSV at the end and written next to it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import multiprocessing
@@ -29,7 +30,7 @@ from crystext.evaluate.sun import KnownStructures, relaxed_structures, stability
 from crystext.files import CsvLog, write_atomic
 from crystext.provenance import package_versions
 from crystext.stability.hull import HullError, HullReference
-from crystext.stability.relax import ERROR_INVALID, Backend, Relaxation, RelaxConfig, load_backend
+from crystext.stability.relax import ERROR_INVALID, Backend, Relaxation, RelaxConfig, budget_name, load_backend
 
 __all__ = [
     "OUTPUT_COLUMNS",
@@ -126,6 +127,19 @@ def _init_worker(name: str, relax: RelaxConfig) -> None:
     _WORKER_BACKEND = load_backend(name, relax)
 
 
+@contextlib.contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """Run the potential on one torch thread, then restore the thread count."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _relax_in_worker(rid: str, structure: Structure) -> tuple[str, Relaxation]:
     assert _WORKER_BACKEND is not None, "worker not initialised"
     return rid, _WORKER_BACKEND.relax(structure)
@@ -137,8 +151,9 @@ def _relaxations(
     """(id, relaxation) in order of completion: in this process for one worker, else in a process pool."""
     workers = max(1, min(config.workers, len(items)))
     if workers == 1:
-        for rid, structure in items:
-            yield rid, backend.relax(structure)
+        with _one_torch_thread():  # as in a worker, so the rows do not depend on the number of workers
+            for rid, structure in items:
+                yield rid, backend.relax(structure)
         return
     context = multiprocessing.get_context("spawn")  # torch and fork do not mix
     with ProcessPoolExecutor(
@@ -197,23 +212,34 @@ def summarize(
     training: Dataset | None = None,
 ) -> dict[str, Any]:
     """Rates and counts of a stability CSV, by `crystext.evaluate.sun`'s definitions: metastable (< 0.1 eV/atom),
-    stable (< 0.0) and S.U.N. over all rows, and the stability rates over the valid ones too."""
+    stable (< 0.0) and S.U.N. over all rows; the stability rates also over the valid ones, and over all rows
+    counting a structure the step cap stopped (placed with its last energy) as neither; and the budget used."""
     kinds = rows["error"].str.split(":", n=1).str[0].where(rows["error"] != "", "")
     valid = ~kinds.isin(NOT_VALID)
     known = None if training is None else KnownStructures.from_structures([r.structure for r in training])
     table = stability_table(rows["e_above_hull"].to_numpy(float), relaxed_structures(rows["relaxed_cif"]), known)
     n_all, n_valid = len(rows), int(valid.sum())
 
+    converged = rows["converged"].to_numpy(bool)
+
     def counted(flag: str, threshold: float, over_valid: bool = True) -> dict[str, Any]:
         count = int(table[flag].sum())
         found = {"threshold_ev_per_atom": threshold, "count": count, "rate_all": _ratio(count, n_all)}
-        return {**found, "rate_valid": _ratio(count, n_valid)} if over_valid else found
+        if not over_valid:
+            return found
+        # Without the unconverged: a structure the step cap stopped counts as not (meta)stable.
+        only_converged = int((table[flag].to_numpy(bool) & converged).sum())
+        return {**found, "rate_valid": _ratio(count, n_valid), "rate_all_converged_only": _ratio(only_converged, n_all)}
 
     relaxed = rows[rows["e_above_hull"].notna()]
     return {
         "samples": n_all,
         "valid": n_valid,
         "placed_on_hull": len(relaxed),
+        "placed_unconverged": int((~relaxed["converged"]).sum()),
+        "budget": {"name": budget_name(config.relax), "max_steps": config.relax.max_steps,
+                   "timeout_s": config.relax.timeout, "fmax": config.relax.fmax,
+                   "optimizer": config.relax.optimizer},
         "errors": dict(Counter(k for k in kinds if k)),
         "metastable": counted("metastable", METASTABLE_E_HULL),
         "stable": counted("stable", STABLE_E_HULL),
