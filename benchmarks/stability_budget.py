@@ -29,12 +29,14 @@ CANDIDATE_CAPS = (100, 200, 300, 500, 1000)
 
 
 def relax_all(structures: list, cap: int) -> list[tuple[int, bool, float, str | None]]:
-    """(steps, converged, seconds, error) of each structure, relaxed in this process on one torch thread."""
+    """(steps, converged, seconds, error) of each structure, relaxed in this process on one torch and BLAS thread."""
     import torch
+    from threadpoolctl import threadpool_limits
 
     from crystext.stability import RelaxConfig, load_backend
 
     torch.set_num_threads(1)
+    threadpool_limits(limits=1)
     backend = load_backend("chgnet", RelaxConfig(max_steps=cap, timeout=None))
     results = []
     for structure in structures:

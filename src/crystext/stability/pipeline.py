@@ -8,13 +8,12 @@ whole CSV at the end and written next to it.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import multiprocessing
 import os
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -120,24 +119,30 @@ _WORKER_BACKEND: Backend | None = None
 
 def _init_worker(name: str, relax: RelaxConfig) -> None:
     """Load the potential once per worker process, on one thread (the workers share the cores)."""
-    import torch
-
     global _WORKER_BACKEND
-    torch.set_num_threads(1)
+    _single_threaded()
     _WORKER_BACKEND = load_backend(name, relax)
 
 
-@contextlib.contextmanager
-def _one_torch_thread() -> Iterator[None]:
-    """Run the potential on one torch thread, then restore the thread count."""
+def _single_threaded() -> Callable[[], None]:
+    """Run torch and the BLAS libraries on one thread; returns what restores the previous settings.
+
+    BLAS matters most: the cell filter solves many 3x3 systems per step (scipy's expm_frechet and logm), and
+    a multi-threaded OpenBLAS spends milliseconds waking its threads for each one, far more than the work
+    (benchmarks/results/stability_speed.md).
+    """
     import torch
+    from threadpoolctl import threadpool_limits
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    try:
-        yield
-    finally:
+    limits = threadpool_limits(limits=1)
+
+    def restore() -> None:
         torch.set_num_threads(threads)
+        limits.restore_original_limits()
+
+    return restore
 
 
 def _relax_in_worker(rid: str, structure: Structure) -> tuple[str, Relaxation]:
@@ -151,9 +156,12 @@ def _relaxations(
     """(id, relaxation) in order of completion: in this process for one worker, else in a process pool."""
     workers = max(1, min(config.workers, len(items)))
     if workers == 1:
-        with _one_torch_thread():  # as in a worker, so the rows do not depend on the number of workers
+        restore = _single_threaded()  # as in a worker, so the rows do not depend on the number of workers
+        try:
             for rid, structure in items:
                 yield rid, backend.relax(structure)
+        finally:
+            restore()
         return
     context = multiprocessing.get_context("spawn")  # torch and fork do not mix
     with ProcessPoolExecutor(
