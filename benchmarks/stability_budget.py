@@ -81,7 +81,7 @@ def main() -> int:
         "converged_within": {
             cap: round(float(np.mean([c and s <= cap for s, c in done])), 4) for cap in CANDIDATE_CAPS
         },
-        "steps_quantiles": {q: float(np.quantile(steps, q)) for q in (0.5, 0.9, 0.99)} if len(steps) else {},
+        "steps_quantiles": {q: round(float(np.quantile(steps, q)), 1) for q in (0.5, 0.9, 0.99)} if len(steps) else {},
         "steps_max": int(steps.max()) if len(steps) else None,
         "seconds_per_step": round(sum(r[2] for r in results) / max(sum(r[0] for r in results), 1), 4),
         "wall_seconds": round(wall, 1),
