@@ -172,3 +172,31 @@ def test_hull_vertices_match_patched_phase_diagram(shared_data: Path, refs: Path
     theirs = {(e.composition.reduced_formula, round(e.energy_per_atom, 6))
               for e in patched.stable_entries if not e.composition.is_element}
     assert len(theirs) > 30 and mine == theirs
+
+
+def test_the_shipped_hull_places_a_structure_with_no_data_at_hand() -> None:
+    """The hull inside the package is the default offline one: rock salt's MP formation energy sits on it."""
+    from crystext.stability import shipped_reference
+
+    reference = shipped_reference()
+    assert reference.summary()["stable_phases"] > 30_000 and reference.details["source"] == "shipped with crystext"
+    nacl = Composition("NaCl")
+    mu = reference.elemental_energies
+    point = reference.evaluate(nacl, -2.1 * 2 + mu["Na"] + mu["Cl"])  # MP-20: NaCl at -2.1 eV/atom
+    assert point.e_form_per_atom == pytest.approx(-2.1) and point.e_above_hull < 0.05
+
+
+def test_stability_without_a_hull_flag_uses_the_shipped_hull(tmp_path: Path, monkeypatch) -> None:
+    from pymatgen.core import Lattice, Structure
+
+    from crystext.cli import main
+
+    monkeypatch.delenv("CRYSTEXT_HULL_DATA", raising=False)
+    samples = tmp_path / "samples.csv"
+    rock_salt = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.69), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    pd.DataFrame({"id": ["nacl"], "cif": [rock_salt.to(fmt="cif")]}).to_csv(samples, index=False)
+    output = tmp_path / "out.csv"
+    assert main(["stability", str(samples), "-o", str(output), "--workers", "1", "--max-steps", "0"]) == 0
+    summary = json.loads(output.with_name("out.summary.json").read_text())
+    assert summary["hull_reference"]["source"] == "shipped with crystext"
+    assert summary["placed_on_hull"] == 1 and summary["metastable"]["count"] == 1

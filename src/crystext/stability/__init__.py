@@ -18,6 +18,7 @@ from crystext.stability.hull import (
     default_reference,
     from_entries,
     from_formation_energies,
+    shipped_reference,
 )
 from crystext.stability.pipeline import OUTPUT_COLUMNS, StabilityConfig, read_samples, relax_and_place, summary_path
 from crystext.stability.relax import (
@@ -53,5 +54,6 @@ __all__ = [
     "mp2020_energy",
     "read_samples",
     "relax_and_place",
+    "shipped_reference",
     "summary_path",
 ]

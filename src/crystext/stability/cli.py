@@ -18,6 +18,7 @@ from crystext.stability.hull import (
     default_reference,
     from_entries,
     from_formation_energies,
+    shipped_reference,
 )
 from crystext.stability.pipeline import OUTPUT_COLUMNS, StabilityConfig, read_samples, relax_and_place, summary_path
 from crystext.stability.relax import BACKENDS, BUDGETS, PAPER_TIMEOUT_S, RelaxConfig
@@ -60,7 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     hull = parser.add_argument_group("hull reference (one of)")
     source = hull.add_mutually_exclusive_group()
     source.add_argument("--hull-data", type=Path,
-                        help=f"folder laid out like the shared data (mp_20/, mp_hull_ref/); default ${HULL_DATA_ENV}")
+                        help=f"folder laid out like the shared data (mp_20/, mp_hull_ref/); default ${HULL_DATA_ENV}, "
+                        "else the offline hull shipped with crystext (built from that data)")
     source.add_argument("--entries", type=Path,
                         help="JSON(.gz) of MP ComputedStructureEntries, e.g. matbench-discovery's")
     source.add_argument("--formation-energies", type=Path, nargs="+", metavar="TABLE",
@@ -125,10 +127,7 @@ def _reference(args: argparse.Namespace) -> HullReference:
         return MPApiReference()
     folder = args.hull_data or os.environ.get(HULL_DATA_ENV)
     if not folder:
-        raise StabilityError(
-            f"no hull reference: pass --hull-data DIR (or set {HULL_DATA_ENV}), --entries FILE, "
-            "--formation-energies TABLE... --elemental-refs FILE, or --mp-api"
-        )
+        return shipped_reference()  # the same hull as --hull-data on the shared data, shipped with the package
     return default_reference(folder, fill_with_mp_e_form=not args.no_fill)
 
 

@@ -360,6 +360,20 @@ def _dedup(table: pd.DataFrame) -> pd.DataFrame:
     return table.sort_values("e_form").drop_duplicates("formula").reset_index(drop=True)
 
 
+#: The offline hull shipped inside the package (recipes/offline_hull.py builds it; provenance and licenses in
+#: the README.md beside it): the default reference when no other is given.
+SHIPPED_HULL = Path(__file__).parent / "offline_hull" / "mp20_lemat_mp_e_form_hull.json.gz"
+
+
+def shipped_reference() -> PhaseTable:
+    """The hull shipped with crystext: `default_reference` of the shared data, reduced to its vertices."""
+    table = _load_cached(SHIPPED_HULL)
+    if table is None:
+        raise HullError(f"{SHIPPED_HULL}: the shipped hull is missing or damaged; reinstall crystext")
+    table.details.update(source="shipped with crystext", file=SHIPPED_HULL.name)
+    return table
+
+
 def default_reference(shared_data: str | Path, *, fill_with_mp_e_form: bool = True) -> PhaseTable:
     """The offline default hull from a folder laid out like the project's shared data.
 
