@@ -133,13 +133,17 @@ def test_cli_with_worker_processes(samples_csv: Path, shared_data: Path, tmp_pat
     assert summary["workers"] == 2 and summary["metastable"]["count"] == 1
 
 
-def test_cli_without_reference_says_what_to_pass(
-    samples_csv: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+def test_cli_without_reference_or_shipped_hull_says_what_is_wrong(
+    samples_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """With no hull flag the shipped hull is used (tests/test_stability_hull.py); a damaged install says so."""
+    from crystext.stability import hull
+
     monkeypatch.delenv("CRYSTEXT_HULL_DATA", raising=False)
-    assert main(["stability", str(samples_csv)]) == 1
+    monkeypatch.setattr(hull, "SHIPPED_HULL", tmp_path / "missing.json.gz")
+    assert main(["stability", str(samples_csv), "-o", str(tmp_path / "out.csv")]) == 1
     error = capsys.readouterr().err
-    assert error.startswith("crystext stability: error: no hull reference: pass --hull-data DIR")
+    assert error.startswith("crystext stability: error: ") and "the shipped hull is missing or damaged" in error
     assert error.count("\n") == 1
 
 
