@@ -185,3 +185,19 @@ def test_the_same_rows_with_one_or_two_workers(rock_salt: Structure, reference, 
     assert (one["steps"] == two["steps"]).all() and (one["converged"] == two["converged"]).all()
     np.testing.assert_allclose(one["energy_per_atom"].astype(float), two["energy_per_atom"].astype(float), atol=1e-6)
     np.testing.assert_allclose(one["e_above_hull"].astype(float), two["e_above_hull"].astype(float), atol=1e-6)
+
+
+def test_a_dask_local_cluster_gives_the_local_rows(rock_salt: Structure, reference, tmp_path: Path) -> None:
+    """Chunks of structures sent to a 2-worker Dask LocalCluster come back as the rows of a local run."""
+    pytest.importorskip("distributed")
+    samples = Dataset([Record(f"r{i}", _rattled(rock_salt, i)) for i in range(4)])
+    local, cluster = tmp_path / "local.csv", tmp_path / "cluster.csv"
+    relax_and_place(samples, reference, local, StabilityConfig(workers=1, progress=False))
+    summary = relax_and_place(samples, reference, cluster,
+                              StabilityConfig(workers=2, scheduler="local", chunk_size=3, progress=False))
+    assert summary["placed_on_hull"] == 4
+    one, two = (pd.read_csv(p, dtype={"id": str}, keep_default_na=False).set_index("id").sort_index()
+                for p in (local, cluster))
+    assert list(two.index) == ["r0", "r1", "r2", "r3"]
+    assert (one["steps"] == two["steps"]).all() and (one["relaxed_cif"] == two["relaxed_cif"]).all()
+    np.testing.assert_allclose(one["e_above_hull"].astype(float), two["e_above_hull"].astype(float), atol=1e-6)

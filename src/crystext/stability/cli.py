@@ -20,7 +20,14 @@ from crystext.stability.hull import (
     from_formation_energies,
     shipped_reference,
 )
-from crystext.stability.pipeline import OUTPUT_COLUMNS, StabilityConfig, read_samples, relax_and_place, summary_path
+from crystext.stability.pipeline import (
+    DASK_CHUNK,
+    OUTPUT_COLUMNS,
+    StabilityConfig,
+    read_samples,
+    relax_and_place,
+    summary_path,
+)
 from crystext.stability.relax import BACKENDS, BUDGETS, PAPER_TIMEOUT_S, RelaxConfig
 
 __all__ = ["HELP", "add_arguments", "run"]
@@ -30,7 +37,7 @@ HELP = "relax samples with a machine-learned potential and place them on the con
 #: Environment variable naming the default offline hull folder (the shared-data layout: mp_20/, mp_hull_ref/).
 HULL_DATA_ENV = "CRYSTEXT_HULL_DATA"
 #: Settings fields and the flags that set them, to name the flag when a setting is refused.
-_FLAGS = option_flags(("fmax", "max_steps", "timeout", "workers"))
+_FLAGS = option_flags(("fmax", "max_steps", "timeout", "workers", "chunk_size"))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,6 +65,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     relax.add_argument("--optimizer", choices=("FIRE", "BFGS"), default=RelaxConfig.optimizer)
     relax.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                        help="worker processes, one model each (default: all cores)")
+    relax.add_argument("--scheduler", metavar="ADDRESS",
+                       help="relax on a Dask cluster: its scheduler address (tcp://host:8786), or 'local' for a "
+                       "LocalCluster of --workers processes (needs the `distributed` package: crystext[cluster])")
+    relax.add_argument("--chunk-size", type=int, default=DASK_CHUNK,
+                       help=f"with --scheduler: structures per task (default {DASK_CHUNK})")
     hull = parser.add_argument_group("hull reference (one of)")
     source = hull.add_mutually_exclusive_group()
     source.add_argument("--hull-data", type=Path,
@@ -90,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
             ),
             workers=args.workers,
             resume=args.resume,
+            scheduler=args.scheduler,
+            chunk_size=args.chunk_size,
         )
     except ValueError as err:
         raise StabilityError(flag_message(err, _FLAGS)) from None

@@ -8,6 +8,7 @@ whole CSV at the end and written next to it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import multiprocessing
@@ -52,19 +53,27 @@ ERROR_HULL = "hull"
 NOT_VALID = (ERROR_UNPARSED, ERROR_INVALID)
 
 
+#: Structures a Dask task relaxes: enough to spread the per-task overhead, few enough to balance the workers.
+DASK_CHUNK = 8
+
+
 @dataclass(frozen=True)
 class StabilityConfig:
     """How a stability run is carried out."""
 
     backend: str = "chgnet"
     relax: RelaxConfig = field(default_factory=RelaxConfig)
-    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)  # local processes (or LocalCluster workers)
     resume: bool = False
     progress: bool = True
+    scheduler: str | None = None  # a Dask scheduler address, or "local" for a LocalCluster of `workers` processes
+    chunk_size: int = DASK_CHUNK  # structures per Dask task
 
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
+        if self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be at least 1, got {self.chunk_size}")
 
 
 def summary_path(output: Path) -> Path:
@@ -117,11 +126,19 @@ def relax_and_place(
 _WORKER_BACKEND: Backend | None = None
 
 
-def _init_worker(name: str, relax: RelaxConfig) -> None:
+def _init_worker(name: str, relax: RelaxConfig) -> Backend:
     """Load the potential once per worker process, on one thread (the workers share the cores)."""
     global _WORKER_BACKEND
-    _single_threaded()
-    _WORKER_BACKEND = load_backend(name, relax)
+    if _WORKER_BACKEND is None or (_WORKER_BACKEND.name, _WORKER_BACKEND.config) != (name, relax):
+        _single_threaded()
+        _WORKER_BACKEND = load_backend(name, relax)
+    return _WORKER_BACKEND
+
+
+def _relax_chunk(name: str, relax: RelaxConfig, chunk: list[tuple[str, Structure]]) -> list[tuple[str, Relaxation]]:
+    """Relax a chunk of structures on a Dask worker, with the potential that process keeps loaded."""
+    backend = _init_worker(name, relax)
+    return [(rid, backend.relax(structure)) for rid, structure in chunk]
 
 
 def _single_threaded() -> Callable[[], None]:
@@ -153,7 +170,11 @@ def _relax_in_worker(rid: str, structure: Structure) -> tuple[str, Relaxation]:
 def _relaxations(
     items: Sequence[tuple[str, Structure]], backend: Backend, config: StabilityConfig
 ) -> Iterator[tuple[str, Relaxation]]:
-    """(id, relaxation) in order of completion: in this process for one worker, else in a process pool."""
+    """(id, relaxation) in order of completion: on a Dask cluster when given a scheduler, else in this process
+    for one worker, else in a process pool."""
+    if config.scheduler is not None:
+        yield from _dask_relaxations(items, config)
+        return
     workers = max(1, min(config.workers, len(items)))
     if workers == 1:
         restore = _single_threaded()  # as in a worker, so the rows do not depend on the number of workers
@@ -278,3 +299,22 @@ def _ratio(count: int, total: int) -> float | None:
 
 def _finite(value: float) -> float | None:
     return round(float(value), 6) if math.isfinite(value) else None
+
+
+def _dask_relaxations(
+    items: Sequence[tuple[str, Structure]], config: StabilityConfig
+) -> Iterator[tuple[str, Relaxation]]:
+    """(id, relaxation) as chunks finish on a Dask cluster: the one at `config.scheduler`, or a LocalCluster."""
+    from distributed import Client, LocalCluster, as_completed
+
+    with contextlib.ExitStack() as stack:
+        if config.scheduler == "local":
+            cluster = stack.enter_context(LocalCluster(
+                n_workers=config.workers, threads_per_worker=1, processes=True, dashboard_address=None))
+            client = stack.enter_context(Client(cluster))
+        else:
+            client = stack.enter_context(Client(config.scheduler))
+        chunks = [list(items[i : i + config.chunk_size]) for i in range(0, len(items), config.chunk_size)]
+        futures = [client.submit(_relax_chunk, config.backend, config.relax, chunk, pure=False) for chunk in chunks]
+        for future in as_completed(futures):
+            yield from future.result()
