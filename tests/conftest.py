@@ -47,3 +47,18 @@ def head_csv() -> Callable[[Path, int, Path], Path]:
         return target
 
     return copy_head
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
+    """A scratch-tiny model trained for a few steps on 40 MP-20 structures (once per test session)."""
+    import pandas as pd
+
+    from crystext.model import ModelSpec
+    from crystext.train import TrainConfig, train
+
+    data = tmp_path_factory.mktemp("data")
+    pd.read_csv(shared_data / "mp_20" / "val.csv", nrows=40).to_csv(data / "train.csv", index=False)
+    config = TrainConfig(out=tmp_path_factory.mktemp("model"), data_dir=data, model=ModelSpec("scratch-tiny"),
+                         splits=("train",), holdout=0.1, max_steps=4, batch_size=4, learning_rate=3e-3)
+    return train(config)

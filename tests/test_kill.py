@@ -31,8 +31,6 @@ from pymatgen.core import Composition, Structure
 
 from crystext.cli import main
 from crystext.evaluate.profiles import Profiles, profile_file
-from crystext.model import ModelSpec
-from crystext.train import TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "one_blas_thread")
 
@@ -141,16 +139,6 @@ def assert_whole(path: Path, columns: list[str]) -> list[dict[str, str]]:
 
 
 # --------------------------------------------------------------------------- 1. crystext sample
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, shared_data) -> Path:
-    """A scratch-tiny model trained for a few steps on 40 MP-20 structures."""
-    data = tmp_path_factory.mktemp("data")
-    pd.read_csv(shared_data / "mp_20" / "val.csv", nrows=40).to_csv(data / "train.csv", index=False)
-    config = TrainConfig(out=tmp_path_factory.mktemp("model"), data_dir=data, model=ModelSpec("scratch-tiny"),
-                         splits=("train",), holdout=0.1, max_steps=4, batch_size=4, learning_rate=3e-3)
-    return train(config)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from crystext.cli import main
 from crystext.evaluate.validity import structural_problem
-from crystext.model import ModelSpec
 from crystext.prompts import Attributes
 from crystext.sample import (
     SampleConfig,
@@ -29,17 +28,6 @@ from crystext.sample import (
 )
 from crystext.sample import sampler as sampler_module
 from crystext.textformat import FormatOptions, decode
-from crystext.train import TrainConfig, train
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, shared_data) -> Path:
-    """A scratch-tiny model trained for a few steps on 40 MP-20 structures."""
-    data = tmp_path_factory.mktemp("data")
-    pd.read_csv(shared_data / "mp_20" / "val.csv", nrows=40).to_csv(data / "train.csv", index=False)
-    config = TrainConfig(out=tmp_path_factory.mktemp("model"), data_dir=data, model=ModelSpec("scratch-tiny"),
-                         splits=("train",), holdout=0.1, max_steps=4, batch_size=4, learning_rate=3e-3)
-    return train(config)
 
 
 @pytest.fixture(scope="module")
