@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pymatgen.core import Structure
 
 from crystext.evaluate.conditions import conditional_accuracy
 from crystext.evaluate.fingerprints import FingerprintSettings
@@ -20,8 +21,8 @@ from crystext.evaluate.profiles import VERSIONED_PACKAGES, Profiles, profile_fil
 from crystext.evaluate.protocols import ProtocolSettings, score
 from crystext.evaluate.sun import (
     KnownStructures,
+    RelaxedStructures,
     novel_flags,
-    relaxed_structures,
     stability_rates,
     stability_table,
     unique_flags,
@@ -351,14 +352,14 @@ def _stability(
     if unmatched.any():
         notes.append(f"{path}: {int(unmatched.sum())} ids match no sample")
         rows = rows[~unmatched]
-    relaxed = relaxed_structures(rows["relaxed_cif"])
-    position = {rid: i for i, rid in enumerate(ids)}
-    parsed = samples.table["parsed"].to_numpy(bool)
-    as_generated = 0
-    for k, rid in enumerate(rows.index):
-        if relaxed[k] is None and parsed[position[rid]]:
-            relaxed[k] = samples.structure(position[rid])
-            as_generated += 1
+    position = [{rid: i for i, rid in enumerate(ids)}[rid] for rid in rows.index]  # each row's sample
+    parsed = samples.table["parsed"].to_numpy(bool)[position]
+
+    def as_generated_structure(row: int) -> Structure | None:
+        return samples.structure(position[row]) if parsed[row] else None
+
+    relaxed = RelaxedStructures(rows["relaxed_cif"], fallback=as_generated_structure)
+    as_generated = int((~rows["relaxed_cif"].str.strip().astype(bool).to_numpy() & parsed).sum())
     if as_generated:
         notes.append(f"{path}: {as_generated} rows have no relaxed structure; S.U.N. judges them as generated")
     known = None if train is None else _known(train)

@@ -43,7 +43,7 @@ __all__ = [
     "KnownStructures",
     "fingerprint_novelty",
     "novel_flags",
-    "relaxed_structures",
+    "RelaxedStructures",
     "stability_flags",
     "stability_rates",
     "stability_table",
@@ -145,11 +145,31 @@ def stability_flags(e_above_hull: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return e < METASTABLE_E_HULL, e < STABLE_E_HULL
 
 
-def relaxed_structures(cifs: Sequence[str]) -> list[Structure | None]:
-    """The relaxed structures of a stability CSV's `relaxed_cif` column (None where a row has none)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return [Structure.from_str(cif, fmt="cif") if isinstance(cif, str) and cif.strip() else None for cif in cifs]
+class RelaxedStructures(Sequence):
+    """The relaxed structures of a stability CSV's `relaxed_cif` column, each parsed the first time it is asked
+    for: S.U.N. needs only the (meta)stable rows', and rates without a training set need none.
+
+    A row without a CIF is `fallback(row)` (None without a fallback).
+    """
+
+    def __init__(self, cifs: Sequence[str], fallback: Callable[[int], Structure | None] | None = None) -> None:
+        self._cifs = [cif if isinstance(cif, str) else "" for cif in cifs]
+        self._fallback = fallback
+        self._parsed: dict[int, Structure | None] = {}
+
+    def __len__(self) -> int:
+        return len(self._cifs)
+
+    def __getitem__(self, row: int) -> Structure | None:  # type: ignore[override]
+        if row not in self._parsed:
+            cif = self._cifs[row]
+            if cif.strip():
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    self._parsed[row] = Structure.from_str(cif, fmt="cif")
+            else:
+                self._parsed[row] = self._fallback(row) if self._fallback else None
+        return self._parsed[row]
 
 
 def stability_table(

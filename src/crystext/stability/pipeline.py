@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from crystext.constants import METASTABLE_E_HULL, STABLE_E_HULL
 from crystext.data import Dataset, read_structures
-from crystext.evaluate.sun import KnownStructures, relaxed_structures, stability_table
+from crystext.evaluate.sun import KnownStructures, RelaxedStructures, stability_table
 from crystext.files import CsvLog, write_atomic
 from crystext.provenance import package_versions
 from crystext.stability.hull import HullError, HullReference
@@ -246,7 +246,7 @@ def summarize(
     kinds = rows["error"].str.split(":", n=1).str[0].where(rows["error"] != "", "")
     valid = ~kinds.isin(NOT_VALID)
     known = None if training is None else KnownStructures.from_structures([r.structure for r in training])
-    table = stability_table(rows["e_above_hull"].to_numpy(float), relaxed_structures(rows["relaxed_cif"]), known)
+    table = stability_table(rows["e_above_hull"].to_numpy(float), RelaxedStructures(rows["relaxed_cif"]), known)
     n_all, n_valid = len(rows), int(valid.sum())
 
     converged = rows["converged"].to_numpy(bool)
