@@ -61,4 +61,15 @@ def test_data_fetch_uses_a_local_copy(shared_data, capsys) -> None:
     assert main(["data", "fetch", "mp_20", "--data-dir", str(shared_data)]) == 0
     assert capsys.readouterr().out.strip() == str(shared_data / "mp_20")
     assert main(["data", "list"]) == 0
-    assert "perov_5" in capsys.readouterr().out
+    listing = capsys.readouterr().out
+    assert "perov_5" in listing and "mp_2023_02_07" in listing.split("hull references:")[1]
+
+
+def test_data_fetch_of_the_mp_snapshot_says_how_to_use_it(tmp_path, capsys) -> None:
+    entries = tmp_path / "mp_2023_02_07" / "2023-02-07-mp-computed-structure-entries.json.gz"
+    entries.parent.mkdir()
+    entries.write_bytes(b"")
+    assert main(["data", "fetch", "mp_2023_02_07", "--data-dir", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == str(entries.parent)
+    assert captured.err.strip() == f"use it with: crystext stability SAMPLES --entries {entries}"

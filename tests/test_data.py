@@ -14,6 +14,7 @@ from pymatgen.core import Composition, Lattice, Structure
 from crystext import data
 from crystext.data import (
     DATASETS,
+    REFERENCES,
     DatasetError,
     DatasetSource,
     dataset_dir,
@@ -180,6 +181,17 @@ def test_fetch_downloads_verifies_and_records_checksums(tmp_path, monkeypatch) -
     assert not list((data.cache_dir() / "tiny2").iterdir())
 
 
+def test_fetch_checks_a_pinned_md5_too(tmp_path, monkeypatch) -> None:
+    served = _served_source(tmp_path, None)
+    good = hashlib.md5(b"material_id,cif\n").hexdigest()
+    monkeypatch.setitem(DATASETS, "md5ok", DatasetSource("md5ok", "", served.urls, md5={"test": good}))
+    assert (fetch("md5ok") / "test.csv").read_text() == "material_id,cif\n"
+    monkeypatch.setitem(DATASETS, "md5bad", DatasetSource("md5bad", "", served.urls, md5={"test": "0" * 32}))
+    with pytest.raises(DatasetError, match=f"checksum mismatch \\(md5 {good}, expected 0{{32}}\\)"):
+        fetch("md5bad")
+    assert not list((data.cache_dir() / "md5bad").iterdir())
+
+
 def test_fetch_offline_names_the_url_and_the_way_out(monkeypatch) -> None:
     url = "http://127.0.0.1:9/mp_20/test.csv"
     monkeypatch.setitem(DATASETS, "offline", DatasetSource("offline", "", {"test": url}))
@@ -197,6 +209,13 @@ def test_registry_points_at_pinned_public_files() -> None:
         assert set(source.urls) == {"train", "val", "test"}
         assert all(url.startswith("https://") for url in source.urls.values())
         assert all(len(sha) == 64 for sha in source.sha256.values())
+
+
+def test_the_mp_snapshot_is_pinned_by_both_checksums() -> None:
+    source = REFERENCES["mp_2023_02_07"]
+    assert source.filename("entries") == "2023-02-07-mp-computed-structure-entries.json.gz"
+    assert source.urls["entries"].startswith("https://") and source.urls["entries"].endswith("/40344436")
+    assert len(source.sha256["entries"]) == 64 and source.md5["entries"] == "76fc748db6b175bb80de4c276d27c235"
 
 
 def test_pinned_checksums_match_the_local_copies(shared_data) -> None:

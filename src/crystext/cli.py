@@ -15,7 +15,7 @@ import numpy as np
 from pymatgen.core import Composition
 
 from crystext import __version__
-from crystext.data import DATASETS, dataset_dir, fetch, read_structures
+from crystext.data import DATASETS, REFERENCES, dataset_dir, fetch, read_structures
 from crystext.errors import CrystextError, flag_message, option_flags
 from crystext.evaluate import cli as evaluate_cli
 from crystext.files import CsvLog
@@ -220,12 +220,13 @@ def _finite(text: str) -> float:
 
 def _data_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(title="data commands", metavar="ACTION")
-    _command(actions, "list", _data_list, "the benchmark sets crystext knows", lambda _: None)
-    _command(actions, "fetch", _data_fetch, "download a benchmark set into the cache", _data_fetch_arguments)
+    _command(actions, "list", _data_list, "the benchmark sets and hull references crystext knows", lambda _: None)
+    _command(actions, "fetch", _data_fetch, "download a benchmark set or hull reference into the cache",
+             _data_fetch_arguments)
 
 
 def _data_fetch_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("name", choices=sorted(DATASETS))
+    parser.add_argument("name", choices=sorted([*DATASETS, *REFERENCES]))
     parser.add_argument("--data-dir", type=Path, help="use this local copy instead of downloading")
 
 
@@ -542,14 +543,19 @@ def _infill(args: argparse.Namespace, config: SampleConfig, sampler: Sampler) ->
 
 
 def _data_list(args: argparse.Namespace) -> int:
-    for source in DATASETS.values():
-        print(f"{source.name:10s} {source.description}")
+    for heading, sources in (("benchmark sets", DATASETS), ("hull references", REFERENCES)):
+        print(f"{heading}:")
+        for source in sources.values():
+            print(f"  {source.name:14s} {source.description}")
     return 0
 
 
 def _data_fetch(args: argparse.Namespace) -> int:
     folder = dataset_dir(args.name, args.data_dir) if args.data_dir else fetch(args.name)
     print(folder)
+    if args.name in REFERENCES:
+        entries = folder / REFERENCES[args.name].filename("entries")
+        print(f"use it with: crystext stability SAMPLES --entries {entries}", file=sys.stderr)
     return 0
 
 

@@ -9,7 +9,8 @@ Modules, one job each:
 - `tables`: CSV tables: reading one, which column holds the structures, and the one id rule (`table_ids`).
 - `readers`: `read_structures`, which reads whatever a path is (CSV, CIF, CIF folder, .zip/.tar of CIFs,
   pymatgen JSON, CDVAE/DiffCSP/FlowMM .pt, extxyz and other ASE files), and one reader per format.
-- `registry`: the benchmark sets (`DATASETS`), their local copies (`dataset_dir`), `fetch`, `cache_dir`.
+- `registry`: the benchmark sets (`DATASETS`) and hull references (`REFERENCES`), their local copies
+  (`dataset_dir`), `fetch`, `cache_dir`.
 - `splits`: splits in the CDVAE layout (`read_split`) and training sets joined from several (`training_set`).
 """
 
@@ -26,7 +27,16 @@ from crystext.data.readers import (
     read_torch_eval,
 )
 from crystext.data.records import Dataset, DatasetError, Record
-from crystext.data.registry import CACHE_DIR_ENV, DATA_DIR_ENV, DATASETS, DatasetSource, cache_dir, dataset_dir, fetch
+from crystext.data.registry import (
+    CACHE_DIR_ENV,
+    DATA_DIR_ENV,
+    DATASETS,
+    REFERENCES,
+    DatasetSource,
+    cache_dir,
+    dataset_dir,
+    fetch,
+)
 from crystext.data.splits import read_split, training_set
 from crystext.data.tables import (
     ID_COLUMNS,
@@ -44,6 +54,7 @@ __all__ = [
     "DATA_DIR_ENV",
     "ID_COLUMNS",
     "READER_VERSION",
+    "REFERENCES",
     "STRUCTURE_COLUMNS",
     "Dataset",
     "DatasetError",

@@ -1,5 +1,5 @@
-"""The benchmark sets crystext knows (`DATASETS`), where their files are (`dataset_dir`), downloading them
-(`fetch`), and crystext's cache folder (`cache_dir`)."""
+"""The benchmark sets crystext knows (`DATASETS`) and the hull references it can download (`REFERENCES`),
+where their files are (`dataset_dir`), downloading them (`fetch`), and crystext's cache folder (`cache_dir`)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,16 @@ from typing import Any
 
 from crystext.data.records import DatasetError
 
-__all__ = ["CACHE_DIR_ENV", "DATASETS", "DATA_DIR_ENV", "DatasetSource", "cache_dir", "dataset_dir", "fetch"]
+__all__ = [
+    "CACHE_DIR_ENV",
+    "DATASETS",
+    "DATA_DIR_ENV",
+    "REFERENCES",
+    "DatasetSource",
+    "cache_dir",
+    "dataset_dir",
+    "fetch",
+]
 
 DATA_DIR_ENV = "CRYSTEXT_DATA_DIR"
 CACHE_DIR_ENV = "CRYSTEXT_CACHE_DIR"
@@ -28,15 +37,20 @@ _WYCKOFF = (
 
 @dataclass(frozen=True)
 class DatasetSource:
-    """Where a benchmark set is published: one URL per split, and the SHA-256 of each file where pinned."""
+    """Where a benchmark set is published: one URL per split (or file), and each file's checksums where pinned.
+
+    `filenames` names the saved file where the URL does not end in it (a figshare download id).
+    """
 
     name: str
     description: str
     urls: Mapping[str, str]
     sha256: Mapping[str, str] = field(default_factory=dict)
+    md5: Mapping[str, str] = field(default_factory=dict)
+    filenames: Mapping[str, str] = field(default_factory=dict)
 
     def filename(self, split: str) -> str:
-        return self.urls[split].rsplit("/", 1)[-1]
+        return self.filenames.get(split) or self.urls[split].rsplit("/", 1)[-1]
 
 
 def _splits(base: str, suffix: str) -> dict[str, str]:
@@ -67,6 +81,29 @@ DATASETS: dict[str, DatasetSource] = {
 }
 
 
+_CSV = (".csv", ".csv.gz")
+_MP_ENTRIES = "2023-02-07-mp-computed-structure-entries.json.gz"
+
+#: Hull references for `crystext stability --entries`. The Materials Project snapshot that published S.U.N.
+#: and stability rates use (MatterGen, LeMat-GenBench via matbench-discovery): 154,719 ComputedStructureEntries
+#: of 2023-02-07 with MP2020 corrections, 179,351,659 bytes, CC-BY-4.0. Its MD5 is the one matbench-discovery
+#: publishes for figshare file 40344436; the SHA-256 was recorded from the same file by independent users.
+REFERENCES: dict[str, DatasetSource] = {
+    source.name: source
+    for source in (
+        DatasetSource(
+            "mp_2023_02_07",
+            "Materials Project computed structure entries of 2023-02-07 (matbench-discovery): a full hull for "
+            "`crystext stability --entries`",
+            {"entries": "https://api.figshare.com/v2/file/download/40344436"},
+            {"entries": "553d6272f049a8f4ec26e503b89751e2616dd3af53d086545f6ea00f317a361f"},
+            {"entries": "76fc748db6b175bb80de4c276d27c235"},
+            {"entries": _MP_ENTRIES},
+        ),
+    )
+}
+
+
 def cache_dir(kind: str = "datasets") -> Path:
     """crystext's cache folder for `kind` (fetched datasets, fingerprints, hulls): under $CRYSTEXT_CACHE_DIR,
     else ~/.cache/crystext."""
@@ -75,15 +112,17 @@ def cache_dir(kind: str = "datasets") -> Path:
 
 def _source(name: str) -> DatasetSource:
     try:
-        return DATASETS[name]
+        return DATASETS[name] if name in DATASETS else REFERENCES[name]
     except KeyError:
-        raise DatasetError(f"unknown dataset '{name}' (known: {', '.join(DATASETS)})") from None
+        raise DatasetError(f"unknown dataset '{name}' (known: {', '.join([*DATASETS, *REFERENCES])})") from None
 
 
-def _local_copy(name: str, root: Path) -> Path | None:
-    """`root/name` if it holds split files, or `root` itself if it does."""
-    for folder in (root / name, root):
-        if any(folder.glob("*.csv")) or any(folder.glob("*.csv.gz")):
+def _local_copy(source: DatasetSource, root: Path) -> Path | None:
+    """`root/name` if it holds one of the source's files (as published, or a split also as plain or gzipped CSV),
+    or `root` itself if it does."""
+    names = {source.filename(split) for split in source.urls} | {f"{s}{ext}" for s in source.urls for ext in _CSV}
+    for folder in (root / source.name, root):
+        if any((folder / name).is_file() for name in names):
             return folder
     return None
 
@@ -97,7 +136,7 @@ def dataset_dir(name: str, data_dir: str | Path | None = None, download: bool = 
     source = _source(name)
     root = data_dir or os.environ.get(DATA_DIR_ENV)
     if root:
-        found = _local_copy(name, Path(root))
+        found = _local_copy(source, Path(root))
         if found is None:
             raise DatasetError(f"{root}: no {name} split files here or in {Path(root) / name}")
         return found
@@ -135,20 +174,22 @@ def fetch(name: str, splits: Sequence[str] | None = None, timeout: float = 60.0)
                 f"pass --data-dir DIR or set {DATA_DIR_ENV}=DIR, where DIR/{name}/ holds "
                 f"{', '.join(source.filename(s) for s in source.urls)}"
             ) from None
-        expected = source.sha256.get(split)
-        if expected and digest != expected:
-            partial.unlink(missing_ok=True)
-            raise DatasetError(f"{url}: checksum mismatch (sha256 {digest}, expected {expected})")
+        for kind, pins in (("sha256", source.sha256), ("md5", source.md5)):
+            if split in pins and digest[kind] != pins[split]:
+                partial.unlink(missing_ok=True)
+                raise DatasetError(f"{url}: checksum mismatch ({kind} {digest[kind]}, expected {pins[split]})")
         partial.replace(path)
-        if not expected:
+        if split not in source.sha256:
             with open(target / "SHA256SUMS", "a") as sums:
-                sums.write(f"{digest}  {path.name}\n")
+                sums.write(f"{digest['sha256']}  {path.name}\n")
     return target
 
 
-def _copy_hashing(response: Any, out: Any, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
+def _copy_hashing(response: Any, out: Any, chunk: int = 1 << 20) -> dict[str, str]:
+    """Copy a download to `out`; its SHA-256 and MD5 (the checksum some publishers give)."""
+    digests = {"sha256": hashlib.sha256(), "md5": hashlib.md5(usedforsecurity=False)}
     while block := response.read(chunk):
-        digest.update(block)
+        for digest in digests.values():
+            digest.update(block)
         out.write(block)
-    return digest.hexdigest()
+    return {kind: digest.hexdigest() for kind, digest in digests.items()}
