@@ -81,6 +81,9 @@ def test_half_precision_export_loads_back_as_float32_on_cpu(shared_data, head_cs
     with torch.no_grad():
         difference = (full(ids).logits - half(ids).logits).abs().max().item()
     assert 0 < difference < 0.05  # float16 rounding of the weights, nothing more
+    if not torch.cuda.is_available():  # fine-tuning the export further (`crystext train --model DIR --no-lora`)
+        again, _ = load_pretrained(ModelSpec(str(exported), lora=None))
+        assert again.dtype == torch.float32
 
 
 def test_without_a_model_directory_the_shipped_default_is_loaded(monkeypatch, tmp_path) -> None:

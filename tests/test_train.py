@@ -66,6 +66,29 @@ def test_training_pairs_translate_unless_told_not_to() -> None:
     assert len(moved) == 5 and all(text.split("\n")[:3] == NACL_TEXT.split("\n")[:3] for text in moved)
 
 
+def test_attribute_rates_decide_how_often_prompts_state_attributes() -> None:
+    attributes = Attributes("NaCl", 225, 0.0, -2.1, 5.0)
+    example = Example("nacl", CrystalText.from_str(NACL_TEXT), attributes)
+    rng = np.random.default_rng(0)
+
+    def prompts(**rates: float) -> list[str]:
+        config = TrainConfig(Path("x"), Path("x"), infill_fraction=0.0, translate=False, **rates)
+        return [make_pair(example, rng, config)[0] for _ in range(2000)]
+
+    def share(texts: list[str], words: str) -> float:
+        return sum(words in t for t in texts) / len(texts)
+
+    unconditional = Attributes().to_prompt()
+    paper = prompts()  # every number of attributes (0-5) equally likely: a formula in half, nothing in a sixth
+    assert share(paper, "formula NaCl") == pytest.approx(0.5, abs=0.03)
+    assert sum(t == unconditional for t in paper) / len(paper) == pytest.approx(1 / 6, abs=0.02)
+    dense = prompts(attribute_rate=0.9, unconditional_rate=0.2)
+    assert share(dense, "formula NaCl") == pytest.approx(0.8 * 0.9, abs=0.03)
+    assert share(dense, "space group 225") == pytest.approx(0.72, abs=0.03)
+    assert sum(t == unconditional for t in dense) / len(dense) == pytest.approx(0.2 + 0.8 * 0.1**5, abs=0.02)
+    assert set(prompts(attribute_rate=1.0)) == {attributes.to_prompt()}
+
+
 def test_labels_cover_only_the_completion_by_default() -> None:
     tokenizer = train_scratch_tokenizer([NACL_TEXT])
     prompt = Attributes().to_prompt()
@@ -212,6 +235,8 @@ def test_lora_fine_tuning_changes_adapters_not_base_weights(tiny_data, tmp_path)
         ({"grad_clip": 0.0}, "grad_clip must be positive, got 0.0"),
         ({"weight_decay": -0.1}, "weight_decay must be >= 0, got -0.1"),
         ({"infill_fraction": -0.5}, "infill_fraction must be between 0 and 1, got -0.5"),
+        ({"attribute_rate": 1.5}, "attribute_rate must be between 0 and 1, got 1.5"),
+        ({"unconditional_rate": -0.1}, "unconditional_rate must be between 0 and 1, got -0.1"),
         ({"max_atoms": 0}, "max_atoms must be at least 1, got 0"),
     ],
 )

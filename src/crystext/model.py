@@ -201,8 +201,8 @@ def check_digit_tokenization(tokenizer: PreTrainedTokenizerBase) -> bool:
 
 
 def _quantization_kwargs(quantization: str | None) -> dict[str, Any]:
-    if quantization is None:
-        return {}
+    if quantization is None:  # float32 on a CPU, where half precision (a half-precision export) trains badly
+        return {} if torch.cuda.is_available() else {"dtype": torch.float32}
     if quantization not in ("4bit", "8bit"):
         raise ModelError(f"quantization must be 4bit or 8bit, got {quantization!r}")
     if not torch.cuda.is_available():

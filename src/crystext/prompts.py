@@ -47,11 +47,15 @@ class Attributes:
             band_gap=_clean(properties.get("band_gap"), float),
         )
 
-    def subset(self, rng: np.random.Generator) -> Attributes:
-        """A random subset of the known attributes (each size equally likely, then which ones), as the paper trains."""
+    def subset(self, rng: np.random.Generator, rate: float | None = None) -> Attributes:
+        """A random subset of the known attributes: each stated independently with probability `rate`, or without
+        a rate each subset size equally likely, then which ones, as the paper trains."""
         known = [f.name for f in fields(self) if getattr(self, f.name) is not None]
-        count = int(rng.integers(0, len(known) + 1))
-        keep = set(rng.choice(known, size=count, replace=False)) if count else set()
+        if rate is None:
+            count = int(rng.integers(0, len(known) + 1))
+            keep = set(rng.choice(known, size=count, replace=False)) if count else set()
+        else:
+            keep = {name for name, draw in zip(known, rng.random(len(known))) if draw < rate}
         return Attributes(**{name: getattr(self, name) for name in keep})
 
     def to_prompt(self) -> str:

@@ -65,6 +65,10 @@ class TrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     infill_fraction: float = 1 / 3  # the paper mixes about 2/3 generation and 1/3 infill
+    # Generation prompts: each attribute stated with this probability (None: the paper's uniform subset size),
+    # after `unconditional_rate` of them state none (conditioning dropout, for classifier-free guidance).
+    attribute_rate: float | None = None
+    unconditional_rate: float = 0.0
     translate: bool = True  # the paper's augmentation; a small scratch model learns faster without it
     permute: bool = False
     completion_only: bool = True
@@ -90,8 +94,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be positive, got {value}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if not 0 <= self.infill_fraction <= 1:
-            raise ValueError(f"infill_fraction must be between 0 and 1, got {self.infill_fraction}")
+        for name in ("infill_fraction", "attribute_rate", "unconditional_rate"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 1:
+                raise ValueError(f"{name} must be between 0 and 1, got {value}")
         # holdout is checked where it is used, by crystext.data.training_set
 
 
@@ -136,7 +142,9 @@ def make_pair(example: Example, rng: np.random.Generator, config: TrainConfig) -
     crystal = augment(example.crystal, rng, translate=config.translate, permute=config.permute)
     if rng.random() < config.infill_fraction:
         return infill_example(crystal, rng, config.text_format)
-    return generation_example(crystal, example.attributes.subset(rng), config.text_format)
+    if config.unconditional_rate and rng.random() < config.unconditional_rate:
+        return generation_example(crystal, Attributes(), config.text_format)
+    return generation_example(crystal, example.attributes.subset(rng, config.attribute_rate), config.text_format)
 
 
 def tokenize_pair(
@@ -442,7 +450,11 @@ def write_model_card(out: Path, config: TrainConfig, state: TrainState, n_train:
     final_val = next((r["val_loss"] for r in reversed(records) if r.get("val_loss") is not None), None)
     spec = config.model
     kind = (f"LLaMA-architecture `{spec.name}` trained from scratch" if spec.is_scratch
-            else f"`{spec.name}` + LoRA {spec.lora}")
+            else f"`{spec.name}` + LoRA {spec.lora}" if spec.lora else f"`{spec.name}`, every weight fine-tuned")
+    stated = ("each subset size equally likely" if config.attribute_rate is None
+              else f"each stated with probability {config.attribute_rate:g}")
+    if config.unconditional_rate:
+        stated += f", none in {config.unconditional_rate:.0%} of prompts"
     shuffles = [name for name, on in (("random translation", config.translate), ("random atom order", config.permute))
                 if on]
     augmentations = (f"; {' and '.join(shuffles)} of every example" if shuffles
@@ -460,7 +472,7 @@ coordinates {config.text_format.coord_decimals} decimals).
 - source: `{config.data_dir}`, splits {', '.join(config.splits)}, {config.holdout:.0%} held out for validation loss
 - {n_train} training structures, {n_holdout} held out
 - tasks: generation with a random subset of attributes (formula, space group, energy above hull,
-  formation energy, band gap) and infill ({config.infill_fraction:.2f} of examples){augmentations}
+  formation energy, band gap; {stated}) and infill ({config.infill_fraction:.2f} of examples){augmentations}
 
 ## Training
 - steps: {state.step}, batch {config.batch_size} x {config.grad_accum} accumulation, \
