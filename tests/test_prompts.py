@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from transformers import AutoTokenizer
 
-from crystext.prompts import Attributes, infill_example, infill_prompt
+from crystext.model import DEFAULT_MODEL_DIR
+from crystext.prompts import Attributes, infill_example, infill_prompt, plain_formula
 from crystext.textformat import CrystalText, FormatOptions
 
 
@@ -25,6 +27,16 @@ def test_attribute_prompts_are_exact_and_sampled_reproducibly() -> None:
     assert subsets[:5] == [attributes.subset(np.random.default_rng(s)) for s in range(5)]
     assert {len(s.to_dict()) for s in subsets} == {0, 1, 2, 3, 4}
     assert all(s.band_gap is None for s in subsets)
+
+
+def test_formulas_are_stated_without_brackets_in_the_crystal_order() -> None:
+    assert Attributes(formula="RbAl(SO4)2").to_prompt().startswith("bulk crystal. formula RbAlS2O8. lattice")
+    assert plain_formula("Li3(NiO2)4") == "Li3Ni4O8" and plain_formula("LiFePO4") == "LiFePO4"
+    assert plain_formula("Li0.5CoO2") == "Li0.5CoO2"
+    tokenizer = AutoTokenizer.from_pretrained(DEFAULT_MODEL_DIR)
+    tokens = tokenizer.tokenize(Attributes(formula="Y(GaCo)6").to_prompt())
+    assert tokens[tokens.index("formula") + 2:][:5] == ["Y", "Ga", "6", "Co", "6"]
+    assert tokenizer.unk_token not in tokens
 
 
 def test_infill_masks_whole_element_lines_only() -> None:

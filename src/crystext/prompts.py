@@ -62,7 +62,7 @@ class Attributes:
         """The generation prompt stating these attributes."""
         parts = [GENERATION_HEADER]
         if self.formula is not None:
-            parts.append(f" formula {self.formula}.")
+            parts.append(f" formula {plain_formula(self.formula)}.")
         if self.spacegroup is not None:
             parts.append(f" space group {self.spacegroup}.")
         if self.e_above_hull is not None:
@@ -95,6 +95,17 @@ def infill_example(crystal: CrystalText, rng: np.random.Generator, options: Form
     """(prompt, completion) for the infill task with a random element of the crystal masked."""
     element = str(rng.choice(sorted(set(crystal.species))))
     return infill_prompt(crystal, element, options), " " + element
+
+
+def plain_formula(formula: str) -> str:
+    """The formula as element symbols and counts only, in its own order: RbAl(SO4)2 -> RbAlS2O8.
+
+    Brackets are not in the crystal text a scratch tokenizer learns from (they became unknown tokens), and the
+    plain form spells out every element the crystal lists, in the order it lists them.
+    """
+    from pymatgen.core import Composition
+
+    return "".join(f"{el}{'' if n == 1 else f'{n:g}'}" for el, n in Composition(formula).items())
 
 
 def _number(value: float) -> str:
