@@ -193,6 +193,7 @@ def test_conditional_accuracy(test_rows: pd.DataFrame, reference: Path, tmp_path
         "s0": {"formula": "GaTe", "spacegroup": 194},  # mp-10009 is GaTe in P6_3/mmc
         "s1": {"formula": "NaCl"},
         "s2": {"spacegroup": 1, "e_above_hull": 0.0},
+        "s3": {"e_above_hull": 0.0},  # not relaxed: not a miss
     }
     samples = sample_csv(tmp_path / "samples.csv", as_samples(rows, asked))
     stability = tmp_path / "stability.csv"
@@ -200,7 +201,7 @@ def test_conditional_accuracy(test_rows: pd.DataFrame, reference: Path, tmp_path
     m = evaluate(samples, reference, stability=stability, config=config("paper", matcher=False)).metrics
     assert (m["n_formula_conditioned"], m["formula_accuracy"]) == (2, 0.5)
     assert (m["n_spacegroup_conditioned"], m["spacegroup_accuracy"]) == (2, 0.5)
-    assert m["n_stability_conditioned"] == 1
+    assert (m["n_stability_conditioned"], m["stability_conditioned_n_relaxed"]) == (2, 1)
     assert m["stability_conditioned_e_above_hull_mae"] == pytest.approx(0.04)
     assert m["stability_conditioned_metastable_rate"] == 1.0
 

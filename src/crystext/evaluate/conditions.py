@@ -2,7 +2,8 @@
 
 - Conditional accuracy, over every attempt that asked for the attribute (an attempt that did not
   parse misses): reduced formula equal to the requested one; space group (spglib, symprec 0.1)
-  equal to the requested one; for requested energies above hull, the achieved ones.
+  equal to the requested one; for requested energies above hull, the achieved ones, over the attempts the
+  stability CSV covers (a CSV of a subset does not count the others as misses; a failed relaxation does).
 """
 
 from __future__ import annotations
@@ -31,8 +32,11 @@ def conditional_accuracy(
     spacegroups: Sequence[int],
     parsed: np.ndarray,
     e_above_hull: np.ndarray | None,
+    in_stability: np.ndarray | None = None,
 ) -> tuple[dict[str, Any], pd.DataFrame, list[str]]:
-    """How often conditional samples have what they asked for; per-sample match columns; notes on bad requests."""
+    """How often conditional samples have what they asked for; per-sample match columns; notes on bad requests.
+
+    `in_stability` marks the samples the stability CSV has a row for (default: all)."""
     n = len(conditions)
     formula_match = pd.array([pd.NA] * n, dtype="boolean")
     spacegroup_match = pd.array([pd.NA] * n, dtype="boolean")
@@ -67,6 +71,8 @@ def conditional_accuracy(
     asked_e = np.isfinite(requested_e)
     m["n_stability_conditioned"] = int(asked_e.sum())
     if asked_e.any() and e_above_hull is not None:
+        asked_e &= np.ones(n, bool) if in_stability is None else in_stability
+        m["stability_conditioned_n_relaxed"] = int(asked_e.sum())
         achieved = asked_e & np.isfinite(e_above_hull)
         metastable, _ = stability_flags(e_above_hull)
         m["stability_conditioned_n_with_e_above_hull"] = int(achieved.sum())

@@ -182,10 +182,11 @@ def evaluate(
         metrics.update(found)
         parts.append(flags)
 
-    e_above_hull = None
+    e_above_hull = in_stability = None
     if stability is not None:
         found, energy_columns, more = _stability(stability, sample_profiles, train_profiles if config.matcher else None)
         e_above_hull = energy_columns["e_above_hull"].to_numpy(float)
+        in_stability = energy_columns["in_stability"].to_numpy(bool)
         metrics.update(found)
         notes += more
         parts.append(energy_columns)
@@ -194,7 +195,7 @@ def evaluate(
         asked = [columns.conditions.get(rid) for rid in table["id"]]
         found, match_columns, condition_notes = conditional_accuracy(
             table["id"].tolist(), asked, table["formula"].tolist(), table["spacegroup"].tolist(),
-            table["parsed"].to_numpy(bool), e_above_hull,
+            table["parsed"].to_numpy(bool), e_above_hull, in_stability,
         )
         metrics.update(found)
         notes += condition_notes
@@ -367,7 +368,8 @@ def _stability(
         notes.append("S.U.N. needs a training set (--train) and the structure matcher")
     table = stability_table(rows["e_above_hull"].to_numpy(float), relaxed, known)
     table.index = rows.index
-    columns = pd.DataFrame({"e_above_hull": ids.map(table["e_above_hull"]).to_numpy(float)})
+    columns = pd.DataFrame({"e_above_hull": ids.map(table["e_above_hull"]).to_numpy(float),
+                            "in_stability": ids.isin(rows.index).to_numpy(bool)})
     for name in table.columns.drop("e_above_hull"):
         columns[name] = pd.array(ids.map(table[name]).tolist(), dtype="boolean")
     return stability_rates(table), columns, notes
