@@ -260,6 +260,29 @@ def test_for_formula_takes_the_formula_as_written(formula: str, unit: dict[str, 
     assert dict(Grammar.for_formula(formula).composition) == unit
 
 
+@pytest.mark.parametrize(
+    ("cell", "formula", "max_atoms", "units"),
+    [
+        # 125 sqrt(1 - 3/4 + 2/8) = 88.39 A^3: from 88.39 / (2 * 56.8) = 0.78 to 88.39 / (2 * 8.8) = 5.02 NaCl,
+        # where the model once wrote 26 (1.7 A^3 per atom)
+        ("5.0 5.0 5.0\n60 60 60\n", "NaCl", 52, [1, 2, 3, 4, 5]),
+        ("10.0 10.0 10.0\n90 90 90\n", "NaCl", 52, list(range(9, 27))),  # 1000 A^3: from 8.80, to the cap's 26
+        ("2.0 2.0 2.0\n90 90 90\n", "LiFePO4", 52, [1]),  # 8 A^3, too small for 7 atoms: one unit, judged later
+        ("20.0 20.0 20.0\n90 90 90\n", "NaCl", 8, [4]),  # 8000 A^3, too large for the cap's 8 atoms: the cap
+    ],
+)
+def test_forced_composition_holds_the_formula_units_its_cell_may(
+    cell: str, formula: str, max_atoms: int, units: list[int]
+) -> None:
+    """Whole formula units with a volume per atom from 8.8 to 56.8 A^3 (MP-20's range), or the nearest count."""
+    grammar = Grammar.for_formula(formula, max_atoms=max_atoms)
+    unit = [f"{e}\n0.00 0.00 0.00" for e, n in grammar.composition.items() for _ in range(n)]
+    states = {k: advance(State(), cell + "\n".join(unit * k), grammar) for k in range(1, max_atoms // len(unit) + 1)}
+    assert [k for k, state in states.items() if state is not None and can_end(state, grammar)] == units
+    assert [k for k, state in states.items() if state is not None] == list(range(1, units[-1] + 1))  # fewer go on
+    assert advance(State(), cell + "\n".join(unit * units[-1]) + "\n", grammar) is None  # no room for another
+
+
 def test_for_formula_refuses_more_atoms_than_the_cap() -> None:
     with pytest.raises(ValueError, match="max_atoms=6"):
         Grammar.for_formula("LiFePO4", max_atoms=6)
@@ -390,6 +413,21 @@ def test_digit_by_digit_coordinates_are_checked_as_they_complete() -> None:
 )
 def test_processor_allows_what_the_grammar_allows(text: str, grammar: Grammar, expected: set[str]) -> None:
     assert allowed_after(text, grammar, shipped_tokenizer()) == set(expected)
+
+
+def test_processor_masks_by_the_formula_units_each_rows_cell_may_hold() -> None:
+    """Two rows at the same atoms in cells of other sizes: five NaCl fill the small one, the large needs more."""
+    tokenizer = shipped_tokenizer()
+    grammar = Grammar.for_formula("NaCl")
+    atoms = "\n".join(["Na\n0.00 0.00 0.00", "Cl\n0.50 0.50 0.50"] * 5)
+    rows = [tokenizer(cell + atoms, add_special_tokens=False)["input_ids"]
+            for cell in ("5.0 5.0 5.0\n60 60 60\n", "10.0 10.0 10.0\n90 90 90\n")]
+    assert len(rows[0]) == len(rows[1])
+    processor = GrammarLogitsProcessor(tokenizer, [grammar, grammar], len(tokenizer.get_vocab()))
+    out = feed(processor, rows, tokenizer.bos_token_id)
+    allowed = [{tokenizer.convert_ids_to_tokens(i) for i in torch.isfinite(row).nonzero().flatten().tolist()}
+               for row in out]
+    assert allowed == [{"</s>"}, {"\n"}]
 
 
 def test_processor_refuses_a_symbol_start_no_token_can_finish() -> None:

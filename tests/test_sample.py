@@ -14,9 +14,11 @@ from pymatgen.core import Composition, Lattice, Structure
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from crystext.cli import main
+from crystext.constants import MAX_VOLUME_PER_ATOM, MIN_VOLUME_PER_ATOM
 from crystext.evaluate.validity import structural_problem
 from crystext.prompts import Attributes
 from crystext.sample import (
+    Completion,
     SampleConfig,
     Sampler,
     SampleWriter,
@@ -170,17 +172,51 @@ def test_cli_sample_and_infill(model_dir, tmp_path, capsys) -> None:
     assert main(["sample", "--model", str(tmp_path / "nope"), "-o", str(tmp_path / "x.csv")]) == 1
 
 
-def test_two_atoms_on_one_site_stay_a_structure_to_judge(tmp_path) -> None:
-    """A sample with coincident atoms parses; its CIF does not read back, so the text is what is decoded."""
-    text = "4.0 4.0 4.0\n90 90 90\nNa\n0.00 0.00 0.00\nNa\n0.00 0.00 0.00\nCl\n0.50 0.50 0.50"
+CROWDED = "4.0 4.0 4.0\n90 90 90\nNa\n0.00 0.00 0.00\nNa\n0.00 0.00 0.00\nCl\n0.50 0.50 0.50"
+
+
+def test_atoms_closer_than_the_minimum_distance_are_an_error_row(tmp_path) -> None:
+    """Two atoms on one site, where the grammar found no room for the second, make no CIF: its CIF would not
+    read back; atoms 0.4 A apart make one that reads back, a structure only where no minimum distance is asked."""
+    on_one_site = attempt_row("s0", "unconditional", {}, CROWDED, min_distance=0.5)
+    assert on_one_site["cif"] == ""
+    assert on_one_site["error"] == "atoms 0 and 1 are 0.00 A apart (< 0.5 A): no room left in the cell"
+    unchecked = attempt_row("s1", "unconditional", {}, CROWDED)
+    assert unchecked["cif"] == "" and unchecked["error"].startswith("its CIF does not read back: ")
+    near = CROWDED.replace("Na\n0.00 0.00 0.00\nCl", "Na\n0.00 0.00 0.10\nCl")
+    assert attempt_row("s2", "unconditional", {}, near, min_distance=0.5)["error"] == (
+        "atoms 0 and 1 are 0.40 A apart (< 0.5 A): no room left in the cell")
+    assert Structure.from_str(attempt_row("s3", "unconditional", {}, near)["cif"], fmt="cif").num_sites == 3
     out = tmp_path / "s.csv"
-    SampleWriter(out, resume=False).append([attempt_row("s0", "unconditional", {}, text)])
-    with pytest.raises(ValueError):
-        Structure.from_str(rows(out)[0]["cif"], fmt="cif")
-    [(sample_id, structure)] = list(parsed_structures(out))
-    assert sample_id == "s0" and structure.composition.reduced_formula == "Na2Cl"
-    assert structural_problem(structure) == "sites 0 and 1 are 0.000 A apart, closer than 0.5 A"
-    assert write_structures(out, extxyz=tmp_path / "s.extxyz") == 1
+    SampleWriter(out, resume=False).append([on_one_site, unchecked])
+    assert SampleWriter(out, resume=True).valid == 0 and list(parsed_structures(out)) == []
+
+
+def test_an_attempt_the_grammar_found_no_room_for_is_not_counted(sampler, tmp_path, monkeypatch) -> None:
+    """The summary counts only the attempts whose CIF reads back with its atoms apart: here 1 of 2."""
+    fine = "4.0 4.0 4.0\n90 90 90\nNa\n0.00 0.00 0.00\nCl\n0.50 0.50 0.50"
+    monkeypatch.setattr(sampler, "generate", lambda prompts, *rest: [Completion(CROWDED), Completion(fine)])
+    summary = sampler.sample(small(n=2, batch_size=2, max_attempts=2), tmp_path / "s.csv", progress=False)
+    assert (summary.valid, summary.attempts) == (1, 2)
+    crowded, written = rows(tmp_path / "s.csv")
+    assert crowded == {"id": "s0000000", "mode": "unconditional", "conditions": "{}", "raw_text": CROWDED, "cif": "",
+                       "error": "atoms 0 and 1 are 0.00 A apart (< 0.5 A): no room left in the cell"}
+    assert written["error"] == "" and Structure.from_str(written["cif"], fmt="cif").num_sites == 2
+
+
+def test_the_shipped_model_counts_the_nacl_that_read_back(tmp_path, capsys) -> None:
+    """The issue's command, cut to 4 attempts: each cell holds as many NaCl as its volume allows, and the count
+    reported is that of the CIFs that read back with their atoms apart (it once said 20 of 20 where most did not)."""
+    out = tmp_path / "s.csv"
+    main(["sample", "-n", "4", "--batch-size", "4", "--max-attempts", "4", "--seed", "9", "--formula", "NaCl",
+          "--spacegroup", "225", "--force-composition", "-o", str(out)])
+    written = rows(out)
+    readable = [Structure.from_str(r["cif"], fmt="cif") for r in written if r["cif"]]
+    assert f"{len(readable)} valid structures from 4 attempts" in capsys.readouterr().err
+    assert all(structural_problem(s) is None for s in readable)
+    for structure in map(decode, (r["raw_text"] for r in written)):
+        per_atom = structure.volume / len(structure)
+        assert len(structure) == 2 or MIN_VOLUME_PER_ATOM <= per_atom <= MAX_VOLUME_PER_ATOM
 
 
 def test_without_a_model_the_shipped_default_samples(tmp_path) -> None:

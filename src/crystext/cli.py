@@ -144,7 +144,8 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
 def _sample_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path,
                         help="a model directory written by `crystext train` (default: the model shipped with crystext)")
-    parser.add_argument("-n", type=int, default=100, help="parseable structures wanted (infill: answers kept)")
+    parser.add_argument("-n", type=int, default=100,
+                        help="valid structures wanted, whose CIF reads back (infill: answers kept)")
     parser.add_argument("-o", "--out", type=Path, default=Path("samples.csv"), help="samples CSV (one row per attempt)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run up to -n")
     parser.add_argument("--batch-size", type=int,
@@ -166,7 +167,8 @@ def _sample_arguments(parser: argparse.ArgumentParser) -> None:
     conditions.add_argument("--formation-energy", type=_finite, help="eV/atom")
     conditions.add_argument("--band-gap", type=_finite, help="eV")
     conditions.add_argument("--conditions", type=Path, help="CSV of conditions, one per row (dataset columns)")
-    conditions.add_argument("--force-composition", action="store_true", help="cells hold whole formula units only")
+    conditions.add_argument("--force-composition", action="store_true",
+                            help="cells hold whole formula units only, as many as the written cell's volume allows")
     infill = parser.add_argument_group("infill (element substitution)")
     infill.add_argument("--infill", type=Path, help="a structure file (CIF, or CSV/extxyz: first record); "
                         "into an existing -o only with --resume (answers already there are not repeated)")
@@ -476,7 +478,7 @@ def _sample(args: argparse.Namespace) -> int:
     except (FileExistsError, ValueError) as err:
         raise CliError(str(err)) from None
     print(
-        f"{summary.valid} parseable structures from {summary.attempts} attempts in {args.out} "
+        f"{summary.valid} valid structures from {summary.attempts} attempts in {args.out} "
         f"({summary.valid_per_second:.2f} per second this run)",
         file=sys.stderr,
     )

@@ -10,6 +10,12 @@ MIN_INTERATOMIC_DISTANCE = 0.5
 #: Structural validity: the cell volume must be at least this (Angstrom^3).
 MIN_CELL_VOLUME = 0.1
 
+#: Forced composition: the volume per atom (A^3) a sampled cell may give, so the number of formula units fits the
+#: cell the model wrote. Not from the paper: the 0.5th and 99.5th percentiles of MP-20 train (8.84, 56.78; the
+#: 1,847-row train.csv here), rounded outward.
+MIN_VOLUME_PER_ATOM = 8.8
+MAX_VOLUME_PER_ATOM = 56.8
+
 #: Metastable: energy above the convex hull below this (eV/atom), after relaxation.
 METASTABLE_E_HULL = 0.1
 #: Stable: energy above the convex hull below this (eV/atom).

@@ -3,7 +3,8 @@
 Constrained decoding masks every token whose characters would leave the grammar: numbers in the
 configured format, real element symbols, the right line structure, lattice lengths and angles in a
 sane range that give a real cell, and the end token only after a complete atom. Optionally the
-elements must come in the proportions of a requested formula, and each new atom must keep a minimum
+elements must come in the proportions of a requested formula, in a number of formula units that gives
+the cell the model wrote a volume per atom in MP-20's range, and each new atom must keep a minimum
 distance from the atoms before it (checked as its last coordinate is chosen, so the distance check
 narrows the model's choice of that coordinate and never cuts a text short).
 
@@ -25,6 +26,7 @@ import torch
 from pymatgen.core import Composition, Lattice
 from transformers import LogitsProcessor, PreTrainedTokenizerBase
 
+from crystext.constants import MAX_VOLUME_PER_ATOM, MIN_VOLUME_PER_ATOM
 from crystext.textformat import ELEMENT_SYMBOLS, FormatOptions
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -50,14 +52,15 @@ class Grammar:
 
     options: FormatOptions = field(default_factory=FormatOptions)
     max_atoms: int = DEFAULT_MAX_ATOMS
-    composition: Mapping[str, int] | None = None  # element -> count in one formula unit
+    composition: Mapping[str, int] | None = None  # element -> count in one formula unit; units: see _formula_units
     min_distance: float | None = None  # Angstrom, nearest periodic image included; kept by the logits processor
 
     @classmethod
     def for_formula(
         cls, formula: str, options: FormatOptions | None = None, max_atoms: int = DEFAULT_MAX_ATOMS
     ) -> Grammar:
-        """A grammar whose cells hold a whole number of `formula` units (as written, e.g. NaCl or Na4Cl4).
+        """A grammar whose cells hold a whole number of `formula` units (as written, e.g. NaCl or Na4Cl4), as many
+        as the cell's volume allows (`_formula_units`).
 
         A formula with fractional amounts (Na0.5Cl) is refused rather than scaled: the prompt states the formula
         as written, so the whole-number formula (NaCl2) is for the user to write.
@@ -128,12 +131,16 @@ def advance(state: State, text: str, grammar: Grammar) -> State | None:
 
 def can_end(state: State, grammar: Grammar) -> bool:
     """Whether the text may end here: right after the last coordinate of a complete atom (and, with a
-    composition, when the elements are in its proportions)."""
+    composition, when the elements are in its proportions, in a number of formula units the cell may hold)."""
     if state.section is not Section.COORDS or state.column != 2:
         return False
     if not _number_done(state.partial, grammar.options.coord_decimals):
         return False
-    return grammar.composition is None or _proportional(dict(state.element_counts), grammar.composition)
+    unit = grammar.composition
+    if unit is None:
+        return True
+    counts = dict(state.element_counts)
+    return _proportional(counts, unit) and _units(counts, unit) in _units_allowed(state, grammar)
 
 
 def _step(state: State, char: str, grammar: Grammar) -> State | None:
@@ -181,12 +188,12 @@ def _step_element(state: State, char: str, grammar: Grammar) -> State | None:
     """An element line: a real symbol the composition and atom cap allow; its newline starts the coordinates."""
     if char == "\n":
         symbol = state.partial
-        if symbol not in ELEMENT_SYMBOLS or not _element_allowed(symbol, state.element_counts, grammar, exact=True):
+        if symbol not in ELEMENT_SYMBOLS or not _element_allowed(symbol, state, grammar, exact=True):
             return None
         counts = _with_one_more(state.element_counts, symbol)
         return State(section=Section.COORDS, element_counts=counts, lattice=state.lattice, sites=state.sites)
     partial = state.partial + char
-    if partial not in _ELEMENT_PREFIXES or not _element_allowed(partial, state.element_counts, grammar):
+    if partial not in _ELEMENT_PREFIXES or not _element_allowed(partial, state, grammar):
         return None
     return replace(state, partial=partial)
 
@@ -204,7 +211,7 @@ def _step_coords(state: State, char: str, grammar: Grammar) -> State | None:
         return None
     if len(numbers) < 3:
         return _next_column(state, numbers)
-    if not _element_allowed("", state.element_counts, grammar):
+    if not _element_allowed("", state, grammar):
         return None  # no further atom fits (the atom cap, or no room for another whole formula unit)
     site = (numbers[0], numbers[1], numbers[2])
     return State(
@@ -301,23 +308,47 @@ def _valid_angles(angles: tuple[float, ...]) -> bool:
     return 1 - ca * ca - cb * cb - cg * cg + 2 * ca * cb * cg > 1e-3
 
 
-def _element_allowed(prefix: str, counts: ElementCounts, grammar: Grammar, *, exact: bool = False) -> bool:
-    """Whether some element starting with `prefix` (or `prefix` itself, if `exact`) may come next: below the
-    atom cap, and, with a composition, one of its elements whose whole formula units still fit the cap."""
-    if sum(count for _, count in counts) >= grammar.max_atoms:
+def _element_allowed(prefix: str, state: State, grammar: Grammar, *, exact: bool = False) -> bool:
+    """Whether some element starting with `prefix` (or `prefix` itself, if `exact`) may come next after `state`:
+    below the atom cap, and, with a composition, one of its elements whose whole formula units the cell may hold."""
+    if state.atom_count >= grammar.max_atoms:
         return False
     unit = grammar.composition
     if unit is None:
         return True
-    written = dict(counts)
+    written = dict(state.element_counts)
+    most = _units_allowed(state, grammar)[-1]
     for element in unit:
         if not (element == prefix if exact else element.startswith(prefix)):
             continue
-        after = {**written, element: written.get(element, 0) + 1}
-        units = max(math.ceil(after.get(e, 0) / n) for e, n in unit.items())
-        if units * sum(unit.values()) <= grammar.max_atoms:
+        if _units({**written, element: written.get(element, 0) + 1}, unit) <= most:
             return True
     return False
+
+
+def _units(counts: Mapping[str, int], unit: Mapping[str, int]) -> int:
+    """Whole formula `unit`s that `counts` needs: as many as its most needing element."""
+    return max(math.ceil(counts.get(e, 0) / n) for e, n in unit.items())
+
+
+def _units_allowed(state: State, grammar: Grammar) -> range:
+    """Whole formula units of the grammar's composition that the cell written in `state` (all six parameters)
+    may hold."""
+    return _formula_units(state.lattice, sum(grammar.composition.values()), grammar.max_atoms)
+
+
+@lru_cache(maxsize=4096)
+def _formula_units(lattice: tuple[float, ...], unit_atoms: int, max_atoms: int) -> range:
+    """Whole formula units of `unit_atoms` atoms, within the atom cap, that give a cell of these parameters a
+    volume per atom from MIN_VOLUME_PER_ATOM to MAX_VOLUME_PER_ATOM (MP-20's range).
+
+    A cell too small (too large) for any such count gets the one count nearest the range, one unit (as many as
+    the cap allows): it is filled as well as it can be and judged afterwards, rather than cut short.
+    """
+    volume = abs(float(np.linalg.det(_matrix(lattice))))
+    most = max_atoms // unit_atoms
+    fewest = min(most, max(1, math.ceil(volume / (MAX_VOLUME_PER_ATOM * unit_atoms))))
+    return range(fewest, max(fewest, min(most, math.floor(volume / (MIN_VOLUME_PER_ATOM * unit_atoms)))) + 1)
 
 
 def _with_one_more(counts: ElementCounts, element: str) -> ElementCounts:
@@ -485,7 +516,12 @@ class GrammarLogitsProcessor(LogitsProcessor):
         """The tokens allowed after `state` (cached by what decides them), and whether there are any."""
         unit = tuple(sorted(grammar.composition.items())) if grammar.composition else None
         at_cap = state.atom_count >= grammar.max_atoms
-        key = (grammar.options, grammar.max_atoms, unit, state.shape_key(), state.element_counts if unit else at_cap)
+        if unit is None:
+            counted: tuple | bool = at_cap
+        else:  # what may follow depends on the atoms written and, once the cell is, on the units it may hold
+            lattice_done = state.section in (Section.ELEMENT, Section.COORDS)
+            counted = (state.element_counts, _units_allowed(state, grammar) if lattice_done else None)
+        key = (grammar.options, grammar.max_atoms, unit, state.shape_key(), counted)
         cached = self._masks.get(key)
         if cached is None:
             mask = torch.tensor([self._token_allowed(state, text, grammar) for text in self.texts], dtype=torch.bool)
@@ -509,7 +545,8 @@ class GrammarLogitsProcessor(LogitsProcessor):
 
     def _keep_distance(self, state: State, grammar: Grammar, mask: torch.Tensor) -> torch.Tensor:
         """`mask` less the tokens that finish the last coordinate too close to an earlier atom (unless every
-        one does: then the atom is written anyway, and judged invalid later, rather than steered astray)."""
+        one does: then the atom is written anyway, rather than steered astray, and `attempt_row` in
+        `crystext.sample.samples_csv` makes the attempt an error row with the two atoms' distance)."""
         ids, values = [], []
         for token_id in mask.nonzero().flatten().tolist():
             number = state.partial + (self.texts[token_id] or "").split(" ")[0].split("\n")[0]

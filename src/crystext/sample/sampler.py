@@ -86,7 +86,7 @@ class Completion:
 
 @dataclass
 class SampleSummary:
-    """What a sampling run produced: parseable structures, attempts, and wall time."""
+    """What a sampling run produced: valid structures (their CIF reads back: `attempt_row`), attempts, wall time."""
 
     valid: int
     attempts: int
@@ -198,7 +198,11 @@ class Sampler:
         resume: bool = False,
         progress: bool = True,
     ) -> SampleSummary:
-        """Sample until `config.n` parseable structures are in `out` (or attempts run out); every attempt is a row."""
+        """Sample until `config.n` valid structures are in `out` (or attempts run out); every attempt is a row.
+
+        Valid: its CIF reads back and, constrained, no two atoms are closer than `config.min_distance`
+        (`attempt_row`); an attempt where the grammar found no room for an atom is an error row.
+        """
         writer = SampleWriter(out, resume)
         mode = "conditional" if conditions else "unconditional"
         conditions = list(conditions) if conditions else [Attributes()]
@@ -210,6 +214,7 @@ class Sampler:
         bar = tqdm(total=config.n, initial=min(writer.valid, config.n), desc=f"sampling (batch {batch_size})",
                    disable=not progress)
         new_valid = 0
+        min_distance = config.min_distance if config.constrained else None  # the distance the grammar kept
         while writer.valid < config.n and len(writer.rows) < max_attempts:
             first = len(writer.rows)
             # The last batch is cut to what the wanted structures need at the parse rate so far, plus a spare.
@@ -224,7 +229,8 @@ class Sampler:
             for i, (attributes, done) in enumerate(zip(batch, completions)):
                 if writer.valid + sum(1 for r in rows if r["cif"]) >= config.n:
                     break
-                rows.append(attempt_row(f"s{first + i:07d}", mode, attributes.to_dict(), done.text, done.error))
+                rows.append(attempt_row(f"s{first + i:07d}", mode, attributes.to_dict(), done.text, done.error,
+                                        min_distance))
             writer.append(rows)
             added = sum(1 for r in rows if r["cif"])
             new_valid += added

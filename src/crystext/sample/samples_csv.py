@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pymatgen.core import Structure
 
 from crystext.files import CsvLog
@@ -26,30 +28,65 @@ class SampleWriter(CsvLog):
 
     @property
     def valid(self) -> int:
-        """Attempts so far whose text became a structure."""
+        """Attempts so far with a CIF: their text became a structure whose CIF reads back (see `attempt_row`)."""
         return sum(1 for r in self.rows if r["cif"])
 
 
-def attempt_row(sample_id: str, mode: str, conditions: Mapping[str, Any], text: str, error: str = "") -> dict[str, str]:
-    """One output row: the raw text and its CIF, or why it has none (`error`: the sampler's own reason, if any)."""
+def attempt_row(
+    sample_id: str,
+    mode: str,
+    conditions: Mapping[str, Any],
+    text: str,
+    error: str = "",
+    min_distance: float | None = None,
+) -> dict[str, str]:
+    """One output row: the raw text and its CIF, or why it has none (`error`: the sampler's own reason, if any).
+
+    A CIF only where it reads back, and, with `min_distance` (A), where no two atoms are closer: atoms closer
+    than that are where the grammar's distance constraint gave way, finding no room for an atom.
+    """
     cif = ""
     if not error:
         try:
-            cif = CrystalText.from_str(text).to_structure().to(fmt="cif")
+            structure = CrystalText.from_str(text).to_structure()
+            error = _crowded(structure, min_distance) if min_distance else ""
+            cif = "" if error else structure.to(fmt="cif")
+            error = error or _unreadable(cif)
         except CrystalTextError as err:
             error = str(err)
         except ValueError as err:  # pymatgen refusing a cell the grammar let through
             error = f"not a valid structure: {err}"
-    return {"id": sample_id, "mode": mode, "conditions": json.dumps(dict(conditions)), "raw_text": text, "cif": cif,
-            "error": error}
+    return {"id": sample_id, "mode": mode, "conditions": json.dumps(dict(conditions)), "raw_text": text,
+            "cif": "" if error else cif, "error": error}
+
+
+def _crowded(structure: Structure, min_distance: float) -> str:
+    """Why `structure` has two atoms closer than `min_distance` (A), the nearest pair in text order; "" if none."""
+    if len(structure) < 2:
+        return ""
+    distances = np.array(structure.distance_matrix, dtype=float)
+    np.fill_diagonal(distances, np.inf)
+    first, second = sorted(np.unravel_index(int(np.argmin(distances)), distances.shape))
+    closest = float(distances[first, second])
+    if closest >= min_distance:
+        return ""
+    return f"atoms {first} and {second} are {closest:.2f} A apart (< {min_distance} A): no room left in the cell"
+
+
+def _unreadable(cif: str) -> str:
+    """Why pymatgen cannot read `cif` back; "" if it can."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its parse warnings say again what the error says
+        try:
+            Structure.from_str(cif, fmt="cif")
+        except ValueError as err:
+            return f"its CIF does not read back: {err} (atoms on one site make one over-occupied site)"
+    return ""
 
 
 def parsed_structures(path: Path) -> Iterator[tuple[str, Structure]]:
-    """(id, structure) for every parseable row of a samples CSV, decoded from the text the model wrote.
-
-    The text rather than the CIF: a CIF with two atoms on one site does not read back (pymatgen
-    merges them into one over-occupied site), yet such a sample is a structure, just an invalid one.
-    """
+    """(id, structure) for every row of a samples CSV with a CIF, decoded from the text the model wrote (the
+    CIF's sites, read faster)."""
     with open(path, newline="") as handle:
         for row in csv.DictReader(handle):
             if row["cif"]:
