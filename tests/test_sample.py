@@ -112,6 +112,25 @@ def test_forced_composition_is_exact(sampler, tmp_path) -> None:
         assert Composition(decode(row["raw_text"]).composition.reduced_formula) == Composition("NaCl")
 
 
+def test_guidance_pushes_the_next_token_away_from_the_unconditional_prompt(sampler, tmp_path) -> None:
+    prompt = Attributes(formula="NaCl").to_prompt()
+    ids = torch.tensor([sampler.prompt_ids(prompt)])
+    with torch.no_grad():
+        conditional, unconditional = (
+            torch.log_softmax(sampler.model(torch.tensor([sampler.prompt_ids(p)])).logits[0, -1], -1)
+            for p in (prompt, Attributes().to_prompt()))
+        guided = sampler.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                        max_new_tokens=1, output_scores=True, return_dict_in_generate=True,
+                                        pad_token_id=sampler.tokenizer.pad_token_id,
+                                        **sampler._guidance([prompt], 3.0)).scores[0][0]
+    expected = 3.0 * (conditional - unconditional) + unconditional  # log p(x|c) + 2 (log p(x|c) - log p(x))
+    assert torch.allclose(guided, expected, atol=1e-4)
+    assert sampler._guidance([prompt], 1.0) == {} and sampler._guidance([Attributes().to_prompt()], 3.0) == {}
+    config = small(guidance_scale=3.0, max_atoms=8)
+    summary = sampler.sample(config, tmp_path / "guided.csv", conditions=[Attributes(formula="NaCl")], progress=False)
+    assert summary.attempts == 4 and all(r["cif"] or r["error"] for r in rows(tmp_path / "guided.csv"))
+
+
 def test_conditions_come_from_a_dataset_csv(shared_data, tmp_path) -> None:
     pd.read_csv(shared_data / "mp_20" / "test.csv", nrows=3).to_csv(tmp_path / "c.csv", index=False)
     conditions = read_conditions(tmp_path / "c.csv")
@@ -248,6 +267,7 @@ def test_without_a_model_the_shipped_default_samples(tmp_path) -> None:
         ({"min_distance": float("inf")}, "min_distance must be a distance >= 0 in Angstrom, got inf"),
         ({"max_attempts": 0}, "max_attempts must be at least 1, got 0"),
         ({"seed": -1}, "seed must be >= 0, got -1"),
+        ({"guidance_scale": 0.0}, "guidance_scale must be positive (1: no guidance), got 0.0"),
     ],
 )
 def test_sample_config_refuses_settings_that_make_no_sense(changes: dict, message: str) -> None:

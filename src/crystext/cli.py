@@ -48,7 +48,7 @@ _LORA_FLAGS = option_flags(("rank", "alpha", "dropout", "target_modules"), rank=
                            dropout="--lora-dropout", target_modules="--lora-targets")
 _FORMAT_FLAGS = option_flags(("length_decimals", "angle_decimals", "coord_decimals"))
 _SAMPLE_FLAGS = option_flags(("n", "batch_size", "temperature", "top_p", "max_atoms", "min_distance", "max_new_tokens",
-                              "max_attempts", "seed"), n="-n")
+                              "max_attempts", "seed", "guidance_scale"), n="-n")
 #: Longest file name (without .cif) `decode` gives a crystal; longer ids are cut.
 MAX_FILE_STEM = 100
 _UNSAFE_FILE_CHARS = re.compile(r"[^A-Za-z0-9._+=@-]+")
@@ -167,6 +167,9 @@ def _sample_arguments(parser: argparse.ArgumentParser) -> None:
     conditions.add_argument("--formation-energy", type=_finite, help="eV/atom")
     conditions.add_argument("--band-gap", type=_finite, help="eV")
     conditions.add_argument("--conditions", type=Path, help="CSV of conditions, one per row (dataset columns)")
+    conditions.add_argument("--guidance-scale", type=float, default=SampleConfig.guidance_scale,
+                            help="classifier-free guidance: >1 follows the conditions more closely at twice the "
+                            "compute per token (default 1: none)")
     conditions.add_argument("--force-composition", action="store_true",
                             help="cells hold whole formula units only, as many as the written cell's volume allows")
     infill = parser.add_argument_group("infill (element substitution)")
@@ -456,6 +459,7 @@ def _sample(args: argparse.Namespace) -> int:
         constrained=not args.no_constraint, force_composition=args.force_composition, max_atoms=args.max_atoms,
         min_distance=args.min_distance or None,
         max_new_tokens=args.max_new_tokens, max_attempts=args.max_attempts, seed=args.seed,
+        guidance_scale=args.guidance_scale,
     )
     # Everything the arguments alone can refuse is refused before the model loads.
     given = Attributes(args.formula, args.spacegroup, args.e_above_hull, args.formation_energy, args.band_gap)

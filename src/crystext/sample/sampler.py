@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from pymatgen.core import Structure
@@ -57,6 +58,9 @@ class SampleConfig:
     max_new_tokens: int | None = None
     max_attempts: int | None = None  # default 10 * n
     seed: int = 0
+    # Classifier-free guidance for conditional prompts: next-token log-probabilities pushed this far from the
+    # unconditional prompt's, log p(x|c) + (s - 1)(log p(x|c) - log p(x)); 1 is plain sampling.
+    guidance_scale: float = 1.0
     text_format: FormatOptions = field(default_factory=FormatOptions)
 
     def __post_init__(self) -> None:
@@ -74,6 +78,8 @@ class SampleConfig:
             raise ValueError(f"min_distance must be a distance >= 0 in Angstrom, got {self.min_distance}")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if not (math.isfinite(self.guidance_scale) and self.guidance_scale > 0):
+            raise ValueError(f"guidance_scale must be positive (1: no guidance), got {self.guidance_scale}")
 
 
 @dataclass(frozen=True)
@@ -175,6 +181,7 @@ class Sampler:
             processors.append(grammar)
         torch.manual_seed(seed)
         output = self.model.generate(
+            **self._guidance(prompts, config.guidance_scale),
             input_ids=input_ids,
             attention_mask=attention,
             do_sample=True,
@@ -189,6 +196,16 @@ class Sampler:
         texts = self.tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
         dead_ends = grammar.dead_ends if grammar is not None else {}
         return [Completion(text, dead_ends.get(row, "")) for row, text in enumerate(texts)]
+
+    def _guidance(self, prompts: Sequence[str], scale: float) -> dict[str, Any]:
+        """transformers' classifier-free guidance arguments: the unconditional prompt as the negative branch (none
+        at scale 1, or when no prompt states anything)."""
+        unconditional = Attributes().to_prompt()
+        if scale == 1 or all(p == unconditional for p in prompts):
+            return {}
+        ids = torch.tensor([self.prompt_ids(unconditional)] * len(prompts), device=self.device)
+        return {"guidance_scale": scale, "negative_prompt_ids": ids,
+                "negative_prompt_attention_mask": torch.ones_like(ids)}
 
     def sample(
         self,
