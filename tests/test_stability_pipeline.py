@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -201,3 +202,22 @@ def test_a_dask_local_cluster_gives_the_local_rows(rock_salt: Structure, referen
     assert list(two.index) == ["r0", "r1", "r2", "r3"]
     assert (one["steps"] == two["steps"]).all() and (one["relaxed_cif"] == two["relaxed_cif"]).all()
     np.testing.assert_allclose(one["e_above_hull"].astype(float), two["e_above_hull"].astype(float), atol=1e-6)
+
+
+def test_a_batched_backend_writes_rows_by_batch_and_resumes(rock_salt: Structure, reference, tmp_path: Path) -> None:
+    """Batches of two go to the batched backend's `relax_many`; every row is written, and a resumed run relaxes
+    only the structures whose rows are missing."""
+    pytest.importorskip("torch_sim")
+    samples = Dataset([Record(f"r{i}", _rattled(rock_salt, i)) for i in range(3)])
+    output = tmp_path / "out.csv"
+    config = StabilityConfig(backend="sevennet-batched", workers=1, batch_size=2, progress=False)
+    summary = relax_and_place(samples, reference, output, config)
+    assert summary["placed_on_hull"] == 3 and summary["backend"]["name"] == "sevennet-batched"
+    rows = pd.read_csv(output, dtype={"id": str}, keep_default_na=False)
+    assert list(rows["id"]) == ["r0", "r1", "r2"] and rows["converged"].all()
+    assert (rows["e_above_hull"].astype(float).abs() < 0.05).all()  # rock salt: on the hull
+    rows.iloc[:1].to_csv(output, index=False)  # a run stopped after its first row
+    relax_and_place(samples, reference, output, replace(config, resume=True))
+    again = pd.read_csv(output, dtype={"id": str}, keep_default_na=False)
+    assert list(again["id"]) == ["r0", "r1", "r2"]
+    np.testing.assert_allclose(again["energy"].astype(float), rows["energy"].astype(float), atol=1e-4)

@@ -117,7 +117,8 @@ def test_timeout_is_an_error_not_a_crash() -> None:
 
 
 def test_unknown_and_unavailable_backends() -> None:
-    with pytest.raises(BackendError, match=r"^unknown backend 'mace' \(known: chgnet, sevennet, m3gnet\)$"):
+    known = r"\(known: chgnet, sevennet, m3gnet, sevennet-batched\)"
+    with pytest.raises(BackendError, match=rf"^unknown backend 'mace' {known}$"):
         load_backend("mace")
 
 

@@ -21,6 +21,7 @@ from crystext.stability.hull import (
     shipped_reference,
 )
 from crystext.stability.pipeline import (
+    BATCH_SIZE,
     DASK_CHUNK,
     OUTPUT_COLUMNS,
     StabilityConfig,
@@ -37,7 +38,7 @@ HELP = "relax samples with a machine-learned potential and place them on the con
 #: Environment variable naming the default offline hull folder (the shared-data layout: mp_20/, mp_hull_ref/).
 HULL_DATA_ENV = "CRYSTEXT_HULL_DATA"
 #: Settings fields and the flags that set them, to name the flag when a setting is refused.
-_FLAGS = option_flags(("fmax", "max_steps", "timeout", "workers", "chunk_size"))
+_FLAGS = option_flags(("fmax", "max_steps", "timeout", "optimizer", "workers", "chunk_size", "batch_size"))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,7 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the samples CSV's structure column (default: cif, structure, cif_string)")
     relax = parser.add_argument_group("relaxation")
     relax.add_argument("--backend", choices=sorted(BACKENDS), default="chgnet",
-                       help="machine-learned potential (default chgnet; m3gnet needs matgl and internet)")
+                       help="machine-learned potential (default chgnet; m3gnet needs matgl and internet; "
+                       "sevennet-batched relaxes --batch-size structures at once in torch-sim, on the GPU if there "
+                       "is one, with FIRE and the step budget only: pip install 'crystext[batched]')")
     relax.add_argument("--budget", choices=sorted(BUDGETS), default="steps",
                        help="steps (default): stop at fmax or the step cap, the same rows on any machine; "
                        f"paper: also {PAPER_TIMEOUT_S:g} s of wall-clock time per structure, a structure still "
@@ -69,7 +72,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="relax on a Dask cluster: its scheduler address (tcp://host:8786), or 'local' for a "
                        "LocalCluster of --workers processes (needs the `distributed` package: crystext[cluster])")
     relax.add_argument("--chunk-size", type=int, default=DASK_CHUNK,
-                       help=f"with --scheduler: structures per task (default {DASK_CHUNK})")
+                       help=f"with --scheduler: structures per task (default {DASK_CHUNK}); one batch each for a "
+                       "batched backend")
+    relax.add_argument("--batch-size", type=int, default=BATCH_SIZE,
+                       help=f"structures a batched backend relaxes together (default {BATCH_SIZE}; on a GPU, "
+                       "hundreds fill it better); their rows are written when the batch ends")
     hull = parser.add_argument_group("hull reference (one of)")
     source = hull.add_mutually_exclusive_group()
     source.add_argument("--hull-data", type=Path,
@@ -104,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
             resume=args.resume,
             scheduler=args.scheduler,
             chunk_size=args.chunk_size,
+            batch_size=args.batch_size,
         )
     except ValueError as err:
         raise StabilityError(flag_message(err, _FLAGS)) from None

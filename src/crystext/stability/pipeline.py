@@ -30,7 +30,15 @@ from crystext.evaluate.sun import KnownStructures, RelaxedStructures, stability_
 from crystext.files import CsvLog, write_atomic
 from crystext.provenance import package_versions
 from crystext.stability.hull import HullError, HullReference
-from crystext.stability.relax import ERROR_INVALID, Backend, Relaxation, RelaxConfig, budget_name, load_backend
+from crystext.stability.relax import (
+    BACKENDS,
+    ERROR_INVALID,
+    Backend,
+    Relaxation,
+    RelaxConfig,
+    budget_name,
+    load_backend,
+)
 
 __all__ = [
     "OUTPUT_COLUMNS",
@@ -55,6 +63,8 @@ NOT_VALID = (ERROR_UNPARSED, ERROR_INVALID)
 
 #: Structures a Dask task relaxes: enough to spread the per-task overhead, few enough to balance the workers.
 DASK_CHUNK = 8
+#: Structures a batched backend relaxes together outside Dask (their rows are written when the batch ends).
+BATCH_SIZE = 64
 
 
 @dataclass(frozen=True)
@@ -67,13 +77,18 @@ class StabilityConfig:
     resume: bool = False
     progress: bool = True
     scheduler: str | None = None  # a Dask scheduler address, or "local" for a LocalCluster of `workers` processes
-    chunk_size: int = DASK_CHUNK  # structures per Dask task
+    chunk_size: int = DASK_CHUNK  # structures per Dask task (a batched backend relaxes each as one batch)
+    batch_size: int = BATCH_SIZE  # structures per batch of a batched backend, without Dask
 
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be at least 1, got {self.chunk_size}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.backend in BACKENDS:  # an unknown name is reported when the backend loads
+            BACKENDS[self.backend].check(self.relax)
 
 
 def summary_path(output: Path) -> Path:
@@ -136,9 +151,14 @@ def _init_worker(name: str, relax: RelaxConfig) -> Backend:
 
 
 def _relax_chunk(name: str, relax: RelaxConfig, chunk: list[tuple[str, Structure]]) -> list[tuple[str, Relaxation]]:
-    """Relax a chunk of structures on a Dask worker, with the potential that process keeps loaded."""
-    backend = _init_worker(name, relax)
-    return [(rid, backend.relax(structure)) for rid, structure in chunk]
+    """Relax a chunk of structures in a worker process (or Dask worker), with the potential it keeps loaded."""
+    return _relax_with(_init_worker(name, relax), chunk)
+
+
+def _relax_with(backend: Backend, chunk: list[tuple[str, Structure]]) -> list[tuple[str, Relaxation]]:
+    """(id, relaxation) of each structure in a chunk, relaxed by `relax_many` (one batch for a batched backend)."""
+    ids = [rid for rid, _ in chunk]
+    return list(zip(ids, backend.relax_many([structure for _, structure in chunk])))
 
 
 def _single_threaded() -> Callable[[], None]:
@@ -162,25 +182,21 @@ def _single_threaded() -> Callable[[], None]:
     return restore
 
 
-def _relax_in_worker(rid: str, structure: Structure) -> tuple[str, Relaxation]:
-    assert _WORKER_BACKEND is not None, "worker not initialised"
-    return rid, _WORKER_BACKEND.relax(structure)
-
-
 def _relaxations(
     items: Sequence[tuple[str, Structure]], backend: Backend, config: StabilityConfig
 ) -> Iterator[tuple[str, Relaxation]]:
     """(id, relaxation) in order of completion: on a Dask cluster when given a scheduler, else in this process
-    for one worker, else in a process pool."""
+    for one worker, else in a process pool; one structure at a time, or batches for a batched backend."""
     if config.scheduler is not None:
         yield from _dask_relaxations(items, config)
         return
-    workers = max(1, min(config.workers, len(items)))
+    chunks = _chunks(items, config.batch_size if backend.batched else 1)
+    workers = max(1, min(config.workers, len(chunks)))
     if workers == 1:
         restore = _single_threaded()  # as in a worker, so the rows do not depend on the number of workers
         try:
-            for rid, structure in items:
-                yield rid, backend.relax(structure)
+            for chunk in chunks:
+                yield from _relax_with(backend, chunk)
         finally:
             restore()
         return
@@ -188,9 +204,13 @@ def _relaxations(
     with ProcessPoolExecutor(
         workers, context, initializer=_init_worker, initargs=(config.backend, config.relax)
     ) as pool:
-        futures = [pool.submit(_relax_in_worker, rid, structure) for rid, structure in items]
+        futures = [pool.submit(_relax_chunk, config.backend, config.relax, chunk) for chunk in chunks]
         for future in as_completed(futures):
-            yield future.result()
+            yield from future.result()
+
+
+def _chunks(items: Sequence[tuple[str, Structure]], size: int) -> list[list[tuple[str, Structure]]]:
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
 
 
 # --------------------------------------------------------------------------- rows and the output file
@@ -314,7 +334,7 @@ def _dask_relaxations(
             client = stack.enter_context(Client(cluster))
         else:
             client = stack.enter_context(Client(config.scheduler))
-        chunks = [list(items[i : i + config.chunk_size]) for i in range(0, len(items), config.chunk_size)]
-        futures = [client.submit(_relax_chunk, config.backend, config.relax, chunk, pure=False) for chunk in chunks]
+        futures = [client.submit(_relax_chunk, config.backend, config.relax, chunk, pure=False)
+                   for chunk in _chunks(items, config.chunk_size)]
         for future in as_completed(futures):
             yield from future.result()

@@ -4,7 +4,8 @@ A backend supplies an ASE calculator; `Backend.relax` does the rest the same way
 a structural check, positions and cell relaxed together (FIRE or BFGS on a FrechetCellFilter) until
 the largest force is below `fmax`, within a budget of optimizer steps (and, if asked, of wall-clock
 time), and the final energy put on the Materials Project 2020 scale. Failures come back as a
-`Relaxation` with an error, never raised.
+`Relaxation` with an error, never raised. `Backend.relax_many` relaxes a list one by one, except in the
+batched backend (`sevennet-batched`, `crystext.stability.torchsim`), which relaxes it as one batch.
 
 Which backends already predict MP2020-corrected energies was measured (benchmarks/stability_mp2020.py,
 results/stability_mp2020.json): single points on 120 DFT-relaxed MP-20 test structures, formation
@@ -43,6 +44,7 @@ __all__ = [
     "Relaxation",
     "budget_name",
     "check_structure",
+    "exploded",
     "load_backend",
     "mp2020_energy",
 ]
@@ -134,6 +136,15 @@ def check_structure(structure: Structure) -> str | None:
     return None
 
 
+def exploded(volume_ratio: float, energy: float, steps: int) -> str | None:
+    """Why a relaxation has blown up after `steps` steps (cell volume off by 10x, energy not finite), or None."""
+    if not 1 / MAX_VOLUME_CHANGE < volume_ratio < MAX_VOLUME_CHANGE:
+        return f"cell volume changed by a factor {volume_ratio:.3g} after {steps} steps"
+    if not math.isfinite(energy):
+        return f"energy is not finite after {steps} steps"
+    return None
+
+
 def mp2020_energy(structure: Structure, energy: float) -> float:
     """A raw GGA(+U) total energy with the MP2020 corrections an MP relaxation of `structure` would get.
 
@@ -201,14 +212,17 @@ def _hard_deadline(seconds: float | None) -> Iterator[None]:
 
 
 class Backend(ABC):
-    """A machine-learned potential that relaxes structures; subclasses only supply the ASE calculator."""
+    """A machine-learned potential that relaxes structures; serial subclasses only supply the ASE calculator."""
 
     name: ClassVar[str]
     #: Whether the potential predicts energies that already include the MP2020 corrections.
     mp2020_corrected: ClassVar[bool]
+    #: Whether `relax_many` relaxes its structures together (then the pipeline hands it batches, not singles).
+    batched: ClassVar[bool] = False
 
     def __init__(self, config: RelaxConfig | None = None) -> None:
         self.config = config or RelaxConfig()
+        self.check(self.config)
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self.calculator = self._load()
@@ -221,6 +235,15 @@ class Backend(ABC):
     @abstractmethod
     def version(self) -> str:
         """Package and model version, for the run summary."""
+
+    @classmethod
+    def check(cls, config: RelaxConfig) -> None:
+        """Refuse (ValueError) settings this backend cannot honour, before a run starts or its model loads."""
+        return None
+
+    def relax_many(self, structures: list[Structure]) -> list[Relaxation]:
+        """Relax each structure, in order; a batched backend relaxes them together."""
+        return [self.relax(structure) for structure in structures]
 
     def relax(self, structure: Structure) -> Relaxation:
         """Relax positions and cell together; the energy comes back MP2020-compatible, or the row carries an error."""
@@ -248,8 +271,11 @@ class Backend(ABC):
         from pymatgen.io.ase import AseAtomsAdaptor
 
         atoms.calc = None
-        relaxed = AseAtomsAdaptor.get_structure(atoms)
-        seconds = time.perf_counter() - start
+        return self._placed(AseAtomsAdaptor.get_structure(atoms), energy, steps, converged,
+                            time.perf_counter() - start)
+
+    def _placed(self, relaxed: Structure, energy: float, steps: int, converged: bool, seconds: float) -> Relaxation:
+        """The row of a finished relaxation: checked once more, its raw energy put on the MP2020 scale."""
         problem = check_structure(relaxed) if math.isfinite(energy) else "energy is not finite"
         if problem:
             return Relaxation(None, None, steps, False, seconds, f"{ERROR_EXPLODED}: {problem}")
@@ -277,11 +303,9 @@ class Backend(ABC):
         converged = False
         for converged in optimizer.irun(fmax=self.config.fmax, steps=self.config.max_steps):  # noqa: B007 (last value)
             steps = progress.steps = optimizer.nsteps
-            ratio = atoms.get_volume() / volume0
-            if not 1 / MAX_VOLUME_CHANGE < ratio < MAX_VOLUME_CHANGE:
-                raise _Exploded(f"cell volume changed by a factor {ratio:.3g} after {steps} steps")
-            if not math.isfinite(atoms.get_potential_energy()):
-                raise _Exploded(f"energy is not finite after {steps} steps")
+            problem = exploded(atoms.get_volume() / volume0, atoms.get_potential_energy(), steps)
+            if problem:
+                raise _Exploded(problem)
             if self.config.timeout is not None and time.perf_counter() - start > self.config.timeout:
                 raise _Timeout
         return atoms, bool(converged)
@@ -351,12 +375,70 @@ class M3GNetBackend(Backend):
         return f"matgl {matgl.__version__}, model {M3GNET_MODEL}"
 
 
+class SevenNetBatchedBackend(Backend):
+    """SevenNet-0 relaxing whole batches in torch-sim (crystext[batched]), on the GPU when there is one."""
+
+    name = "sevennet-batched"
+    mp2020_corrected = False
+    batched = True
+    model = SevenNetBackend.model
+
+    @classmethod
+    def check(cls, config: RelaxConfig) -> None:
+        if config.timeout is not None:
+            raise ValueError(f"timeout is not supported by the {cls.name} backend, which relaxes a batch as one: "
+                             "use the step budget (no --timeout, no --budget paper)")
+        if config.optimizer != "FIRE":
+            raise ValueError(f"optimizer {config.optimizer} is not available in the {cls.name} backend: use FIRE")
+
+    def _load(self) -> Any:
+        from crystext.stability import torchsim
+
+        return torchsim.load_sevennet(self.model)
+
+    @property
+    def version(self) -> str:
+        from crystext.stability import torchsim
+
+        return f"{torchsim.versions()}, model {self.model} on {self.calculator.device}"
+
+    def relax(self, structure: Structure) -> Relaxation:
+        return self.relax_many([structure])[0]
+
+    def relax_many(self, structures: list[Structure]) -> list[Relaxation]:
+        """Relax the valid structures as one batch; one that breaks the batch is found by relaxing them singly."""
+        from crystext.stability import torchsim
+
+        problems = [check_structure(s) or torchsim.unknown_elements(self.calculator, s) for s in structures]
+        valid = [structure for structure, problem in zip(structures, problems) if problem is None]
+        relaxed = iter(self._relax_batch(valid))
+        return [Relaxation(None, None, 0, False, 0.0, problem) if problem else next(relaxed) for problem in problems]
+
+    def _relax_batch(self, structures: list[Structure]) -> list[Relaxation]:
+        from crystext.stability import torchsim
+
+        if not structures:
+            return []
+        start = time.perf_counter()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                raw = torchsim.relax_batch(self.calculator, structures, self.config)
+        except Exception as err:  # a potential can fail in many ways on a strange structure
+            if len(structures) > 1:
+                return [relaxation for structure in structures for relaxation in self._relax_batch([structure])]
+            return [Relaxation(None, None, 0, False, time.perf_counter() - start, f"{ERROR_FAILED}: {_describe(err)}")]
+        return [self._placed(r.structure, r.energy, r.steps, r.converged, r.seconds) if r.ok else r for r in raw]
+
+
 #: Backends by name; the first is the default.
-BACKENDS: dict[str, type[Backend]] = {cls.name: cls for cls in (CHGNetBackend, SevenNetBackend, M3GNetBackend)}
+BACKENDS: dict[str, type[Backend]] = {
+    cls.name: cls for cls in (CHGNetBackend, SevenNetBackend, M3GNetBackend, SevenNetBatchedBackend)
+}
 
 
 def load_backend(name: str, config: RelaxConfig | None = None) -> Backend:
-    """Load a backend by name (chgnet, sevennet, m3gnet), with its model, ready to relax."""
+    """Load a backend by name (chgnet, sevennet, m3gnet, sevennet-batched), with its model, ready to relax."""
     try:
         cls = BACKENDS[name]
     except KeyError:
