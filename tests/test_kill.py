@@ -10,6 +10,7 @@ The damaged cache entries are planted by hand: the cache is written through a re
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -67,10 +68,11 @@ def environment(cache: Path) -> dict[str, str]:
 
 
 def start(args: list[str], cache: Path, log: Path) -> subprocess.Popen:
-    """`python -m crystext.cli ARGS` in the background, stdout and stderr to `log`."""
+    """`python -m crystext.cli ARGS` in the background, in a process group of its own (with any workers it
+    starts), stdout and stderr to `log`."""
     with open(log, "wb") as handle:
         return subprocess.Popen([sys.executable, "-m", "crystext.cli", *args], stdout=handle,
-                                stderr=subprocess.STDOUT, env=environment(cache))
+                                stderr=subprocess.STDOUT, env=environment(cache), start_new_session=True)
 
 
 class Killer(threading.Thread):
@@ -97,6 +99,8 @@ class Killer(threading.Thread):
             if self.process.poll() is None:
                 self.process.send_signal(signal.SIGKILL)
             self.code = self.process.wait()
+            with contextlib.suppress(ProcessLookupError):  # its workers (a Dask cluster's) die with it
+                os.killpg(self.process.pid, signal.SIGKILL)
 
     def check(self, may_finish: bool = False) -> bool:
         """True if killed at the moment `ready()` named; False if it finished first (only when `may_finish`)."""
@@ -259,12 +263,14 @@ def stability_inputs(shared_data: Path, tmp_path_factory) -> tuple[Path, list[st
     return samples, ["--workers", "1", "--timeout", "600", *hull]
 
 
+@pytest.mark.parametrize("where", [[], ["--scheduler", "local", "--chunk-size", "2"]], ids=["local", "dask"])
 def test_stability_killed_after_its_first_relaxation_resumes_to_the_uninterrupted_rows(
-    stability_inputs: tuple[Path, list[str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    stability_inputs: tuple[Path, list[str]], where: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Killed as soon as a relaxed row is in the file; the resume relaxes the rest, each id once, with the
-    energies of an uninterrupted run."""
+    """Killed as soon as a relaxed row is in the file (on Dask: the first chunk's, the next chunk in flight);
+    the resume relaxes the rest, each id once, with the energies of an uninterrupted run."""
     samples, options = stability_inputs
+    options = [*options, *where]
     cache = tmp_path / "cache"
     monkeypatch.setenv("CRYSTEXT_CACHE_DIR", str(cache))
     out, log = tmp_path / "out.csv", tmp_path / "log.txt"
