@@ -4,15 +4,19 @@ where the text may end, the minimum distance, token-text recovery, and the proce
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from pymatgen.core import Lattice, Structure
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from crystext.constants import MAX_VOLUME_RATIO, MIN_VOLUME_RATIO
 from crystext.grammar import (
+    ELEMENT_VOLUMES,
     Grammar,
     GrammarLogitsProcessor,
     Section,
@@ -20,14 +24,18 @@ from crystext.grammar import (
     _far_enough,
     _number_done,
     _number_prefix,
+    _unit_volume_range,
     advance,
     can_end,
+    element_volumes,
     token_texts,
 )
 from crystext.model import train_scratch_tokenizer
 from crystext.textformat import ELEMENT_SYMBOLS, FormatOptions
 
 CUBE = "4.0 4.0 4.0\n90 90 90\n"
+#: 79.5 A^3: room for one or two NaCl, each 38.2 to 83.7 A^3 (test_nacl_units_by_hand), as for one Na2Cl2.
+ROOMY = "4.3 4.3 4.3\n90 90 90\n"
 LENGTHS = "4.0 4.0 4.0\n"
 ATOM = "Na\n0.00 0.00 0.00"
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "src" / "crystext" / "default_model"
@@ -232,7 +240,7 @@ def test_a_text_at_the_atom_cap_may_end() -> None:
     ],
 )
 def test_forced_composition(formula: str, max_atoms: int, text: str, expected: bool) -> None:
-    assert accepts(CUBE + text, Grammar.for_formula(formula, max_atoms=max_atoms)) is expected
+    assert accepts(ROOMY + text, Grammar.for_formula(formula, max_atoms=max_atoms)) is expected
 
 
 @pytest.mark.parametrize(
@@ -247,7 +255,7 @@ def test_forced_composition(formula: str, max_atoms: int, text: str, expected: b
     ],
 )
 def test_forced_composition_ends_only_in_proportion(formula: str, elements: list[str], expected: bool) -> None:
-    text = CUBE + "\n".join(f"{e}\n0.{i}0 0.00 0.00" for i, e in enumerate(elements))
+    text = ROOMY + "\n".join(f"{e}\n0.{i}0 0.00 0.00" for i, e in enumerate(elements))
     grammar = Grammar.for_formula(formula)
     assert can_end(advance(State(), text, grammar), grammar) is expected
 
@@ -263,24 +271,57 @@ def test_for_formula_takes_the_formula_as_written(formula: str, unit: dict[str, 
 @pytest.mark.parametrize(
     ("cell", "formula", "max_atoms", "units"),
     [
-        # 125 sqrt(1 - 3/4 + 2/8) = 88.39 A^3: from 88.39 / (2 * 56.8) = 0.78 to 88.39 / (2 * 8.8) = 5.02 NaCl,
-        # where the model once wrote 26 (1.7 A^3 per atom)
-        ("5.0 5.0 5.0\n60 60 60\n", "NaCl", 52, [1, 2, 3, 4, 5]),
-        ("10.0 10.0 10.0\n90 90 90\n", "NaCl", 52, list(range(9, 27))),  # 1000 A^3: from 8.80, to the cap's 26
+        # 512 A^3 over NaCl's 38.2 to 83.7 A^3 (test_nacl_units_by_hand): 6.12 to 13.39 NaCl, where MP-20's overall
+        # 8.8 to 56.8 A^3 per atom allowed 5 to 26 (the cap)
+        ("8.0 8.0 8.0\n90 90 90\n", "NaCl", 52, list(range(7, 14))),
+        # 125 sqrt(1 - 3/4 + 2/8) = 88.39 A^3: 1.06 to 2.31 NaCl, where the model once wrote 26 (1.7 A^3 per atom)
+        ("5.0 5.0 5.0\n60 60 60\n", "NaCl", 52, [2]),
+        ("10.0 10.0 10.0\n90 90 90\n", "NaCl", 52, list(range(12, 27))),  # 1000 A^3: from 11.95, to the cap's 26
         ("2.0 2.0 2.0\n90 90 90\n", "LiFePO4", 52, [1]),  # 8 A^3, too small for 7 atoms: one unit, judged later
         ("20.0 20.0 20.0\n90 90 90\n", "NaCl", 8, [4]),  # 8000 A^3, too large for the cap's 8 atoms: the cap
+        # Ar, missing from the table, takes MP-20's overall 8.8 to 56.8 A^3 per atom: 88.39 / 56.8 = 1.56 to
+        # 88.39 / 8.8 = 10.04 atoms
+        ("5.0 5.0 5.0\n60 60 60\n", "Ar", 52, list(range(2, 11))),
     ],
 )
 def test_forced_composition_holds_the_formula_units_its_cell_may(
     cell: str, formula: str, max_atoms: int, units: list[int]
 ) -> None:
-    """Whole formula units with a volume per atom from 8.8 to 56.8 A^3 (MP-20's range), or the nearest count."""
+    """Whole formula units whose volume is that of their elements in MP-20, or the nearest count."""
     grammar = Grammar.for_formula(formula, max_atoms=max_atoms)
     unit = [f"{e}\n0.00 0.00 0.00" for e, n in grammar.composition.items() for _ in range(n)]
     states = {k: advance(State(), cell + "\n".join(unit * k), grammar) for k in range(1, max_atoms // len(unit) + 1)}
     assert [k for k, state in states.items() if state is not None and can_end(state, grammar)] == units
     assert [k for k, state in states.items() if state is not None] == list(range(1, units[-1] + 1))  # fewer go on
     assert advance(State(), cell + "\n".join(unit * units[-1]) + "\n", grammar) is None  # no room for another
+
+
+def test_nacl_units_by_hand() -> None:
+    """The numbers the NaCl cases above are worked out from: the shipped Na and Cl volumes and the ratio bounds,
+    a NaCl unit from 0.74 * (20.87 + 30.79) = 38.23 to 1.62 * 51.66 = 83.69 A^3."""
+    volumes = element_volumes()
+    assert (volumes["Na"], volumes["Cl"], MIN_VOLUME_RATIO, MAX_VOLUME_RATIO) == (20.87, 30.79, 0.74, 1.62)
+
+
+def test_an_element_missing_from_the_table_takes_the_overall_range() -> None:
+    """Per atom: the table's Cl by the ratio bounds, the untabled Ar by MP-20's overall 8.8 to 56.8 A^3."""
+    assert "Ar" not in element_volumes()
+    expected = (2 * 8.8 + 0.74 * 30.79, 2 * 56.8 + 1.62 * 30.79)
+    assert _unit_volume_range((("Ar", 2), ("Cl", 1))) == pytest.approx(expected)
+
+
+def test_the_shipped_volumes_predict_rock_salt() -> None:
+    """Rock-salt NaCl (a = 5.64 A, 4 units in 179.4 A^3: 44.9 A^3 a unit) within 20% of the table's prediction."""
+    rock_salt = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    volumes = element_volumes()
+    predicted = sum(volumes[site.specie.symbol] for site in rock_salt)
+    assert len(rock_salt) == 8 and rock_salt.volume / 4 == pytest.approx(44.85, abs=0.01)
+    assert rock_salt.volume / predicted == pytest.approx(1, abs=0.2)
+
+
+def test_the_shipped_volumes_name_their_source() -> None:
+    table = json.loads(ELEMENT_VOLUMES.read_text())
+    assert {"source", "license", "method", "date", "volumes"} <= set(table)
 
 
 def test_for_formula_refuses_more_atoms_than_the_cap() -> None:
@@ -416,10 +457,10 @@ def test_processor_allows_what_the_grammar_allows(text: str, grammar: Grammar, e
 
 
 def test_processor_masks_by_the_formula_units_each_rows_cell_may_hold() -> None:
-    """Two rows at the same atoms in cells of other sizes: five NaCl fill the small one, the large needs more."""
+    """Two rows at the same atoms in cells of other sizes: two NaCl fill the small one, the large needs more."""
     tokenizer = shipped_tokenizer()
     grammar = Grammar.for_formula("NaCl")
-    atoms = "\n".join(["Na\n0.00 0.00 0.00", "Cl\n0.50 0.50 0.50"] * 5)
+    atoms = "\n".join(["Na\n0.00 0.00 0.00", "Cl\n0.50 0.50 0.50"] * 2)
     rows = [tokenizer(cell + atoms, add_special_tokens=False)["input_ids"]
             for cell in ("5.0 5.0 5.0\n60 60 60\n", "10.0 10.0 10.0\n90 90 90\n")]
     assert len(rows[0]) == len(rows[1])

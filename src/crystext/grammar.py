@@ -4,7 +4,7 @@ Constrained decoding masks every token whose characters would leave the grammar:
 configured format, real element symbols, the right line structure, lattice lengths and angles in a
 sane range that give a real cell, and the end token only after a complete atom. Optionally the
 elements must come in the proportions of a requested formula, in a number of formula units that gives
-the cell the model wrote a volume per atom in MP-20's range, and each new atom must keep a minimum
+the cell the model wrote about the volume its elements take in MP-20, and each new atom must keep a minimum
 distance from the atoms before it (checked as its last coordinate is chosen, so the distance check
 narrows the model's choice of that coordinate and never cuts a text short).
 
@@ -16,17 +16,19 @@ the automaton (`advance`, `can_end`, one step function per section), the rules t
 from __future__ import annotations
 
 import enum
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import cache, lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
 from pymatgen.core import Composition, Lattice
 from transformers import LogitsProcessor, PreTrainedTokenizerBase
 
-from crystext.constants import MAX_VOLUME_PER_ATOM, MIN_VOLUME_PER_ATOM
+from crystext.constants import MAX_VOLUME_PER_ATOM, MAX_VOLUME_RATIO, MIN_VOLUME_PER_ATOM, MIN_VOLUME_RATIO
 from crystext.textformat import ELEMENT_SYMBOLS, FormatOptions
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -37,6 +39,8 @@ LENGTH_RANGE = (1.0, 100.0)
 ANGLE_RANGE = (10.0, 170.0)
 #: Largest cell constrained decoding lets the model write.
 DEFAULT_MAX_ATOMS = 52
+#: The volume per atom of each element (A^3) fitted on MP-20, with its provenance (recipes/element_volumes.py).
+ELEMENT_VOLUMES = Path(__file__).parent / "element_volumes.json"
 
 #: Integer digits a number may have: up to 100 (lengths) or 170 (angles); a coordinate is "0.".
 _LATTICE_INT_DIGITS = 3
@@ -334,21 +338,42 @@ def _units(counts: Mapping[str, int], unit: Mapping[str, int]) -> int:
 def _units_allowed(state: State, grammar: Grammar) -> range:
     """Whole formula units of the grammar's composition that the cell written in `state` (all six parameters)
     may hold."""
-    return _formula_units(state.lattice, sum(grammar.composition.values()), grammar.max_atoms)
+    unit = tuple(grammar.composition.items())
+    return _formula_units(state.lattice, _unit_volume_range(unit), sum(n for _, n in unit), grammar.max_atoms)
 
 
 @lru_cache(maxsize=4096)
-def _formula_units(lattice: tuple[float, ...], unit_atoms: int, max_atoms: int) -> range:
+def _formula_units(
+    lattice: tuple[float, ...], unit_volumes: tuple[float, float], unit_atoms: int, max_atoms: int
+) -> range:
     """Whole formula units of `unit_atoms` atoms, within the atom cap, that give a cell of these parameters a
-    volume per atom from MIN_VOLUME_PER_ATOM to MAX_VOLUME_PER_ATOM (MP-20's range).
+    volume per unit from `unit_volumes`' smallest to its largest (A^3, see `_unit_volume_range`).
 
     A cell too small (too large) for any such count gets the one count nearest the range, one unit (as many as
     the cap allows): it is filled as well as it can be and judged afterwards, rather than cut short.
     """
     volume = abs(float(np.linalg.det(_matrix(lattice))))
+    smallest, largest = unit_volumes
     most = max_atoms // unit_atoms
-    fewest = min(most, max(1, math.ceil(volume / (MAX_VOLUME_PER_ATOM * unit_atoms))))
-    return range(fewest, max(fewest, min(most, math.floor(volume / (MIN_VOLUME_PER_ATOM * unit_atoms)))) + 1)
+    fewest = min(most, max(1, math.ceil(volume / largest)))
+    return range(fewest, max(fewest, min(most, math.floor(volume / smallest))) + 1)
+
+
+@cache
+def _unit_volume_range(unit: tuple[tuple[str, int], ...]) -> tuple[float, float]:
+    """The smallest and largest volume (A^3) of one formula `unit` (element, count) as MP-20's crystals give it:
+    its atoms' fitted volumes times MIN_VOLUME_RATIO and MAX_VOLUME_RATIO, and for an element the table lacks,
+    MIN_VOLUME_PER_ATOM and MAX_VOLUME_PER_ATOM (MP-20's overall range) per atom."""
+    volumes = element_volumes()
+    smallest = sum(n * (MIN_VOLUME_RATIO * volumes[e] if e in volumes else MIN_VOLUME_PER_ATOM) for e, n in unit)
+    largest = sum(n * (MAX_VOLUME_RATIO * volumes[e] if e in volumes else MAX_VOLUME_PER_ATOM) for e, n in unit)
+    return smallest, largest
+
+
+@cache
+def element_volumes() -> dict[str, float]:
+    """The shipped volume per atom of each element (A^3): a crystal's volume is about the sum over its atoms."""
+    return json.loads(ELEMENT_VOLUMES.read_text())["volumes"]
 
 
 def _with_one_more(counts: ElementCounts, element: str) -> ElementCounts:
