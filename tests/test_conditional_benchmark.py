@@ -1,0 +1,79 @@
+"""benchmarks/conditional.py: the seeded prompt draw and the per-crystal-system grouping, without a model."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import conditional  # noqa: E402
+
+#: Hand-made test rows in the MP-20 layout (only the columns prompts read).
+FORMULAS = ("NaCl", "GaTe", "Fe2O3", "Rb(GePt)4", "Si", "LiFePO4", "MgO", "TiO2", "ZnS", "CsCl", "CaTiO3", "CuO",
+            "Bi2Se3")
+SPACEGROUPS = (225, 194, 167, 79, 227, 62, 225, 136, 216, 221, 62, 15, 166)
+
+
+@pytest.fixture
+def test_csv(tmp_path: Path) -> pd.DataFrame:
+    """Thirteen rows written to a CSV and read back as the script reads the test split."""
+    frame = pd.DataFrame({"material_id": [f"mp-{i}" for i in range(len(FORMULAS))], "pretty_formula": FORMULAS,
+                          "spacegroup.number": SPACEGROUPS, "e_above_hull": [0.0, 0.01, 0.0, 0.05] * 3 + [0.0],
+                          "band_gap": [1.0] * len(FORMULAS)})
+    path = tmp_path / "test.csv"
+    frame.to_csv(path)
+    return pd.read_csv(path, keep_default_na=False)
+
+
+def test_prompt_draw_is_seeded_disjoint_and_states_each_kinds_attributes(test_csv: pd.DataFrame) -> None:
+    first = conditional.draw_prompts(test_csv, 2)
+    assert first == conditional.draw_prompts(test_csv, 2)
+    assert list(first) == ["formula", "spacegroup", "formula_spacegroup", "stability"]
+    rows = [p.row for prompts in first.values() for p in prompts]
+    assert len(rows) == len(set(rows)) == 8
+    for kind, prompts in first.items():
+        assert len(prompts) == 2
+        for p in prompts:
+            stated = p.attributes.to_dict()
+            assert set(stated) == set(conditional.KINDS[kind])
+            row = test_csv.iloc[p.row]
+            assert stated.get("formula", row["pretty_formula"]) == row["pretty_formula"]
+            assert stated.get("spacegroup", row["spacegroup.number"]) == row["spacegroup.number"]
+            assert stated.get("e_above_hull", row["e_above_hull"]) == row["e_above_hull"]
+    # A larger draw keeps the smaller one's prompts.
+    larger = conditional.draw_prompts(test_csv, 3)
+    assert all(larger[k][:2] == first[k] for k in first)
+    with pytest.raises(ValueError, match="test rows"):
+        conditional.draw_prompts(test_csv, 4)
+
+
+def test_crystal_systems_of_hand_picked_space_groups() -> None:
+    expected = {1: "triclinic", 2: "triclinic", 3: "monoclinic", 15: "monoclinic", 16: "orthorhombic",
+                62: "orthorhombic", 75: "tetragonal", 142: "tetragonal", 143: "trigonal", 167: "trigonal",
+                168: "hexagonal", 186: "hexagonal", 194: "hexagonal", 195: "cubic", 225: "cubic", 230: "cubic"}
+    assert {g: conditional.crystal_system(g) for g in expected} == expected
+    for bad in (0, 231):
+        with pytest.raises(ValueError):
+            conditional.crystal_system(bad)
+
+
+def test_accuracy_and_base_rate_by_crystal_system() -> None:
+    # Background attempts (no group asked): two wrote 225, one 2, one did not read (0).
+    table = conditional.by_crystal_system([2, 62, 225, 225, 186], [True, False, True, False, False],
+                                          background=[225, 225, 2, 0])
+    assert list(table) == ["triclinic", "orthorhombic", "hexagonal", "cubic"]
+    assert table["triclinic"] == {"n": 1, "accuracy": 1.0, "base_rate": 0.25}
+    assert table["orthorhombic"] == {"n": 1, "accuracy": 0.0, "base_rate": 0.0}
+    assert table["hexagonal"] == {"n": 1, "accuracy": 0.0, "base_rate": 0.0}
+    assert table["cubic"] == {"n": 2, "accuracy": 0.5, "base_rate": 0.5}
+
+
+def test_element_set_match() -> None:
+    assert conditional.same_elements("Fe2O3", "FeO")
+    assert not conditional.same_elements("Fe2O3", "FeO2Li")
+    assert not conditional.same_elements("Fe2O3", "")
