@@ -358,7 +358,7 @@ def write_results(args: argparse.Namespace, rows: list[dict], systems: dict[str,
         "| structures | recovery | mean rank of original | struct. valid | comp. valid | valid | relaxed | metastable "
         "| metastable rate |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-        "| " + cells([infilled[k] for k in ("structures", "recovery", "mean_original_rank", "struct_valid",
+        "| " + cells([infilled.get(k) for k in ("structures", "recovery", "mean_original_rank", "struct_valid",
                                             "comp_valid", "valid", "relaxed", "metastable", "metastable_rate")])
         + " |",
     ]
@@ -408,11 +408,11 @@ def main() -> int:
                   for g in evaluations[kind][1]["spacegroup"]]
     rows = {kind: kind_row(kind, len(prompts[kind]), *evaluations[kind], background) for kind in KINDS}
     for kind, stated in KINDS.items():
-        if "e_above_hull" in stated:
+        if "e_above_hull" in stated and args.stability_n:  # --stability-n 0: no relaxations
             rows[kind].update(stability_metrics(args.work / kind, reference, hull, args))
     systems = {kind: system_table(evaluations[kind][1], background) for kind, stated in KINDS.items()
                if "spacegroup" in stated}
-    infilled = infill(sampler, test, args.work / "infill", hull, args)
+    infilled = infill(sampler, test, args.work / "infill", hull, args) if args.infill_n else {"structures": 0}
     print(write_results(args, list(rows.values()), systems, infilled))
     return 0
 
