@@ -35,6 +35,7 @@ from crystext.sample import (
 from crystext.stability import cli as stability_cli
 from crystext.textformat import ELEMENT_SYMBOLS, CrystalText, CrystalTextError, FormatOptions, augment
 from crystext.train import TrainConfig, train
+from crystext.tune import cli as tune_cli
 
 Handler = Callable[[argparse.Namespace], int]
 Arguments = Callable[[argparse.ArgumentParser], None]
@@ -580,6 +581,7 @@ SUBCOMMANDS: dict[str, tuple[str, Arguments, Handler | None]] = {
     "sample": ("sample crystals: unconditional, conditional or infill", _sample_arguments, _sample),
     "evaluate": (evaluate_cli.HELP, evaluate_cli.add_arguments, evaluate_cli.run),
     "stability": (stability_cli.HELP, stability_cli.add_arguments, stability_cli.run),
+    "tune": (tune_cli.HELP, tune_cli.add_arguments, tune_cli.run),
     "data": ("benchmark datasets: list them, fetch one", _data_arguments, None),
 }
 

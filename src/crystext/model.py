@@ -224,11 +224,14 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: 
     (out / CRYSTEXT_CONFIG).write_text(json.dumps(info, indent=2, default=_json_default) + "\n")
 
 
-def load_model(path: str | Path | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict[str, Any]]:
+def load_model(
+    path: str | Path | None = None, trainable: bool = False
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict[str, Any]]:
     """Load a directory `crystext train` wrote (full model or LoRA adapter) with its tokenizer and settings.
 
     Without a path, the default model shipped inside the package. Weights stored in half precision
-    are widened to float32 on a CPU, where half-precision arithmetic is slow or missing.
+    are widened to float32 on a CPU, where half-precision arithmetic is slow or missing. A LoRA adapter
+    loads frozen unless `trainable` (for training it further).
     """
     if path is None:
         path = DEFAULT_MODEL_DIR
@@ -244,7 +247,7 @@ def load_model(path: str | Path | None = None) -> tuple[PreTrainedModel, PreTrai
     if (path / "adapter_config.json").is_file():
         from peft import AutoPeftModelForCausalLM
 
-        model = AutoPeftModelForCausalLM.from_pretrained(path, dtype=dtype)
+        model = AutoPeftModelForCausalLM.from_pretrained(path, dtype=dtype, is_trainable=trainable)
     else:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     return model, tokenizer, info

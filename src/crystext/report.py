@@ -22,7 +22,7 @@ from crystext.constants import METASTABLE_E_HULL, STABLE_E_HULL
 from crystext.evaluate.evaluation import Evaluation
 from crystext.files import write_atomic
 
-__all__ = ["html_report", "markdown_table", "write_report"]
+__all__ = ["html_report", "markdown_table", "tune_report", "write_report"]
 
 #: The paper's table, in its order: (metric key, column header, decimals).
 PAPER_COLUMNS: tuple[tuple[str, str, int], ...] = (
@@ -177,6 +177,50 @@ def _definition_list(items: Mapping[str, Any]) -> str:
         f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_format(v))}</td></tr>" for k, v in items.items()
     )
     return f"<table class='kv'>{rows}</table>"
+
+
+#: What a tuning report plots per round, where the scorer gives it: (metric, label).
+TUNE_RATES = (("metastable_rate", "metastable"), ("stable_rate", "stable"), ("sun_rate", "S.U.N."),
+              ("uniqueness", "unique"), ("novelty", "novel"), ("valid_rate", "valid"))
+
+
+def tune_report(rounds: Sequence[Mapping[str, Any]], title: str = "crystext tune") -> str:
+    """A self-contained HTML page of a tuning run: per round, the rates it trades against each other and the reward.
+
+    `rounds` are the rounds' metrics.json (`crystext.tune.read_rounds`); each rate is drawn where the scorer gave it.
+    """
+    numbers = [r["round"] for r in rounds]
+
+    def rates(ax: Any) -> None:
+        for key, label in TUNE_RATES:
+            values = [r.get(key) for r in rounds]
+            if any(isinstance(v, float) and math.isfinite(v) for v in values):
+                ax.plot(numbers, [math.nan if v is None else v for v in values], marker="o", label=label)
+        ax.set(xlabel="round (samples of the model the earlier rounds tuned)",
+               ylabel="rate (unique, novel: of the valid)")
+        ax.set_xticks(numbers)
+        if ax.lines:
+            ax.legend(fontsize="small")
+
+    def reward(ax: Any) -> None:
+        ax.plot(numbers, [r["reward_mean"] for r in rounds], marker="o", color=SAMPLE_COLOR)
+        ax.set(xlabel="round", ylabel="mean reward of its attempts")
+        ax.set_xticks(numbers)
+
+    header = ["round", "attempts", "pairs", "mean reward", *(label for _, label in TUNE_RATES)]
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_format(v))}</td>" for v in (
+            r["round"], r["attempts"], r["pairs"], r["reward_mean"], *(r.get(k, math.nan) for k, _ in TUNE_RATES)))
+        + "</tr>" for r in rounds)
+    figures = "".join(
+        f"<figure><img alt='{t}' src='data:image/png;base64,{_png(draw)}'><figcaption>{t}</figcaption></figure>"
+        for t, draw in (("rates per round", rates), ("reward per round", reward)))
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head><body>"
+        f"<h1>{html.escape(title)}</h1><p>Round k's rates are those of the samples of the model rounds 1 to k-1 "
+        "tuned (round 1: the starting model).</p>"
+        f"<table border='1'><tr>{''.join(f'<th>{h}</th>' for h in header)}</tr>{body}</table>{figures}</body></html>\n"
+    )
 
 
 def _format(value: Any) -> str:

@@ -22,7 +22,7 @@ from pymatgen.core import Composition, Structure
 
 from crystext.constants import MIN_CELL_VOLUME, MIN_INTERATOMIC_DISTANCE
 
-__all__ = ["compositional_validity", "smact_version", "structural_problem"]
+__all__ = ["compositional_validity", "is_valid", "smact_version", "structural_problem"]
 
 #: The smact release whose oxidation-state table the published numbers used.
 PAPER_SMACT_VERSION = "2.5.5"
@@ -45,6 +45,15 @@ def structural_problem(structure: Structure) -> str | None:
     if not closest >= MIN_INTERATOMIC_DISTANCE:
         return f"sites {min(i, j)} and {max(i, j)} are {closest:.3f} A apart, closer than {MIN_INTERATOMIC_DISTANCE} A"
     return None
+
+
+def is_valid(structure: Structure) -> bool:
+    """Valid as evaluate counts it: structurally and compositionally; a structure either check fails on (an element
+    SMACT has no data for, distances that cannot be computed) is not."""
+    try:
+        return structural_problem(structure) is None and compositional_validity(structure.composition)
+    except Exception:  # noqa: BLE001 - any failure of the checks means the crystal cannot be judged valid
+        return False
 
 
 @functools.cache

@@ -31,7 +31,17 @@ from crystext.stability.pipeline import (
 )
 from crystext.stability.relax import BACKENDS, BUDGETS, PAPER_TIMEOUT_S, RelaxConfig
 
-__all__ = ["HELP", "add_arguments", "run"]
+__all__ = [
+    "HELP",
+    "add_arguments",
+    "add_hull_arguments",
+    "add_relax_arguments",
+    "check_paths",
+    "hull_reference",
+    "run",
+    "stability_config",
+    "training_structures",
+]
 
 HELP = "relax samples with a machine-learned potential and place them on the convex hull"
 
@@ -51,6 +61,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="only the first N structures (rows that did not parse are always kept)")
     parser.add_argument("--structure-column", metavar="NAME",
                         help="the samples CSV's structure column (default: cif, structure, cif_string)")
+    add_relax_arguments(parser)
+    add_hull_arguments(parser)
+    parser.add_argument("--train", type=Path, nargs="+", help="training structures, for S.U.N. (novelty)")
+
+
+def add_relax_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of the relaxations (read by `stability_config`); also `crystext tune`'s."""
     relax = parser.add_argument_group("relaxation")
     relax.add_argument("--backend", choices=sorted(BACKENDS), default="chgnet",
                        help="machine-learned potential (default chgnet; m3gnet needs matgl and internet; "
@@ -77,6 +94,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     relax.add_argument("--batch-size", type=int, default=BATCH_SIZE,
                        help=f"structures a batched backend relaxes together (default {BATCH_SIZE}; on a GPU, "
                        "hundreds fill it better); their rows are written when the batch ends")
+
+
+def add_hull_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that choose the hull reference (read by `hull_reference`); also `crystext tune`'s."""
     hull = parser.add_argument_group("hull reference (one of)")
     source = hull.add_mutually_exclusive_group()
     source.add_argument("--hull-data", type=Path,
@@ -91,7 +112,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     hull.add_argument("--fill", type=Path, nargs="+", default=[], metavar="TABLE",
                       help="older tables used only for chemical systems the main tables lack")
     hull.add_argument("--no-fill", action="store_true", help="with --hull-data: leave out the older mp_e_form table")
-    parser.add_argument("--train", type=Path, nargs="+", help="training structures, for S.U.N. (novelty)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -99,34 +119,15 @@ def run(args: argparse.Namespace) -> int:
     # Every setting is checked before the slow work (reading the hull, loading the potential) starts.
     if args.limit is not None and args.limit < 1:
         raise StabilityError(f"--limit must be at least 1, got {args.limit}")
-    try:
-        config = StabilityConfig(
-            backend=args.backend,
-            relax=replace(
-                BUDGETS[args.budget], fmax=args.fmax, optimizer=args.optimizer,
-                **{name: value for name, value in (("max_steps", args.max_steps), ("timeout", args.timeout))
-                   if value is not None},
-            ),
-            workers=args.workers,
-            resume=args.resume,
-            scheduler=args.scheduler,
-            chunk_size=args.chunk_size,
-            batch_size=args.batch_size,
-        )
-    except ValueError as err:
-        raise StabilityError(flag_message(err, _FLAGS)) from None
+    config = stability_config(args, resume=args.resume)
     output = args.output or args.samples.with_name(args.samples.name.split(".")[0] + "_stability.csv")
     CsvLog.check_output(output, OUTPUT_COLUMNS, args.resume)
-    for flag in ("hull_data", "entries", "formation_energies", "elemental_refs", "fill", "train"):
-        value = getattr(args, flag)
-        for path in value if isinstance(value, list) else [value]:
-            if path is not None and not path.exists():
-                raise StabilityError(f"--{flag.replace('_', '-')} {path}: no such file or folder")
+    check_paths(args, ("hull_data", "entries", "formation_energies", "elemental_refs", "fill", "train"))
     samples = read_samples(args.samples, args.structure_column)
     if args.limit is not None:
         samples = Dataset(samples.records[: args.limit], samples.skipped, samples.source)
-    reference = _reference(args)
-    training = _training(args.train) if args.train else None
+    reference = hull_reference(args)
+    training = training_structures(args.train) if args.train else None
     summary = relax_and_place(samples, reference, output, config, training)
     meta, stable = summary["metastable"], summary["stable"]
     print(
@@ -138,7 +139,36 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _reference(args: argparse.Namespace) -> HullReference:
+def stability_config(args: argparse.Namespace, resume: bool) -> StabilityConfig:
+    """The settings the `add_relax_arguments` options give; a refused setting is an error naming its flag."""
+    try:
+        return StabilityConfig(
+            backend=args.backend,
+            relax=replace(
+                BUDGETS[args.budget], fmax=args.fmax, optimizer=args.optimizer,
+                **{name: value for name, value in (("max_steps", args.max_steps), ("timeout", args.timeout))
+                   if value is not None},
+            ),
+            workers=args.workers,
+            resume=resume,
+            scheduler=args.scheduler,
+            chunk_size=args.chunk_size,
+            batch_size=args.batch_size,
+        )
+    except ValueError as err:
+        raise StabilityError(flag_message(err, _FLAGS)) from None
+
+def check_paths(args: argparse.Namespace, flags: tuple[str, ...]) -> None:
+    """Refuse a path option naming nothing, before any slow work starts."""
+    for flag in flags:
+        value = getattr(args, flag)
+        for path in value if isinstance(value, list) else [value]:
+            if path is not None and not path.exists():
+                raise StabilityError(f"--{flag.replace('_', '-')} {path}: no such file or folder")
+
+
+def hull_reference(args: argparse.Namespace) -> HullReference:
+    """The hull reference the `add_hull_arguments` options name (the shipped offline hull without any)."""
     if args.entries:
         return from_entries(args.entries)
     if args.formation_energies:
@@ -153,7 +183,8 @@ def _reference(args: argparse.Namespace) -> HullReference:
     return default_reference(folder, fill_with_mp_e_form=not args.no_fill)
 
 
-def _training(paths: list[Path]) -> Dataset:
+def training_structures(paths: list[Path]) -> Dataset:
+    """The structures of every file named, as one dataset (the reference for novelty)."""
     return Dataset.concat([read_structures(p) for p in paths], source=" + ".join(map(str, paths)))
 
 

@@ -1,0 +1,89 @@
+"""The `crystext tune` subcommand: post-train a model toward stable, new, valid crystals in rounds."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from crystext.errors import flag_message, option_flags
+from crystext.sample import SampleConfig
+from crystext.stability import cli as stability_cli
+from crystext.tune.rounds import RewardConfig, StabilityScorer, TuneConfig, TuneError, tune
+
+__all__ = ["HELP", "add_arguments", "run"]
+
+HELP = "post-train a model toward stable crystals: rounds of sample, relax and score, then DPO"
+#: Settings fields and the flags that set them, to name the flag when a setting is refused.
+_FLAGS = option_flags(("rounds", "attempts", "min_margin", "beta", "learning_rate", "epochs", "sft_weight",
+                       "temperature", "top_p", "max_atoms", "seed", "hull_cap", "repeat_penalty", "known_penalty",
+                       "invalid"), batch_size="--update-batch")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of `crystext tune --train FILE... --out DIR`."""
+    parser.add_argument("--model", type=Path, help="a `crystext train` directory to start from (default: the shipped "
+                        "model)")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="run folder: round_001/, round_002/, ... (samples, scores, pairs, model, metrics), "
+                        "tune.json and report.html; the last round's model/ is the tuned model")
+    parser.add_argument("--train", type=Path, nargs="+", required=True,
+                        help="the structures the model learnt from (e.g. MP-20 train.csv val.csv): a crystal that "
+                        "matches one is not new, and earns less")
+    parser.add_argument("--resume", action="store_true", help="continue a killed run where it stopped")
+    rounds = parser.add_argument_group("rounds")
+    rounds.add_argument("--rounds", type=int, default=TuneConfig.rounds)
+    rounds.add_argument("--attempts", type=int, default=TuneConfig.attempts, help="attempts sampled per round")
+    rounds.add_argument("--temperature", type=float, default=SampleConfig.temperature)
+    rounds.add_argument("--top-p", type=float, default=SampleConfig.top_p)
+    rounds.add_argument("--max-atoms", type=int, default=SampleConfig.max_atoms)
+    rounds.add_argument("--sample-batch", type=int, help="sampling batch (default: what memory allows)")
+    rounds.add_argument("--seed", type=int, default=TuneConfig.seed)
+    update = parser.add_argument_group("update (trl's DPO)")
+    update.add_argument("--beta", type=float, default=TuneConfig.beta,
+                        help="pull toward the round's starting model (higher: smaller steps)")
+    update.add_argument("--learning-rate", type=float, default=TuneConfig.learning_rate)
+    update.add_argument("--epochs", type=int, default=TuneConfig.epochs, help="passes over a round's pairs")
+    update.add_argument("--update-batch", type=int, default=TuneConfig.batch_size, help="pairs per optimizer step")
+    update.add_argument("--min-margin", type=float, default=TuneConfig.min_margin,
+                        help="smallest reward gap of a pair (eV/atom scale)")
+    update.add_argument("--sft-weight", type=float, default=TuneConfig.sft_weight,
+                        help="weight of the chosen crystals' likelihood beside the DPO loss (0: DPO only)")
+    reward = parser.add_argument_group("reward: minus the relaxed energy above hull, less penalties")
+    reward.add_argument("--hull-cap", type=float, default=RewardConfig.hull_cap,
+                        help="eV/atom above hull beyond which a crystal is no worse")
+    reward.add_argument("--repeat-penalty", type=float, default=RewardConfig.repeat_penalty,
+                        help="for a crystal that matches an earlier one of its round")
+    reward.add_argument("--known-penalty", type=float, default=RewardConfig.known_penalty,
+                        help="for a crystal that matches a --train structure")
+    reward.add_argument("--invalid", type=float, default=RewardConfig.invalid,
+                        help="the reward of an attempt with no valid crystal (below every valid one)")
+    stability_cli.add_relax_arguments(parser)
+    stability_cli.add_hull_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run `crystext tune`: every setting checked first, then the rounds; prints where the tuned model is."""
+    try:
+        reward = RewardConfig(hull_cap=args.hull_cap, repeat_penalty=args.repeat_penalty,
+                              known_penalty=args.known_penalty, invalid=args.invalid)
+        sample = SampleConfig(temperature=args.temperature, top_p=args.top_p, max_atoms=args.max_atoms,
+                              batch_size=args.sample_batch)
+        config = TuneConfig(out=args.out, model=args.model, rounds=args.rounds, attempts=args.attempts, sample=sample,
+                            min_margin=args.min_margin, beta=args.beta, learning_rate=args.learning_rate,
+                            epochs=args.epochs, batch_size=args.update_batch, sft_weight=args.sft_weight,
+                            seed=args.seed)
+    except ValueError as err:
+        raise TuneError(flag_message(err, {**_FLAGS, "batch_size": "--sample-batch"}
+                                     if "batch_size" in str(err) and args.sample_batch is not None
+                                     and args.sample_batch < 1 else _FLAGS)) from None
+    stability = stability_cli.stability_config(args, resume=False)
+    stability_cli.check_paths(args, ("hull_data", "entries", "formation_energies", "elemental_refs", "fill", "train"))
+    if args.model is not None and not args.model.is_dir():
+        raise TuneError(f"--model {args.model}: no such model directory")
+    scorer = StabilityScorer(stability_cli.hull_reference(args), stability_cli.training_structures(args.train),
+                             stability, reward)
+    model = tune(config, scorer, resume=args.resume)
+    print(f"tuned model: {model}; rounds' metrics in {args.out}/round_*/metrics.json, plots in "
+          f"{args.out}/report.html", file=sys.stderr)
+    return 0

@@ -1,0 +1,336 @@
+"""Post-training toward stable crystals: rounds of sample -> score -> pair -> preference update.
+
+A round: the current model samples a fixed number of attempts with the usual sampler; a `Scorer` gives every
+attempt a reward (`StabilityScorer`: validity, energy above hull after relaxation, uniqueness in the round,
+novelty against the training set); attempts of one prompt are paired best with worst; trl's `DPOTrainer`
+moves the model toward the better of each pair, against the round's starting model as its reference (iterative
+DPO). Every round keeps its folder: samples.csv, scores.csv, pairs.jsonl, model/ and metrics.json, the last
+written when the round is done, so a killed run resumes at the first round without it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import pandas as pd
+
+from crystext.constants import METASTABLE_E_HULL
+from crystext.errors import CrystextError
+from crystext.files import write_atomic
+from crystext.prompts import Attributes
+from crystext.report import tune_report
+from crystext.sample import SampleConfig, Sampler
+from crystext.stability import HullReference, StabilityConfig, relax_and_place
+
+__all__ = [
+    "ROUND_FILES",
+    "RewardConfig",
+    "Scorer",
+    "StabilityScorer",
+    "TuneConfig",
+    "TuneError",
+    "preference_pairs",
+    "read_rounds",
+    "round_line",
+    "run_round",
+    "tune",
+    "update_model",
+]
+
+#: What each round folder holds when the round is done (metrics.json last).
+ROUND_FILES = ("samples.csv", "scores.csv", "pairs.jsonl", "model", "metrics.json")
+#: A round's sampling seed is seed * ROUND_SEED_STRIDE + its number, so rounds never repeat each other's draws.
+ROUND_SEED_STRIDE = 1000
+
+
+class TuneError(CrystextError):
+    """A tuning run that cannot start or continue (settings, or an output folder from another run)."""
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """How `StabilityScorer` turns an attempt into a reward (higher is better; eV/atom scale).
+
+    A valid crystal earns minus its energy above hull (capped), less a penalty if it repeats an earlier crystal of
+    its round or matches a training crystal, so the model cannot win by writing one stable crystal again and
+    again. An attempt with no valid crystal, or whose relaxation failed, earns `invalid`, below any valid one.
+    """
+
+    hull_cap: float = 1.0  # eV/atom: an energy above hull beyond this counts as this
+    repeat_penalty: float = 0.5
+    known_penalty: float = 0.5
+    invalid: float = -2.5
+
+    def __post_init__(self) -> None:
+        if not min(self.hull_cap, self.repeat_penalty, self.known_penalty) >= 0:
+            raise ValueError("hull_cap, repeat_penalty and known_penalty must be >= 0")
+        if not self.invalid < -(self.hull_cap + self.repeat_penalty + self.known_penalty):
+            raise ValueError(f"invalid ({self.invalid}) must be below every valid crystal's reward "
+                             f"(-{self.hull_cap + self.repeat_penalty + self.known_penalty})")
+
+    def reward(self, e_above_hull: float, unique: bool, novel: bool) -> float:
+        """The reward of a valid crystal; NaN energy (no relaxation) earns `invalid`."""
+        if not math.isfinite(e_above_hull):
+            return self.invalid
+        return (-min(max(e_above_hull, 0.0), self.hull_cap) - (0 if unique else self.repeat_penalty)
+                - (0 if novel else self.known_penalty))
+
+
+@dataclass
+class TuneConfig:
+    """A tuning run: where it starts and writes, how each round samples, pairs and updates."""
+
+    out: Path
+    model: Path | None = None  # a `crystext train` directory; None: the shipped default model
+    rounds: int = 4
+    attempts: int = 256  # attempts sampled per round, valid or not
+    sample: SampleConfig = field(default_factory=SampleConfig)  # n and max_attempts are set from `attempts`
+    min_margin: float = 0.1  # reward gap below which a pair teaches nothing and is left out
+    beta: float = 0.1  # DPO's strength of the pull toward the reference model (higher: stay closer)
+    learning_rate: float = 2e-5
+    epochs: int = 1
+    batch_size: int = 8
+    sft_weight: float = 0.0  # weight of the chosen crystals' own likelihood beside the DPO loss (RPO); 0: DPO only
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        for name in ("rounds", "attempts", "epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("min_margin", "beta", "learning_rate", "sft_weight"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0) or (name in ("beta", "learning_rate") and value == 0):
+                raise ValueError(f"{name} must be {'positive' if name in ('beta', 'learning_rate') else '>= 0'}, "
+                                 f"got {value}")
+
+    def round_sample_config(self, number: int) -> SampleConfig:
+        """The sampling settings of round `number`: exactly `attempts` attempts, a seed of its own."""
+        return replace(self.sample, n=self.attempts, max_attempts=self.attempts,
+                       seed=self.seed * ROUND_SEED_STRIDE + number)
+
+    def settings(self) -> dict[str, Any]:
+        """What decides the run's results, as JSON (a resumed run must have the same)."""
+        return json.loads(json.dumps(asdict(self), default=str))
+
+
+class Scorer(Protocol):
+    """Scores a round's samples: a table with one row per attempt (`id`, `reward`, any other columns) and metrics.
+
+    `folder` is the round's folder, for anything the scorer wants to keep and resume (a stability CSV).
+    """
+
+    def __call__(self, samples: Path, folder: Path) -> tuple[pd.DataFrame, dict[str, Any]]: ...
+
+
+class StabilityScorer:
+    """The reward a materials scientist wants: valid, stable after relaxation, new to the round and to the training set.
+
+    Valid (structurally and compositionally) crystals are relaxed through `relax_and_place` (the round's
+    stability.csv, resumable); uniqueness and novelty are `crystext.evaluate.sun`'s, on the crystals as
+    generated; the metrics are its rates (metastable, stable and S.U.N. over every attempt).
+    """
+
+    def __init__(self, reference: HullReference, training: Sequence, stability: StabilityConfig | None = None,
+                 reward: RewardConfig | None = None) -> None:
+        from crystext.evaluate.sun import KnownStructures
+
+        self.reference = reference
+        self.known = KnownStructures.from_structures([r.structure for r in training])
+        self.stability = stability or StabilityConfig(progress=False)
+        self.reward = reward or RewardConfig()
+
+    def __call__(self, samples: Path, folder: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+        from crystext.data import Dataset, Record
+        from crystext.evaluate.sun import RelaxedStructures, novel_flags, stability_rates, stability_table, unique_flags
+        from crystext.evaluate.validity import is_valid
+        from crystext.sample.samples_csv import parsed_structures
+
+        ids = pd.read_csv(samples, usecols=["id"], dtype=str)["id"].tolist()
+        structures = {rid: s for rid, s in parsed_structures(samples) if is_valid(s)}
+        valid = [rid for rid in ids if rid in structures]
+        output = folder / "stability.csv"
+        relax_and_place(Dataset([Record(rid, structures[rid]) for rid in valid], source=str(samples)),
+                        self.reference, output, replace(self.stability, resume=output.exists()))
+        relaxed = pd.read_csv(output, dtype={"id": str}, keep_default_na=False).set_index("id")
+        generated = [structures[rid] for rid in valid]
+        formulas = [s.composition.reduced_formula for s in generated]
+        table = pd.DataFrame({"id": ids, "valid": [rid in structures for rid in ids]})
+        table["e_above_hull"] = [float(relaxed.at[rid, "e_above_hull"] or "nan") if rid in structures else math.nan
+                                 for rid in ids]
+        for name, flags in (("unique", unique_flags(generated, formulas)),
+                            ("novel", novel_flags(generated, formulas, self.known))):
+            table[name] = table["id"].map(dict(zip(valid, flags))).fillna(False).astype(bool)
+        cifs = [relaxed.at[rid, "relaxed_cif"] if rid in structures else "" for rid in ids]
+        stability = stability_table(table["e_above_hull"].to_numpy(float), RelaxedStructures(cifs), self.known)
+        table[["metastable", "stable", "sun"]] = stability[["metastable", "stable", "sun"]].to_numpy()
+        table["reward"] = [self.reward.reward(e, u, n) if v else self.reward.invalid
+                           for v, e, u, n in table[["valid", "e_above_hull", "unique", "novel"]].itertuples(False)]
+        rates = stability_rates(stability)
+        n_valid = len(valid)
+        metrics = {"valid_rate": n_valid / len(ids) if ids else math.nan,
+                   "uniqueness": float(table["unique"].sum() / n_valid) if n_valid else math.nan,
+                   "novelty": float(table["novel"].sum() / n_valid) if n_valid else math.nan,
+                   **{k: rates[k] for k in ("metastable_rate", "stable_rate", "sun_rate", "msun_rate",
+                                             "mean_e_above_hull")},
+                   "metastable_threshold_ev_per_atom": METASTABLE_E_HULL}
+        return table, metrics
+
+
+def preference_pairs(samples: pd.DataFrame, min_margin: float) -> list[dict[str, Any]]:
+    """Pairs of attempts on one prompt, the best with the worst, the second best with the second worst, ...
+
+    `samples` has one row per attempt: id, prompt, text, reward. A pair whose rewards differ by less than
+    `min_margin` is left out. Ties are broken by id, so the pairs are the same on every run.
+    """
+    pairs = []
+    for prompt, group in samples.groupby("prompt", sort=True):
+        ranked = group.sort_values(["reward", "id"], ascending=[False, True]).to_dict("records")
+        for best, worst in zip(ranked[: len(ranked) // 2], reversed(ranked[len(ranked) - len(ranked) // 2:])):
+            margin = best["reward"] - worst["reward"]
+            if margin >= min_margin:
+                pairs.append({"prompt": prompt, "chosen": best["text"], "rejected": worst["text"],
+                              "chosen_id": best["id"], "rejected_id": worst["id"], "margin": margin})
+    return pairs
+
+
+def tune(config: TuneConfig, scorer: Scorer, resume: bool = False, progress: bool = True) -> Path:
+    """Run the rounds `config` asks for, each resumed where a killed run left it; returns the last model directory.
+
+    Without `resume`, the output folder must be new or empty.
+    """
+    settings_file = config.out / "tune.json"
+    if settings_file.exists():
+        if not resume:
+            raise TuneError(f"{config.out} holds a tuning run: pass --resume to continue it, or choose another --out")
+        earlier = json.loads(settings_file.read_text())
+        changed = sorted(k for k in config.settings() if k != "rounds" and earlier.get(k) != config.settings()[k])
+        if changed:
+            raise TuneError(f"{config.out} was started with other settings ({', '.join(changed)}); "
+                            "resume it with the same ones, or choose another --out")
+    elif config.out.exists() and any(config.out.iterdir()):
+        raise TuneError(f"{config.out} is not empty and holds no tuning run: choose another --out")
+    config.out.mkdir(parents=True, exist_ok=True)
+    write_atomic(settings_file, json.dumps(config.settings(), indent=2) + "\n")
+    model = config.model
+    for number in range(1, config.rounds + 1):
+        folder = config.out / f"round_{number:03d}"
+        if not (folder / "metrics.json").is_file():
+            run_round(config, number, model, folder, scorer, progress)
+            write_atomic(config.out / "report.html", tune_report(read_rounds(config.out)))
+        model = folder / "model"
+    return folder / "model"
+
+
+def run_round(config: TuneConfig, number: int, model: Path | None, folder: Path, scorer: Scorer,
+              progress: bool) -> dict[str, Any]:
+    """One round in `folder`, each step skipped if a killed earlier run finished it; returns its metrics."""
+    folder.mkdir(parents=True, exist_ok=True)
+    samples = folder / "samples.csv"
+    sampler = Sampler.from_pretrained(model)
+    sampler.sample(config.round_sample_config(number), samples, resume=samples.exists(), progress=progress)
+    del sampler
+    table, scored = scorer(samples, folder)
+    attempts = pd.read_csv(samples, dtype=str, keep_default_na=False)
+    table = attempts[["id", "conditions", "raw_text"]].merge(table, on="id", how="left", validate="one_to_one")
+    write_atomic(folder / "scores.csv", table.to_csv(index=False))
+    prompts = [Attributes(**json.loads(c)).to_prompt() for c in table["conditions"]]
+    pairs = preference_pairs(
+        pd.DataFrame({"id": table["id"], "prompt": prompts, "text": table["raw_text"], "reward": table["reward"]}),
+        config.min_margin)
+    write_atomic(folder / "pairs.jsonl", "".join(json.dumps(p) + "\n" for p in pairs))
+    update = update_model(config, number, model, pairs, folder / "model")
+    metrics = {"round": number, "attempts": len(table), "pairs": len(pairs),
+               "reward_mean": float(table["reward"].mean()), **scored, "update": update}
+    write_atomic(folder / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    print(round_line(metrics), file=sys.stderr, flush=True)
+    return metrics
+
+
+def update_model(config: TuneConfig, number: int, model: Path | None, pairs: Sequence[dict[str, Any]],
+                 out: Path) -> dict[str, Any]:
+    """trl's DPO on the round's pairs, from and against the model at the round's start; the result goes to `out`.
+
+    The prompt is read after the model's begin-of-sequence token and the crystal ends with its end token, as in
+    `crystext train`. No pairs (every reward within `min_margin`): the model is saved unchanged.
+    """
+    import datasets
+    from datasets import Dataset as HFDataset
+    from transformers import PrinterCallback
+    from transformers.utils import logging as hf_logging
+    from trl import DPOConfig, DPOTrainer
+
+    from crystext.model import load_model, save_model
+    from crystext.train import replacing_dir
+
+    policy, tokenizer, info = load_model(model, trainable=True)
+    summary: dict[str, Any] = {"pairs": len(pairs)}
+    if pairs:
+        reference = load_model(model)[0]
+        if hasattr(reference, "merge_and_unload"):  # a LoRA adapter: the reference needs no adapter of its own
+            reference = reference.merge_and_unload()
+        bos = tokenizer.bos_token or ""
+        data = HFDataset.from_list([{"prompt": bos + p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]}
+                                    for p in pairs])
+        loss = ["sigmoid", "sft"] if config.sft_weight else ["sigmoid"]
+        scratch = tempfile.mkdtemp(prefix="crystext-dpo-")  # the trainer's output folder; it saves nothing there
+        args = DPOConfig(
+            output_dir=scratch, per_device_train_batch_size=config.batch_size,
+            num_train_epochs=config.epochs, learning_rate=config.learning_rate, beta=config.beta,
+            loss_type=loss, loss_weights=[1.0, config.sft_weight] if config.sft_weight else None,
+            seed=config.seed * ROUND_SEED_STRIDE + number, report_to="none", save_strategy="no",
+            logging_steps=1, disable_tqdm=True, use_cpu=not _cuda(), dataset_num_proc=None,
+        )
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        datasets.disable_progress_bars()  # the trainer's dataset preparation: instant, and not what a round is about
+        try:
+            trainer = DPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=data,
+                                 processing_class=tokenizer)
+            trainer.remove_callback(PrinterCallback)  # its per-step dicts; the round's line says what matters
+            trainer.train()
+        finally:
+            hf_logging.set_verbosity(verbosity)
+            datasets.enable_progress_bars()
+            shutil.rmtree(scratch, ignore_errors=True)
+        logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+        summary.update(steps=trainer.state.global_step, loss_first=logs[0]["loss"], loss_last=logs[-1]["loss"],
+                       reward_accuracy_last=logs[-1].get("rewards/accuracies"),
+                       reward_margin_last=logs[-1].get("rewards/margins"))
+        policy = trainer.model
+    info = {**info, "tuned": {**info.get("tuned", {}), f"round_{number}": summary}}
+    with replacing_dir(out) as staging:
+        save_model(policy, tokenizer, staging, info)
+    return summary
+
+
+#: The rates a round's log line shows, where its scorer gives them: the trade-off a tuning run has to watch.
+ROUND_RATES = {"metastable_rate": "metastable", "sun_rate": "S.U.N.", "uniqueness": "unique", "novelty": "novel",
+               "valid_rate": "valid"}
+
+
+def round_line(metrics: dict[str, Any]) -> str:
+    """The log line of a finished round: its reward, and stability against uniqueness, novelty and validity."""
+    rates = [f"{label} {100 * metrics[name]:.1f}%" for name, label in ROUND_RATES.items()
+             if isinstance(metrics.get(name), float) and math.isfinite(metrics[name])]
+    return (f"round {metrics['round']}: {metrics['attempts']} attempts, {metrics['pairs']} pairs, mean reward "
+            f"{metrics['reward_mean']:.3f}" + (f"; {', '.join(rates)}" if rates else ""))
+
+
+def read_rounds(out: Path) -> list[dict[str, Any]]:
+    """The metrics of every finished round of a tuning run, in order."""
+    return [json.loads(p.read_text()) for p in sorted(Path(out).glob("round_*/metrics.json"))]
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

@@ -1,0 +1,179 @@
+"""Post-training: rewards and pairs by hand, rounds on a tiny model toward a synthetic reward, exact resume."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from crystext.data import read_structures
+from crystext.prompts import Attributes
+from crystext.sample import SampleConfig
+from crystext.sample.samples_csv import SampleWriter, attempt_row
+from crystext.stability import RelaxConfig, StabilityConfig, shipped_reference
+from crystext.textformat import CrystalText, CrystalTextError
+from crystext.tune import RewardConfig, StabilityScorer, TuneConfig, TuneError, preference_pairs, read_rounds, tune
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_reward_of_a_valid_crystal_is_minus_its_capped_energy_less_its_penalties() -> None:
+    reward = RewardConfig(hull_cap=1.0, repeat_penalty=0.5, known_penalty=0.25, invalid=-3.0)
+    assert reward.reward(0.05, unique=True, novel=True) == pytest.approx(-0.05)
+    assert reward.reward(-0.2, unique=True, novel=True) == 0.0  # below the hull counts as on it
+    assert reward.reward(4.0, unique=False, novel=False) == pytest.approx(-1.75)
+    assert reward.reward(math.nan, unique=True, novel=True) == -3.0
+    with pytest.raises(ValueError, match="invalid .* must be below every valid crystal's reward"):
+        RewardConfig(hull_cap=1.0, repeat_penalty=0.5, known_penalty=0.5, invalid=-1.5)
+
+
+def test_pairs_join_best_with_worst_within_a_prompt_and_skip_small_margins() -> None:
+    samples = pd.DataFrame({
+        "id": ["a", "b", "c", "d", "e", "f", "g"],
+        "prompt": ["p", "p", "p", "p", "p", "q", "q"],
+        "text": ["A", "B", "C", "D", "E", "F", "G"],
+        "reward": [0.0, -1.0, -0.5, -0.45, -3.0, -0.1, -0.15],
+    })
+    pairs = preference_pairs(samples, min_margin=0.1)
+    # p ranked a, d, c, b, e: (a, e) and (d, b); the middle one, c, is left over. q's one pair is 0.05 apart.
+    assert [(p["chosen_id"], p["rejected_id"]) for p in pairs] == [("a", "e"), ("d", "b")]
+    assert [p["margin"] for p in pairs] == pytest.approx([3.0, 0.55])
+    assert pairs[0]["prompt"] == "p" and pairs[0]["chosen"] == "A" and pairs[0]["rejected"] == "E"
+
+
+def sites(text: str) -> int | None:
+    try:
+        return len(CrystalText.from_str(text).species)
+    except CrystalTextError:
+        return None
+
+
+class FewerSites:
+    """A synthetic reward the test controls: minus the number of sites (an unreadable attempt: -30).
+
+    With `stop_on_call`, the scorer raises KeyboardInterrupt on that call, as a kill in the middle of a round.
+    """
+
+    def __init__(self, stop_on_call: int | None = None) -> None:
+        self.calls, self.stop_on_call = 0, stop_on_call
+
+    def __call__(self, samples: Path, folder: Path) -> tuple[pd.DataFrame, dict]:
+        self.calls += 1
+        if self.calls == self.stop_on_call:
+            raise KeyboardInterrupt
+        rows = pd.read_csv(samples, dtype=str, keep_default_na=False)
+        counts = [sites(text) if cif else None for text, cif in zip(rows["raw_text"], rows["cif"])]
+        reward = [-float(n) if n else -30.0 for n in counts]
+        return pd.DataFrame({"id": rows["id"], "reward": reward}), {
+            "mean_sites": float(pd.Series([n for n in counts if n]).mean())}
+
+
+def tiny_tune(out: Path, model: Path, rounds: int) -> TuneConfig:
+    return TuneConfig(out=out, model=model, rounds=rounds, attempts=64, learning_rate=1e-3, epochs=3, batch_size=8,
+                      sample=SampleConfig(batch_size=32, max_atoms=8, temperature=1.0))
+
+
+def weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(model_dir / "model.safetensors")
+
+
+def test_rounds_move_a_tiny_model_toward_a_synthetic_reward_and_keep_every_round(model_dir, tmp_path) -> None:
+    last = tune(tiny_tune(tmp_path / "run", model_dir, rounds=2), FewerSites(), progress=False)
+    rounds = read_rounds(tmp_path / "run")
+    assert [r["round"] for r in rounds] == [1, 2] and last == tmp_path / "run" / "round_002" / "model"
+    for number in (1, 2):
+        folder = tmp_path / "run" / f"round_{number:03d}"
+        assert sorted(p.name for p in folder.iterdir()) == sorted(
+            ["samples.csv", "scores.csv", "pairs.jsonl", "model", "metrics.json"])
+    first, second = rounds
+    assert first["attempts"] == 64 and first["pairs"] >= 20 and first["update"]["steps"] > 0
+    # The model the first round trained writes smaller cells: the reward it was tuned on went up.
+    assert second["mean_sites"] < first["mean_sites"] - 0.3
+    assert second["reward_mean"] > first["reward_mean"]
+    pairs = [json.loads(line) for line in (tmp_path / "run" / "round_001" / "pairs.jsonl").read_text().splitlines()]
+    assert all(sites(p["chosen"]) is not None for p in pairs)
+    assert all(p["prompt"] == Attributes().to_prompt() and p["margin"] >= 0.1 for p in pairs)
+    info = json.loads((last / "crystext.json").read_text())
+    assert set(info["tuned"]) == {"round_1", "round_2"}
+
+
+def test_a_run_killed_mid_round_resumes_to_the_uninterrupted_state(model_dir, tmp_path) -> None:
+    whole = tune(tiny_tune(tmp_path / "whole", model_dir, rounds=2), FewerSites(), progress=False)
+    with pytest.raises(KeyboardInterrupt):  # killed while scoring round 2, its samples already written
+        tune(tiny_tune(tmp_path / "killed", model_dir, rounds=2), FewerSites(stop_on_call=2), progress=False)
+    assert (tmp_path / "killed" / "round_002" / "samples.csv").is_file()
+    assert not (tmp_path / "killed" / "round_002" / "metrics.json").exists()
+    with pytest.raises(TuneError, match="pass --resume"):
+        tune(tiny_tune(tmp_path / "killed", model_dir, rounds=2), FewerSites(), progress=False)
+    resumed = tune(tiny_tune(tmp_path / "killed", model_dir, rounds=2), FewerSites(), resume=True, progress=False)
+    a, b = weights(whole), weights(resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for name in ("samples.csv", "pairs.jsonl"):
+        assert (tmp_path / "whole" / "round_002" / name).read_text() == (
+            tmp_path / "killed" / "round_002" / name).read_text()
+
+
+def test_resuming_with_other_settings_is_refused(model_dir, tmp_path) -> None:
+    config = tiny_tune(tmp_path / "run", model_dir, rounds=1)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "tune.json").write_text(json.dumps({**config.settings(), "beta": 0.5}))
+    with pytest.raises(TuneError, match=r"other settings \(beta\)"):
+        tune(config, FewerSites(), resume=True, progress=False)
+
+
+def test_stability_scorer_rewards_stable_new_crystals_over_repeats_known_and_invalid(shared_data, tmp_path) -> None:
+    test = read_structures(shared_data / "mp_20" / "test.csv")
+    first, second = test.records[0].structure, test.records[1].structure
+    texts = [CrystalText.from_structure(s).to_str() for s in (first, second, first)]
+    samples = tmp_path / "samples.csv"
+    SampleWriter(samples, resume=False).append(
+        [attempt_row(f"s{i}", "unconditional", {}, text) for i, text in enumerate(texts)]
+        + [attempt_row("s3", "unconditional", {}, "4.0 4.0 4.0\n90 90 90\nNa\n0.0 0.0 0.0\nNa\n0.0 0.0 0.01\n")])
+    scorer = StabilityScorer(shipped_reference(), [test.records[1]],  # the training set holds the second crystal
+                             StabilityConfig(relax=RelaxConfig(max_steps=0), workers=1, progress=False))
+    table, metrics = scorer(samples, tmp_path)
+    table = table.set_index("id")
+    assert table["valid"].tolist() == [True, True, True, False]
+    assert table["unique"].tolist() == [True, True, False, False]
+    assert table["novel"].tolist() == [True, False, True, False]
+    e = table["e_above_hull"]
+    assert e["s0"] == pytest.approx(e["s2"], abs=1e-6) and math.isnan(e["s3"])
+    rewards = RewardConfig()
+    assert table.at["s0", "reward"] == pytest.approx(-min(max(e["s0"], 0), 1.0))
+    assert table.at["s1", "reward"] == pytest.approx(-min(max(e["s1"], 0), 1.0) - rewards.known_penalty)
+    assert table.at["s2", "reward"] == pytest.approx(table.at["s0", "reward"] - rewards.repeat_penalty)
+    assert table.at["s3", "reward"] == rewards.invalid
+    assert metrics["valid_rate"] == 0.75 and metrics["uniqueness"] == pytest.approx(2 / 3)
+    assert metrics["novelty"] == pytest.approx(2 / 3)
+    assert metrics["metastable_rate"] == pytest.approx(float((e < 0.1).sum()) / 4)
+    assert len(pd.read_csv(tmp_path / "stability.csv")) == 3  # only the valid attempts were relaxed
+
+
+def test_tune_command_runs_rounds_writes_a_report_and_names_bad_settings(model_dir, shared_data, tmp_path,
+                                                                         capsys) -> None:
+    from crystext.cli import main
+
+    train = shared_data / "mp_20" / "val.csv"
+    base = ["tune", "--model", str(model_dir), "--out", str(tmp_path / "run"), "--train", str(train)]
+    assert main([*base, "--attempts", "0"]) == 1
+    assert "crystext tune: error: --attempts must be at least 1, got 0" in capsys.readouterr().err
+    assert main([*base, "--invalid", "-1"]) == 1
+    assert "--invalid (-1.0) must be below every valid crystal's reward (-2.0)" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+    fast = ["--rounds", "1", "--attempts", "12", "--max-atoms", "6", "--max-steps", "0", "--workers", "1"]
+    assert main([*base, *fast]) == 0
+    assert "tuned model: " + str(tmp_path / "run" / "round_001" / "model") in capsys.readouterr().err
+    metrics = read_rounds(tmp_path / "run")[0]
+    scores = pd.read_csv(tmp_path / "run" / "round_001" / "scores.csv")
+    assert metrics["attempts"] == len(scores) == 12
+    assert metrics["valid_rate"] == pytest.approx(scores["valid"].mean())
+    assert metrics["reward_mean"] == pytest.approx(scores["reward"].mean())
+    report = (tmp_path / "run" / "report.html").read_text()
+    assert "<td>12</td>" in report and report.count("data:image/png;base64,") == 2
+    assert main(base + fast) == 1
+    assert "pass --resume" in capsys.readouterr().err
