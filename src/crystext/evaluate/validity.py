@@ -17,10 +17,10 @@ import itertools
 import math
 from importlib.metadata import PackageNotFoundError, version
 
-import numpy as np
 from pymatgen.core import Composition, Structure
 
 from crystext.constants import MIN_CELL_VOLUME, MIN_INTERATOMIC_DISTANCE
+from crystext.geometry import closest_pair
 
 __all__ = ["compositional_validity", "is_valid", "smact_version", "structural_problem"]
 
@@ -36,14 +36,10 @@ def structural_problem(structure: Structure) -> str | None:
     volume = float(structure.volume)
     if not volume >= MIN_CELL_VOLUME:  # also catches NaN
         return f"cell volume {volume:.3g} A^3 is below {MIN_CELL_VOLUME} A^3"
-    if len(structure) < 2:
-        return None
-    distances = np.array(structure.distance_matrix, dtype=float)
-    np.fill_diagonal(distances, np.inf)
-    i, j = np.unravel_index(int(np.argmin(distances)), distances.shape)
-    closest = float(distances[i, j])
-    if not closest >= MIN_INTERATOMIC_DISTANCE:
-        return f"sites {min(i, j)} and {max(i, j)} are {closest:.3f} A apart, closer than {MIN_INTERATOMIC_DISTANCE} A"
+    pair = closest_pair(structure)
+    if pair is not None and not pair[2] >= MIN_INTERATOMIC_DISTANCE:
+        i, j, closest = pair
+        return f"sites {i} and {j} are {closest:.3f} A apart, closer than {MIN_INTERATOMIC_DISTANCE} A"
     return None
 
 

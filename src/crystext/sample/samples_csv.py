@@ -9,10 +9,10 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from pymatgen.core import Structure
 
 from crystext.files import CsvLog
+from crystext.geometry import closest_pair
 from crystext.textformat import CrystalText, CrystalTextError
 
 __all__ = ["COLUMNS", "SampleWriter", "attempt_row", "parsed_structures"]
@@ -62,14 +62,10 @@ def attempt_row(
 
 def _crowded(structure: Structure, min_distance: float) -> str:
     """Why `structure` has two atoms closer than `min_distance` (A), the nearest pair in text order; "" if none."""
-    if len(structure) < 2:
+    pair = closest_pair(structure)
+    if pair is None or pair[2] >= min_distance:
         return ""
-    distances = np.array(structure.distance_matrix, dtype=float)
-    np.fill_diagonal(distances, np.inf)
-    first, second = sorted(np.unravel_index(int(np.argmin(distances)), distances.shape))
-    closest = float(distances[first, second])
-    if closest >= min_distance:
-        return ""
+    first, second, closest = pair
     return f"atoms {first} and {second} are {closest:.2f} A apart (< {min_distance} A): no room left in the cell"
 
 

@@ -16,8 +16,8 @@ __all__ = ["HELP", "add_arguments", "run"]
 HELP = "post-train a model toward stable crystals: rounds of sample, relax and score, then DPO"
 #: Settings fields and the flags that set them, to name the flag when a setting is refused.
 _FLAGS = option_flags(("rounds", "attempts", "min_margin", "beta", "learning_rate", "epochs", "sft_weight",
-                       "temperature", "top_p", "max_atoms", "seed", "hull_cap", "repeat_penalty", "known_penalty",
-                       "invalid"), batch_size="--update-batch")
+                       "temperature", "top_p", "max_atoms", "min_distance", "seed", "hull_cap", "repeat_penalty",
+                       "known_penalty", "invalid"), batch_size="--update-batch")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     rounds.add_argument("--top-p", type=float, default=SampleConfig.top_p)
     rounds.add_argument("--max-atoms", type=int, default=SampleConfig.max_atoms)
     rounds.add_argument("--sample-batch", type=int, help="sampling batch (default: what memory allows)")
+    rounds.add_argument("--min-distance", type=float, default=SampleConfig.min_distance,
+                        help="keep each new atom this far (A) from the others while sampling (0: off, so the model "
+                        "itself is taught to keep atoms apart)")
+    rounds.add_argument("--no-constraint", action="store_true",
+                        help="sample without the grammar constraint (the model alone is tuned toward valid text)")
     rounds.add_argument("--seed", type=int, default=TuneConfig.seed)
     update = parser.add_argument_group("update (trl's DPO)")
     update.add_argument("--beta", type=float, default=TuneConfig.beta,
@@ -64,19 +69,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run `crystext tune`: every setting checked first, then the rounds; prints where the tuned model is."""
+    if args.sample_batch is not None and args.sample_batch < 1:
+        raise TuneError(f"--sample-batch must be at least 1, got {args.sample_batch}")
     try:
         reward = RewardConfig(hull_cap=args.hull_cap, repeat_penalty=args.repeat_penalty,
                               known_penalty=args.known_penalty, invalid=args.invalid)
         sample = SampleConfig(temperature=args.temperature, top_p=args.top_p, max_atoms=args.max_atoms,
-                              batch_size=args.sample_batch)
+                              batch_size=args.sample_batch, min_distance=args.min_distance or None,
+                              constrained=not args.no_constraint)
         config = TuneConfig(out=args.out, model=args.model, rounds=args.rounds, attempts=args.attempts, sample=sample,
                             min_margin=args.min_margin, beta=args.beta, learning_rate=args.learning_rate,
                             epochs=args.epochs, batch_size=args.update_batch, sft_weight=args.sft_weight,
                             seed=args.seed)
     except ValueError as err:
-        raise TuneError(flag_message(err, {**_FLAGS, "batch_size": "--sample-batch"}
-                                     if "batch_size" in str(err) and args.sample_batch is not None
-                                     and args.sample_batch < 1 else _FLAGS)) from None
+        raise TuneError(flag_message(err, _FLAGS)) from None
     stability = stability_cli.stability_config(args, resume=False)
     stability_cli.check_paths(args, ("hull_data", "entries", "formation_energies", "elemental_refs", "fill", "train"))
     if args.model is not None and not args.model.is_dir():
