@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from datetime import datetime, timezone
+from pathlib import Path
 
 
 def machine() -> dict[str, str | int]:
@@ -34,3 +36,18 @@ def machine() -> dict[str, str | int]:
 def describe(m: dict[str, str | int], command: str) -> str:
     """The line every result page opens with: the machine, the date and the command that made it."""
     return f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory']}; {m['date']}. Command: `{command}`."
+
+
+def cell(value: object, decimals: int = 3) -> str:
+    """A table cell: floats to `decimals` places, missing values as a dash."""
+    return "–" if value is None else f"{value:.{decimals}f}" if isinstance(value, float) else str(value)
+
+
+def write_result(name: str, record: dict, lines: list[str]) -> None:
+    """Commit-ready results: benchmarks/results/NAME.json (the record) and NAME.md (the lines), each atomically."""
+    from crystext.files import write_atomic
+
+    out = Path(__file__).resolve().parent / "results"
+    write_atomic(out / f"{name}.json", json.dumps(record, indent=1) + "\n")
+    write_atomic(out / f"{name}.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))

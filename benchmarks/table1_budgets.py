@@ -26,9 +26,8 @@ def main() -> int:
     parser.add_argument("--label", required=True, help="the run's label in that table, e.g. T=0.7")
     parser.add_argument("--name", required=True)
     args = parser.parse_args()
-    from _machine import describe, machine
+    from _machine import cell, describe, machine, write_result
 
-    from crystext.files import write_atomic
 
     old = next(r for r in json.loads(args.old.read_text())["runs"] if r["label"] == args.label)
     new = json.loads((args.run / "stability.summary.json").read_text())
@@ -47,11 +46,6 @@ def main() -> int:
     command = " ".join(["python", *sys.argv])
     record = {"machine": machine(), "command": command, "label": args.label, "old_table": str(args.old),
               "rows": rows, "steps_summary": new}
-    out = ROOT / "benchmarks" / "results"
-    write_atomic(out / f"table1_budgets_{args.name}.json", json.dumps(record, indent=1) + "\n")
-
-    def cell(value: object) -> str:
-        return "–" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
 
     lines = [f"# Table 1, run {args.label}: the stability column under both relaxation budgets", "",
              describe(record["machine"], command), "",
@@ -66,8 +60,7 @@ def main() -> int:
         errors = ", ".join(f"{k} {v}" for k, v in sorted(r["errors"].items())) or "none"
         lines.append(f"| {name} | {r['relaxed']} | {errors} | " + " | ".join(
             cell(r[k]) for k in ("converged", "metastable", "metastable_converged_only", "stable", "sun")) + " |")
-    write_atomic(out / f"table1_budgets_{args.name}.md", "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_result(f"table1_budgets_{args.name}", record, lines)
     return 0
 
 
