@@ -66,7 +66,8 @@ def main() -> int:
              describe(record["machine"], command), "",
              "Default sampler (T 0.7, top-p 0.9, grammar, 0.5 A), at most 20 atoms, seed 0, batch 128; "
              f"{args.backend}, steps budget (500 FIRE steps, fmax 0.1 eV/A), shipped offline hull; novelty against "
-             "MP-20 train + val (the train split here is partial). Rates over all attempts, unique and novel over the valid.", "",
+             "MP-20 train + val (the train split here is partial). Rates over all attempts, unique and novel over "
+             "the valid.", "",
              "| " + " | ".join(h for _, h in COLUMNS) + " |", "|" + "---:|" * len(COLUMNS),
              "| " + " | ".join(cell(metrics.get(k)) for k, _ in COLUMNS) + " |"]
     write_result(f"tune_eval_{args.name}", record, lines)
