@@ -17,19 +17,43 @@ from crystext.sample import SampleConfig
 from crystext.sample.samples_csv import SampleWriter, attempt_row
 from crystext.stability import RelaxConfig, StabilityConfig, shipped_reference
 from crystext.textformat import CrystalText, CrystalTextError
-from crystext.tune import RewardConfig, StabilityScorer, TuneConfig, TuneError, preference_pairs, read_rounds, tune
+from crystext.tune import (
+    RewardConfig,
+    StabilityScorer,
+    TuneConfig,
+    TuneError,
+    feature_shares,
+    over_representation,
+    preference_pairs,
+    read_rounds,
+    tune,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_reward_of_a_valid_crystal_is_minus_its_capped_energy_less_its_penalties() -> None:
-    reward = RewardConfig(hull_cap=1.0, repeat_penalty=0.5, known_penalty=0.25, invalid=-3.0)
+    reward = RewardConfig(hull_cap=1.0, repeat_penalty=0.5, known_penalty=0.25, balance_weight=0.1, invalid=-3.0)
     assert reward.reward(0.05, unique=True, novel=True) == pytest.approx(-0.05)
     assert reward.reward(-0.2, unique=True, novel=True) == 0.0  # below the hull counts as on it
     assert reward.reward(4.0, unique=False, novel=False) == pytest.approx(-1.75)
+    assert reward.reward(0.05, unique=True, novel=True, excess=1.5) == pytest.approx(-0.2)
     assert reward.reward(math.nan, unique=True, novel=True) == -3.0
-    with pytest.raises(ValueError, match="invalid .* must be below every valid crystal's reward"):
-        RewardConfig(hull_cap=1.0, repeat_penalty=0.5, known_penalty=0.5, invalid=-1.5)
+    assert reward.lowest_valid == pytest.approx(-(1.0 + 0.5 + 0.25 + 0.1 * 2 * 2))
+    with pytest.raises(ValueError, match=r"invalid \(-2.0\) must be below every valid crystal's reward \(-2.4\)"):
+        RewardConfig(hull_cap=1.0, repeat_penalty=0.5, known_penalty=0.5, balance_weight=0.1, invalid=-2.0)
+
+
+def test_over_representation_is_the_log_share_ratio_of_a_crystals_most_overrepresented_value() -> None:
+    sites = over_representation([[4], [4], [4], [10]], {4: 0.15, 10: 0.09}, n_training=100)
+    assert sites == pytest.approx([math.log(0.75 / 0.15)] * 3 + [math.log(0.25 / 0.09)])
+    training = {"Au": 0.02, "Mg": 0.1, "O": 0.5, "Si": 0.1, "Zn": 0.05}
+    elements = over_representation([["Au", "Mg"], ["Au", "Zn"], ["O", "Si"], ["O", "Xx"]], training, n_training=100)
+    # Au: log(0.5 / 0.02) = 3.2, capped at 2; O at 0.5 against 0.5 costs nothing, Si log(0.25 / 0.1); Xx, which
+    # training lacks, counts as 1 of its 100: log(0.25 / 0.01), capped
+    assert elements == pytest.approx([2.0, 2.0, math.log(0.25 / 0.1), 2.0])
+    assert over_representation([[4], [10]], {4: 0.5, 10: 0.5}, n_training=2) == [0.0, 0.0]
+    assert feature_shares([["O", "Si"], ["O"]]) == {"O": 1.0, "Si": 0.5}
 
 
 def test_pairs_join_best_with_worst_within_a_prompt_and_skip_small_margins() -> None:
@@ -163,7 +187,7 @@ def test_tune_command_runs_rounds_writes_a_report_and_names_bad_settings(model_d
     assert main([*base, "--attempts", "0"]) == 1
     assert "crystext tune: error: --attempts must be at least 1, got 0" in capsys.readouterr().err
     assert main([*base, "--invalid", "-1"]) == 1
-    assert "--invalid (-1.0) must be below every valid crystal's reward (-2.0)" in capsys.readouterr().err
+    assert "--invalid (-1.0) must be below every valid crystal's reward (-3)" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # refused before anything was written
     fast = ["--rounds", "1", "--attempts", "12", "--max-atoms", "6", "--max-steps", "0", "--workers", "1"]
     assert main([*base, *fast]) == 0

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from crystext.tune.rounds import (
+    BALANCE_FEATURES,
+    MAX_EXCESS,
     ROUND_FILES,
     RewardConfig,
     Scorer,
     StabilityScorer,
     TuneConfig,
     TuneError,
+    feature_shares,
+    feature_values,
+    over_representation,
     preference_pairs,
     read_rounds,
     round_line,
@@ -18,12 +23,17 @@ from crystext.tune.rounds import (
 )
 
 __all__ = [
+    "BALANCE_FEATURES",
+    "MAX_EXCESS",
     "ROUND_FILES",
     "RewardConfig",
     "Scorer",
     "StabilityScorer",
     "TuneConfig",
     "TuneError",
+    "feature_shares",
+    "feature_values",
+    "over_representation",
     "preference_pairs",
     "read_rounds",
     "round_line",

@@ -17,7 +17,7 @@ HELP = "post-train a model toward stable crystals: rounds of sample, relax and s
 #: Settings fields and the flags that set them, to name the flag when a setting is refused.
 _FLAGS = option_flags(("rounds", "attempts", "min_margin", "beta", "learning_rate", "epochs", "sft_weight",
                        "temperature", "top_p", "max_atoms", "min_distance", "seed", "hull_cap", "repeat_penalty",
-                       "known_penalty", "invalid"), batch_size="--update-batch")
+                       "known_penalty", "balance_weight", "invalid"), batch_size="--update-batch")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="for a crystal that matches an earlier one of its round")
     reward.add_argument("--known-penalty", type=float, default=RewardConfig.known_penalty,
                         help="for a crystal that matches a --train structure")
+    reward.add_argument("--balance-weight", type=float, default=RewardConfig.balance_weight,
+                        help="for a crystal whose cell size or elements the round over-represents against --train: "
+                        "this times the log share ratio (0: off)")
     reward.add_argument("--invalid", type=float, default=RewardConfig.invalid,
                         help="the reward of an attempt with no valid crystal (below every valid one)")
     stability_cli.add_relax_arguments(parser)
@@ -73,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
         raise TuneError(f"--sample-batch must be at least 1, got {args.sample_batch}")
     try:
         reward = RewardConfig(hull_cap=args.hull_cap, repeat_penalty=args.repeat_penalty,
-                              known_penalty=args.known_penalty, invalid=args.invalid)
+                              known_penalty=args.known_penalty, balance_weight=args.balance_weight,
+                              invalid=args.invalid)
         sample = SampleConfig(temperature=args.temperature, top_p=args.top_p, max_atoms=args.max_atoms,
                               batch_size=args.sample_batch, min_distance=args.min_distance or None,
                               constrained=not args.no_constraint)

@@ -15,12 +15,15 @@ import math
 import shutil
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import pandas as pd
+from pymatgen.core import Structure
 
 from crystext.constants import METASTABLE_E_HULL
 from crystext.errors import CrystextError
@@ -31,12 +34,17 @@ from crystext.sample import SampleConfig, Sampler
 from crystext.stability import HullReference, StabilityConfig, relax_and_place
 
 __all__ = [
+    "BALANCE_FEATURES",
+    "MAX_EXCESS",
     "ROUND_FILES",
     "RewardConfig",
     "Scorer",
     "StabilityScorer",
     "TuneConfig",
     "TuneError",
+    "feature_shares",
+    "feature_values",
+    "over_representation",
     "preference_pairs",
     "read_rounds",
     "round_line",
@@ -55,33 +63,72 @@ class TuneError(CrystextError):
     """A tuning run that cannot start or continue (settings, or an output folder from another run)."""
 
 
+#: The crystal features whose over-representation in a round, against the training set, costs reward: the number of
+#: sites in the cell, and the elements it holds (the most over-represented of them).
+BALANCE_FEATURES = ("sites", "elements")
+#: An over-represented value's log share ratio (round over training) counts up to this: about 7 times the share.
+MAX_EXCESS = 2.0
+
+
 @dataclass(frozen=True)
 class RewardConfig:
     """How `StabilityScorer` turns an attempt into a reward (higher is better; eV/atom scale).
 
     A valid crystal earns minus its energy above hull (capped), less a penalty if it repeats an earlier crystal of
     its round or matches a training crystal, so the model cannot win by writing one stable crystal again and
-    again. An attempt with no valid crystal, or whose relaxation failed, earns `invalid`, below any valid one.
+    again; and less `balance_weight` times how over-represented its cell size and its elements are in the round
+    against the training set (`over_representation`), so it cannot win by writing one kind of stable crystal
+    either (left alone, it learns to write 4-atom gold intermetallics: benchmarks/results/tune_pilot.md). An attempt
+    with no valid crystal, or whose relaxation failed, earns `invalid`, below any valid one.
     """
 
     hull_cap: float = 1.0  # eV/atom: an energy above hull beyond this counts as this
     repeat_penalty: float = 0.5
     known_penalty: float = 0.5
-    invalid: float = -2.5
+    balance_weight: float = 0.25  # per feature of BALANCE_FEATURES, times its log share ratio (0 to MAX_EXCESS)
+    invalid: float = -3.5
 
     def __post_init__(self) -> None:
-        if not min(self.hull_cap, self.repeat_penalty, self.known_penalty) >= 0:
-            raise ValueError("hull_cap, repeat_penalty and known_penalty must be >= 0")
-        if not self.invalid < -(self.hull_cap + self.repeat_penalty + self.known_penalty):
+        if not min(self.hull_cap, self.repeat_penalty, self.known_penalty, self.balance_weight) >= 0:
+            raise ValueError("hull_cap, repeat_penalty, known_penalty and balance_weight must be >= 0")
+        if not self.invalid < self.lowest_valid:
             raise ValueError(f"invalid ({self.invalid}) must be below every valid crystal's reward "
-                             f"(-{self.hull_cap + self.repeat_penalty + self.known_penalty})")
+                             f"({self.lowest_valid:g})")
 
-    def reward(self, e_above_hull: float, unique: bool, novel: bool) -> float:
-        """The reward of a valid crystal; NaN energy (no relaxation) earns `invalid`."""
+    @property
+    def lowest_valid(self) -> float:
+        """The least a valid, relaxed crystal can earn."""
+        return -(self.hull_cap + self.repeat_penalty + self.known_penalty
+                 + self.balance_weight * MAX_EXCESS * len(BALANCE_FEATURES))
+
+    def reward(self, e_above_hull: float, unique: bool, novel: bool, excess: float = 0.0) -> float:
+        """The reward of a valid crystal (`excess`: its features' summed `over_representation`); NaN energy (no
+        relaxation) earns `invalid`."""
         if not math.isfinite(e_above_hull):
             return self.invalid
         return (-min(max(e_above_hull, 0.0), self.hull_cap) - (0 if unique else self.repeat_penalty)
-                - (0 if novel else self.known_penalty))
+                - (0 if novel else self.known_penalty) - self.balance_weight * excess)
+
+
+def feature_values(structure: Structure) -> dict[str, list[object]]:
+    """The values of each of BALANCE_FEATURES a crystal has: its site count, its elements."""
+    return {"sites": [len(structure)], "elements": sorted(e.symbol for e in structure.composition.elements)}
+
+
+def feature_shares(values: Sequence[Sequence[object]]) -> dict[object, float]:
+    """The fraction of crystals that have each value (one list of values per crystal)."""
+    counts = Counter(v for crystal in values for v in set(crystal))
+    return {v: n / len(values) for v, n in counts.items()} if values else {}
+
+
+def over_representation(values: Sequence[Sequence[object]], training: Mapping[object, float],
+                        n_training: int) -> list[float]:
+    """Per crystal: the largest log ratio, over its values, of the value's share in `values` (the round's crystals)
+    to its share in training (`feature_shares`; a value training lacks counts as one crystal's share), from 0 (not
+    over-represented) to MAX_EXCESS."""
+    shares, floor = feature_shares(values), 1 / max(n_training, 1)
+    return [min(MAX_EXCESS, max([0.0, *(math.log(shares[v] / max(training.get(v, 0.0), floor)) for v in crystal)]))
+            for crystal in values]
 
 
 @dataclass
@@ -144,7 +191,11 @@ class StabilityScorer:
         from crystext.evaluate.sun import KnownStructures
 
         self.reference = reference
-        self.known = KnownStructures.from_structures([r.structure for r in training])
+        structures = [r.structure for r in training]
+        self.known = KnownStructures.from_structures(structures)
+        values = [feature_values(s) for s in structures]
+        self.training_shares = {f: feature_shares([v[f] for v in values]) for f in BALANCE_FEATURES}
+        self.n_training = len(structures)
         self.stability = stability or StabilityConfig(progress=False)
         self.reward = reward or RewardConfig()
 
@@ -169,11 +220,17 @@ class StabilityScorer:
         for name, flags in (("unique", unique_flags(generated, formulas)),
                             ("novel", novel_flags(generated, formulas, self.known))):
             table[name] = table["id"].map(dict(zip(valid, flags))).fillna(False).astype(bool)
+        values = [feature_values(s) for s in generated]
+        for feature in BALANCE_FEATURES:
+            excess = over_representation([v[feature] for v in values], self.training_shares[feature], self.n_training)
+            table[f"excess_{feature}"] = table["id"].map(dict(zip(valid, excess))).fillna(0.0)
+        table["excess"] = table[[f"excess_{f}" for f in BALANCE_FEATURES]].sum(axis=1)
         cifs = [relaxed.at[rid, "relaxed_cif"] if rid in structures else "" for rid in ids]
         stability = stability_table(table["e_above_hull"].to_numpy(float), RelaxedStructures(cifs), self.known)
         table[["metastable", "stable", "sun"]] = stability[["metastable", "stable", "sun"]].to_numpy()
-        table["reward"] = [self.reward.reward(e, u, n) if v else self.reward.invalid
-                           for v, e, u, n in table[["valid", "e_above_hull", "unique", "novel"]].itertuples(False)]
+        table["reward"] = [
+            self.reward.reward(e, u, n, x) if v else self.reward.invalid
+            for v, e, u, n, x in table[["valid", "e_above_hull", "unique", "novel", "excess"]].itertuples(False)]
         rates = stability_rates(stability)
         n_valid = len(valid)
         metrics = {"valid_rate": n_valid / len(ids) if ids else math.nan,
@@ -181,6 +238,8 @@ class StabilityScorer:
                    "novelty": float(table["novel"].sum() / n_valid) if n_valid else math.nan,
                    **{k: rates[k] for k in ("metastable_rate", "stable_rate", "sun_rate", "msun_rate",
                                              "mean_e_above_hull")},
+                   "mean_excess": float(table.loc[table["valid"], "excess"].mean()) if n_valid else math.nan,
+                   "mean_sites": float(np.mean([len(s) for s in generated])) if n_valid else math.nan,
                    "metastable_threshold_ev_per_atom": METASTABLE_E_HULL}
         return table, metrics
 
