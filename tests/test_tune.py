@@ -187,7 +187,7 @@ def test_tune_command_runs_rounds_writes_a_report_and_names_bad_settings(model_d
     assert main([*base, "--attempts", "0"]) == 1
     assert "crystext tune: error: --attempts must be at least 1, got 0" in capsys.readouterr().err
     assert main([*base, "--invalid", "-1"]) == 1
-    assert "--invalid (-1.0) must be below every valid crystal's reward (-3)" in capsys.readouterr().err
+    assert "--invalid (-1.0) must be below every valid crystal's reward (-4)" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # refused before anything was written
     fast = ["--rounds", "1", "--attempts", "12", "--max-atoms", "6", "--max-steps", "0", "--workers", "1"]
     assert main([*base, *fast]) == 0
