@@ -28,6 +28,19 @@ COLUMNS = (("valid_rate", "valid"), ("metastable_rate", "metastable"), ("stable_
            ("novelty", "novel (of valid)"), ("mean_e_above_hull", "mean E_hull"))
 
 
+def shape(structures: list) -> dict:
+    """Cell sizes, the commonest element and the share of distinct formulas of a set of crystals."""
+    from collections import Counter
+
+    sites = Counter(len(s) for s in structures)
+    elements = Counter(e.symbol for s in structures for e in s.composition.elements)
+    top, count = elements.most_common(1)[0]
+    n = len(structures)
+    return {"n": n, "mean_sites": sum(k * v for k, v in sites.items()) / n, "four_site_share": sites[4] / n,
+            "top_element": f"{top} ({count / n:.3f})",
+            "distinct_formula_share": len({s.composition.reduced_formula for s in structures}) / n}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", nargs="?", type=Path, help="model directory (default: the shipped model)")
@@ -42,6 +55,7 @@ def main() -> int:
     from crystext.data import Dataset, read_structures
     from crystext.files import write_atomic
     from crystext.sample import SampleConfig, Sampler
+    from crystext.sample.samples_csv import parsed_structures
     from crystext.stability import StabilityConfig, shipped_reference
     from crystext.stability.relax import BUDGETS
     from crystext.tune import StabilityScorer
@@ -58,9 +72,12 @@ def main() -> int:
                              StabilityConfig(backend=args.backend, relax=BUDGETS["steps"], workers=args.workers))
     table, metrics = scorer(samples, work / args.backend)
     write_atomic(work / args.backend / "scores.csv", table.to_csv(index=False))
+    valid = set(table.loc[table["valid"], "id"])
+    shapes = {"samples (valid)": shape([s for rid, s in parsed_structures(samples) if rid in valid]),
+              "MP-20 train + val": shape([r.structure for r in training])}
     command = " ".join(["python", *sys.argv])
     record = {"machine": machine(), "command": command, "model": str(args.model or "shipped"),
-              "backend": args.backend, "attempts": len(table), "metrics": metrics}
+              "backend": args.backend, "attempts": len(table), "metrics": metrics, "shapes": shapes}
 
     lines = [f"# {args.name}: {len(table)} attempts of {record['model']}, judged as a tuning round judges", "",
              describe(record["machine"], command), "",
@@ -69,7 +86,13 @@ def main() -> int:
              "MP-20 train + val (the train split here is partial). Rates over all attempts, unique and novel over "
              "the valid.", "",
              "| " + " | ".join(h for _, h in COLUMNS) + " |", "|" + "---:|" * len(COLUMNS),
-             "| " + " | ".join(cell(metrics.get(k)) for k, _ in COLUMNS) + " |"]
+             "| " + " | ".join(cell(metrics.get(k)) for k, _ in COLUMNS) + " |", "",
+             "What the crystals look like, against what the model learnt from (a model that wins stability by writing "
+             "one kind of crystal shows here):", "",
+             "| crystals | mean sites | 4-site cells | most common element (share of crystals) | distinct formulas |",
+             "|---|---:|---:|---|---:|"]
+    lines += [f"| {name} | {cell(v['mean_sites'], 2)} | {cell(v['four_site_share'])} | {v['top_element']} | "
+              f"{cell(v['distinct_formula_share'])} |" for name, v in shapes.items()]
     write_result(f"tune_eval_{args.name}", record, lines)
     return 0
 

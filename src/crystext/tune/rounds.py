@@ -221,7 +221,7 @@ class StabilityScorer:
                                  for rid in ids]
         for name, flags in (("unique", unique_flags(generated, formulas)),
                             ("novel", novel_flags(generated, formulas, self.known))):
-            table[name] = table["id"].map(dict(zip(valid, flags))).fillna(False).astype(bool)
+            table[name] = table["id"].map(dict(zip(valid, flags))).eq(True)
         values = [feature_values(s) for s in generated]
         for feature in BALANCE_FEATURES:
             excess = over_representation([v[feature] for v in values], self.training_shares[feature], self.n_training)
