@@ -49,6 +49,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--work", type=Path, help="folder for samples and relaxations (default: runs/tune_eval/NAME)")
     parser.add_argument("--name", required=True)
+    parser.add_argument("--note", default="", help="a sentence on where the attempts came from, under the table")
     args = parser.parse_args()
     from _machine import cell, describe, machine, write_result
 
@@ -93,6 +94,8 @@ def main() -> int:
              "|---|---:|---:|---|---:|"]
     lines += [f"| {name} | {cell(v['mean_sites'], 2)} | {cell(v['four_site_share'])} | {v['top_element']} | "
               f"{cell(v['distinct_formula_share'])} |" for name, v in shapes.items()]
+    if args.note:
+        lines += ["", args.note]
     write_result(f"tune_eval_{args.name}", record, lines)
     return 0
 
