@@ -27,6 +27,7 @@ from crystext.tune import (
     preference_pairs,
     read_rounds,
     tune,
+    written_sites,
 )
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -68,6 +69,16 @@ def test_pairs_join_best_with_worst_within_a_prompt_and_skip_small_margins() -> 
     assert [(p["chosen_id"], p["rejected_id"]) for p in pairs] == [("a", "e"), ("d", "b")]
     assert [p["margin"] for p in pairs] == pytest.approx([3.0, 0.55])
     assert pairs[0]["prompt"] == "p" and pairs[0]["chosen"] == "A" and pairs[0]["rejected"] == "E"
+
+
+def test_pairs_within_a_size_bin_compare_like_with_like() -> None:
+    samples = pd.DataFrame({"id": list("abcd"), "prompt": ["p"] * 4, "text": list("ABCD"),
+                            "reward": [0.0, -0.2, -1.0, -3.0], "size_bin": [1, 2, 1, 2]})
+    assert [(p["chosen_id"], p["rejected_id"]) for p in preference_pairs(samples, 0.1)] == [("a", "d"), ("b", "c")]
+    within = preference_pairs(samples, 0.1, within=("prompt", "size_bin"))
+    assert [(p["chosen_id"], p["rejected_id"]) for p in within] == [("a", "c"), ("b", "d")]
+    assert written_sites("5.0 5.0 5.0\n90 90 90\nNa\n0.0 0.0 0.0\nCl\n0.5 0.5 0.5\nCl\n0.5") == 3
+    assert written_sites("5.0 5.0 5.0\n90 90 90\nXx\n0.0 0.0 0.0\n") == 0
 
 
 def sites(text: str) -> int | None:

@@ -20,6 +20,7 @@ from crystext.tune.rounds import (
     run_round,
     tune,
     update_model,
+    written_sites,
 )
 
 __all__ = [
@@ -40,4 +41,5 @@ __all__ = [
     "run_round",
     "tune",
     "update_model",
+    "written_sites",
 ]

@@ -15,9 +15,9 @@ __all__ = ["HELP", "add_arguments", "run"]
 
 HELP = "post-train a model toward stable crystals: rounds of sample, relax and score, then DPO"
 #: Settings fields and the flags that set them, to name the flag when a setting is refused.
-_FLAGS = option_flags(("rounds", "attempts", "min_margin", "beta", "learning_rate", "epochs", "sft_weight",
-                       "temperature", "top_p", "max_atoms", "min_distance", "seed", "hull_cap", "repeat_penalty",
-                       "known_penalty", "balance_weight", "invalid"), batch_size="--update-batch")
+_FLAGS = option_flags(("rounds", "attempts", "min_margin", "pair_size_bin", "beta", "learning_rate", "epochs",
+                       "sft_weight", "temperature", "top_p", "max_atoms", "min_distance", "seed", "hull_cap",
+                       "repeat_penalty", "known_penalty", "balance_weight", "invalid"), batch_size="--update-batch")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     update.add_argument("--update-batch", type=int, default=TuneConfig.batch_size, help="pairs per optimizer step")
     update.add_argument("--min-margin", type=float, default=TuneConfig.min_margin,
                         help="smallest reward gap of a pair (eV/atom scale)")
+    update.add_argument("--pair-size-bin", type=int, default=TuneConfig.pair_size_bin,
+                        help="pair only attempts whose cells list sites in one bin of this width, so pairs do not "
+                        "teach that small cells are better (0: any two)")
     update.add_argument("--sft-weight", type=float, default=TuneConfig.sft_weight,
                         help="weight of the chosen crystals' likelihood beside the DPO loss (0: DPO only)")
     reward = parser.add_argument_group("reward: minus the relaxed energy above hull, less penalties")
@@ -84,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         config = TuneConfig(out=args.out, model=args.model, rounds=args.rounds, attempts=args.attempts, sample=sample,
                             min_margin=args.min_margin, beta=args.beta, learning_rate=args.learning_rate,
                             epochs=args.epochs, batch_size=args.update_batch, sft_weight=args.sft_weight,
+                            pair_size_bin=args.pair_size_bin,
                             seed=args.seed)
     except ValueError as err:
         raise TuneError(flag_message(err, _FLAGS)) from None

@@ -32,6 +32,7 @@ from crystext.prompts import Attributes
 from crystext.report import tune_report
 from crystext.sample import SampleConfig, Sampler
 from crystext.stability import HullReference, StabilityConfig, relax_and_place
+from crystext.textformat import ELEMENT_SYMBOLS
 
 __all__ = [
     "BALANCE_FEATURES",
@@ -47,6 +48,7 @@ __all__ = [
     "over_representation",
     "preference_pairs",
     "read_rounds",
+    "written_sites",
     "round_line",
     "run_round",
     "tune",
@@ -143,6 +145,9 @@ class TuneConfig:
     attempts: int = 256  # attempts sampled per round, valid or not
     sample: SampleConfig = field(default_factory=SampleConfig)  # n and max_attempts are set from `attempts`
     min_margin: float = 0.1  # reward gap below which a pair teaches nothing and is left out
+    # Pair only attempts whose cells list a number of sites in one bin of this width (0: any two), so that pairs
+    # teach which of two cells of about one size is better, not that small cells are
+    pair_size_bin: int = 0
     beta: float = 0.1  # DPO's strength of the pull toward the reference model (higher: stay closer)
     learning_rate: float = 2e-5
     epochs: int = 1
@@ -152,6 +157,8 @@ class TuneConfig:
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
+        if self.pair_size_bin < 0:
+            raise ValueError(f"pair_size_bin must be >= 0 (0: pairs across cell sizes), got {self.pair_size_bin}")
         for name in ("rounds", "attempts", "epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -246,14 +253,23 @@ class StabilityScorer:
         return table, metrics
 
 
-def preference_pairs(samples: pd.DataFrame, min_margin: float) -> list[dict[str, Any]]:
-    """Pairs of attempts on one prompt, the best with the worst, the second best with the second worst, ...
+def written_sites(text: str) -> int:
+    """How many sites a crystal text lists, read or not: its lines after the lattice that are element symbols."""
+    return sum(1 for line in text.splitlines()[2:] if line.strip() in ELEMENT_SYMBOLS)
 
-    `samples` has one row per attempt: id, prompt, text, reward. A pair whose rewards differ by less than
-    `min_margin` is left out. Ties are broken by id, so the pairs are the same on every run.
+
+def preference_pairs(
+    samples: pd.DataFrame, min_margin: float, within: Sequence[str] = ("prompt",)
+) -> list[dict[str, Any]]:
+    """Pairs of attempts that agree on the `within` columns (one prompt; and, if asked, one cell-size bin), the best
+    with the worst, the second best with the second worst, ...
+
+    `samples` has one row per attempt: id, prompt, text, reward (and the `within` columns). A pair whose rewards
+    differ by less than `min_margin` is left out. Ties are broken by id, so the pairs are the same on every run.
     """
     pairs = []
-    for prompt, group in samples.groupby("prompt", sort=True):
+    for _, group in samples.groupby(list(within), sort=True):
+        prompt = group["prompt"].iloc[0]
         ranked = group.sort_values(["reward", "id"], ascending=[False, True]).to_dict("records")
         for best, worst in zip(ranked[: len(ranked) // 2], reversed(ranked[len(ranked) - len(ranked) // 2:])):
             margin = best["reward"] - worst["reward"]
@@ -273,7 +289,8 @@ def tune(config: TuneConfig, scorer: Scorer, resume: bool = False, progress: boo
         if not resume:
             raise TuneError(f"{config.out} holds a tuning run: pass --resume to continue it, or choose another --out")
         earlier = json.loads(settings_file.read_text())
-        changed = sorted(k for k in config.settings() if k != "rounds" and earlier.get(k) != config.settings()[k])
+        # A setting the run's tune.json lacks came with a later crystext, whose default keeps the old behaviour.
+        changed = sorted(k for k, v in config.settings().items() if k != "rounds" and earlier.get(k, v) != v)
         if changed:
             raise TuneError(f"{config.out} was started with other settings ({', '.join(changed)}); "
                             "resume it with the same ones, or choose another --out")
@@ -304,9 +321,13 @@ def run_round(config: TuneConfig, number: int, model: Path | None, folder: Path,
     table = attempts[["id", "conditions", "raw_text"]].merge(table, on="id", how="left", validate="one_to_one")
     write_atomic(folder / "scores.csv", table.to_csv(index=False))
     prompts = [Attributes(**json.loads(c)).to_prompt() for c in table["conditions"]]
-    pairs = preference_pairs(
-        pd.DataFrame({"id": table["id"], "prompt": prompts, "text": table["raw_text"], "reward": table["reward"]}),
-        config.min_margin)
+    attempts = pd.DataFrame({"id": table["id"], "prompt": prompts, "text": table["raw_text"],
+                             "reward": table["reward"]})
+    within = ["prompt"]
+    if config.pair_size_bin:  # like with like: a pair says which of two cells of about one size is better
+        attempts["size_bin"] = [written_sites(text) // config.pair_size_bin for text in attempts["text"]]
+        within.append("size_bin")
+    pairs = preference_pairs(attempts, config.min_margin, within)
     write_atomic(folder / "pairs.jsonl", "".join(json.dumps(p) + "\n" for p in pairs))
     update = update_model(config, number, model, pairs, folder / "model")
     metrics = {"round": number, "attempts": len(table), "pairs": len(pairs),
