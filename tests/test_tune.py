@@ -153,6 +153,15 @@ def test_a_run_killed_mid_round_resumes_to_the_uninterrupted_state(model_dir, tm
             tmp_path / "killed" / "round_002" / name).read_text()
 
 
+def test_tune_settings_refuse_what_makes_no_sense(tmp_path) -> None:
+    with pytest.raises(ValueError, match="reference must be 'round' or 'start', got 'base'"):
+        TuneConfig(out=tmp_path, reference="base")
+    with pytest.raises(ValueError, match="pair_size_bin must be >= 0"):
+        TuneConfig(out=tmp_path, pair_size_bin=-1)
+    with pytest.raises(ValueError, match="attempts must be at least 1, got 0"):
+        TuneConfig(out=tmp_path, attempts=0)
+
+
 def test_resuming_with_other_settings_is_refused(model_dir, tmp_path) -> None:
     config = tiny_tune(tmp_path / "run", model_dir, rounds=1)
     (tmp_path / "run").mkdir()
@@ -208,6 +217,9 @@ def test_tune_command_runs_rounds_writes_a_report_and_names_bad_settings(model_d
     assert metrics["attempts"] == len(scores) == 12
     assert metrics["valid_rate"] == pytest.approx(scores["valid"].mean())
     assert metrics["reward_mean"] == pytest.approx(scores["reward"].mean())
+    settings = json.loads((tmp_path / "run" / "tune.json").read_text())
+    assert settings["attempts"] == 12 and settings["scorer"]["reward"]["balance_weight"] == 0.5
+    assert settings["scorer"]["relax"]["max_steps"] == 0 and settings["scorer"]["backend"] == "chgnet"
     report = (tmp_path / "run" / "report.html").read_text()
     assert "<td>12</td>" in report and report.count("data:image/png;base64,") == 2
     assert main(base + fast) == 1

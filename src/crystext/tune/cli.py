@@ -55,6 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     update.add_argument("--pair-size-bin", type=int, default=TuneConfig.pair_size_bin,
                         help="pair only attempts whose cells list sites in one bin of this width, so pairs do not "
                         "teach that small cells are better (0: any two)")
+    update.add_argument("--reference", choices=("round", "start"), default=TuneConfig.reference,
+                        help="DPO's reference: each round's starting model (drift adds up over rounds), or the run's")
     update.add_argument("--sft-weight", type=float, default=TuneConfig.sft_weight,
                         help="weight of the chosen crystals' likelihood beside the DPO loss (0: DPO only)")
     reward = parser.add_argument_group("reward: minus the relaxed energy above hull, less penalties")
@@ -87,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         config = TuneConfig(out=args.out, model=args.model, rounds=args.rounds, attempts=args.attempts, sample=sample,
                             min_margin=args.min_margin, beta=args.beta, learning_rate=args.learning_rate,
                             epochs=args.epochs, batch_size=args.update_batch, sft_weight=args.sft_weight,
-                            pair_size_bin=args.pair_size_bin,
+                            pair_size_bin=args.pair_size_bin, reference=args.reference,
                             seed=args.seed)
     except ValueError as err:
         raise TuneError(flag_message(err, _FLAGS)) from None

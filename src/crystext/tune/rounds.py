@@ -3,8 +3,8 @@
 A round: the current model samples a fixed number of attempts with the usual sampler; a `Scorer` gives every
 attempt a reward (`StabilityScorer`: validity, energy above hull after relaxation, uniqueness in the round,
 novelty against the training set); attempts of one prompt are paired best with worst; trl's `DPOTrainer`
-moves the model toward the better of each pair, against the round's starting model as its reference (iterative
-DPO). Every round keeps its folder: samples.csv, scores.csv, pairs.jsonl, model/ and metrics.json, the last
+moves the model toward the better of each pair, against the round's starting model (or the run's) as its
+reference. Every round keeps its folder: samples.csv, scores.csv, pairs.jsonl, model/ and metrics.json, the last
 written when the round is done, so a killed run resumes at the first round without it.
 """
 
@@ -153,10 +153,15 @@ class TuneConfig:
     epochs: int = 1
     batch_size: int = 8
     sft_weight: float = 0.0  # weight of the chosen crystals' own likelihood beside the DPO loss (RPO); 0: DPO only
+    # DPO's reference: "round", the round's starting model (iterative DPO: drift adds up over rounds), or "start",
+    # the run's starting model (every round stays within DPO's pull of it)
+    reference: str = "round"
     seed: int = 0
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
+        if self.reference not in ("round", "start"):
+            raise ValueError(f"reference must be 'round' or 'start', got {self.reference!r}")
         if self.pair_size_bin < 0:
             raise ValueError(f"pair_size_bin must be >= 0 (0: pairs across cell sizes), got {self.pair_size_bin}")
         for name in ("rounds", "attempts", "epochs", "batch_size"):
@@ -207,6 +212,12 @@ class StabilityScorer:
         self.n_training = len(structures)
         self.stability = stability or StabilityConfig(progress=False)
         self.reward = reward or RewardConfig()
+
+    def settings(self) -> dict[str, Any]:
+        """What decides its rewards, as JSON: the reward, the potential and budget, the hull, the training set size."""
+        return json.loads(json.dumps({
+            "reward": asdict(self.reward), "backend": self.stability.backend, "relax": asdict(self.stability.relax),
+            "hull": self.reference.summary(), "training_structures": self.n_training}, default=str))
 
     def __call__(self, samples: Path, folder: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
         from crystext.data import Dataset, Record
@@ -285,19 +296,21 @@ def tune(config: TuneConfig, scorer: Scorer, resume: bool = False, progress: boo
     Without `resume`, the output folder must be new or empty.
     """
     settings_file = config.out / "tune.json"
+    # The scorer's own settings (a StabilityScorer's reward and relaxations) decide the results too.
+    settings = {**config.settings(), "scorer": getattr(scorer, "settings", dict)()}
     if settings_file.exists():
         if not resume:
             raise TuneError(f"{config.out} holds a tuning run: pass --resume to continue it, or choose another --out")
         earlier = json.loads(settings_file.read_text())
         # A setting the run's tune.json lacks came with a later crystext, whose default keeps the old behaviour.
-        changed = sorted(k for k, v in config.settings().items() if k != "rounds" and earlier.get(k, v) != v)
+        changed = sorted(k for k, v in settings.items() if k != "rounds" and earlier.get(k, v) != v)
         if changed:
             raise TuneError(f"{config.out} was started with other settings ({', '.join(changed)}); "
                             "resume it with the same ones, or choose another --out")
     elif config.out.exists() and any(config.out.iterdir()):
         raise TuneError(f"{config.out} is not empty and holds no tuning run: choose another --out")
     config.out.mkdir(parents=True, exist_ok=True)
-    write_atomic(settings_file, json.dumps(config.settings(), indent=2) + "\n")
+    write_atomic(settings_file, json.dumps(settings, indent=2) + "\n")
     model = config.model
     for number in range(1, config.rounds + 1):
         folder = config.out / f"round_{number:03d}"
@@ -339,7 +352,8 @@ def run_round(config: TuneConfig, number: int, model: Path | None, folder: Path,
 
 def update_model(config: TuneConfig, number: int, model: Path | None, pairs: Sequence[dict[str, Any]],
                  out: Path) -> dict[str, Any]:
-    """trl's DPO on the round's pairs, from and against the model at the round's start; the result goes to `out`.
+    """trl's DPO on the round's pairs, from the model at the round's start and against the `config.reference`
+    model (the round's start, or the run's); the result goes to `out`.
 
     The prompt is read after the model's begin-of-sequence token and the crystal ends with its end token, as in
     `crystext train`. No pairs (every reward within `min_margin`): the model is saved unchanged.
@@ -356,7 +370,7 @@ def update_model(config: TuneConfig, number: int, model: Path | None, pairs: Seq
     policy, tokenizer, info = load_model(model, trainable=True)
     summary: dict[str, Any] = {"pairs": len(pairs)}
     if pairs:
-        reference = load_model(model)[0]
+        reference = load_model(model if config.reference == "round" else config.model)[0]
         if hasattr(reference, "merge_and_unload"):  # a LoRA adapter: the reference needs no adapter of its own
             reference = reference.merge_and_unload()
         bos = tokenizer.bos_token or ""
