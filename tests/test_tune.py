@@ -109,8 +109,9 @@ class FewerSites:
 
 
 def tiny_tune(out: Path, model: Path, rounds: int) -> TuneConfig:
+    # Pairs across cell sizes: the synthetic reward is about size, which pairs within one size bin would hide.
     return TuneConfig(out=out, model=model, rounds=rounds, attempts=64, learning_rate=1e-3, epochs=3, batch_size=8,
-                      sample=SampleConfig(batch_size=32, max_atoms=8, temperature=1.0))
+                      sample=SampleConfig(batch_size=32, max_atoms=8, temperature=1.0), pair_size_bin=0)
 
 
 def weights(model_dir: Path) -> dict[str, torch.Tensor]:
@@ -207,7 +208,7 @@ def test_tune_command_runs_rounds_writes_a_report_and_names_bad_settings(model_d
     assert main([*base, "--attempts", "0"]) == 1
     assert "crystext tune: error: --attempts must be at least 1, got 0" in capsys.readouterr().err
     assert main([*base, "--invalid", "-1"]) == 1
-    assert "--invalid (-1.0) must be below every valid crystal's reward (-4)" in capsys.readouterr().err
+    assert "--invalid (-1.0) must be below every valid crystal's reward (-2)" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # refused before anything was written
     fast = ["--rounds", "1", "--attempts", "12", "--max-atoms", "6", "--max-steps", "0", "--workers", "1"]
     assert main([*base, *fast]) == 0
@@ -218,7 +219,8 @@ def test_tune_command_runs_rounds_writes_a_report_and_names_bad_settings(model_d
     assert metrics["valid_rate"] == pytest.approx(scores["valid"].mean())
     assert metrics["reward_mean"] == pytest.approx(scores["reward"].mean())
     settings = json.loads((tmp_path / "run" / "tune.json").read_text())
-    assert settings["attempts"] == 12 and settings["scorer"]["reward"]["balance_weight"] == 0.5
+    assert settings["attempts"] == 12 and settings["scorer"]["reward"]["balance_weight"] == 0.0
+    assert settings["reference"] == "start" and settings["pair_size_bin"] == 4
     assert settings["scorer"]["relax"]["max_steps"] == 0 and settings["scorer"]["backend"] == "chgnet"
     report = (tmp_path / "run" / "report.html").read_text()
     assert "<td>12</td>" in report and report.count("data:image/png;base64,") == 2

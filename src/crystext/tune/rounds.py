@@ -87,10 +87,11 @@ class RewardConfig:
     hull_cap: float = 1.0  # eV/atom: an energy above hull beyond this counts as this
     repeat_penalty: float = 0.5
     known_penalty: float = 0.5
-    # Per feature of BALANCE_FEATURES, times its log share ratio (0 to MAX_EXCESS). At 0.5, a crystal type twice as
-    # common as in training costs 0.35, about what separates a typical metastable crystal from an unstable one.
-    balance_weight: float = 0.5
-    invalid: float = -4.5
+    # Per feature of BALANCE_FEATURES, times its log share ratio (0 to MAX_EXCESS). Off by default: at 0.5 it kept
+    # the crystals diverse but steered the model to kinds it writes badly (benchmarks/results/tune_balanced.md);
+    # anchoring to the starting model and pairing like with like kept the diversity instead (tune_anchored.md).
+    balance_weight: float = 0.0
+    invalid: float = -2.5
 
     def __post_init__(self) -> None:
         if not min(self.hull_cap, self.repeat_penalty, self.known_penalty, self.balance_weight) >= 0:
@@ -147,7 +148,7 @@ class TuneConfig:
     min_margin: float = 0.1  # reward gap below which a pair teaches nothing and is left out
     # Pair only attempts whose cells list a number of sites in one bin of this width (0: any two), so that pairs
     # teach which of two cells of about one size is better, not that small cells are
-    pair_size_bin: int = 0
+    pair_size_bin: int = 4
     beta: float = 0.1  # DPO's strength of the pull toward the reference model (higher: stay closer)
     learning_rate: float = 2e-5
     epochs: int = 1
@@ -155,7 +156,7 @@ class TuneConfig:
     sft_weight: float = 0.0  # weight of the chosen crystals' own likelihood beside the DPO loss (RPO); 0: DPO only
     # DPO's reference: "round", the round's starting model (iterative DPO: drift adds up over rounds), or "start",
     # the run's starting model (every round stays within DPO's pull of it)
-    reference: str = "round"
+    reference: str = "start"
     seed: int = 0
 
     def __post_init__(self) -> None:
