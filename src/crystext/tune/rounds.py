@@ -57,6 +57,8 @@ __all__ = [
 
 #: What each round folder holds when the round is done (metrics.json last).
 ROUND_FILES = ("samples.csv", "scores.csv", "pairs.jsonl", "model", "metrics.json")
+#: The heading of the part of a model card that `crystext tune` writes (an earlier one is replaced, not repeated).
+TUNED_HEADING = "## Post-training (crystext tune)"
 #: A round's sampling seed is seed * ROUND_SEED_STRIDE + its number, so rounds never repeat each other's draws.
 ROUND_SEED_STRIDE = 1000
 
@@ -406,7 +408,25 @@ def update_model(config: TuneConfig, number: int, model: Path | None, pairs: Seq
     info = {**info, "tuned": {**info.get("tuned", {}), f"round_{number}": summary}}
     with replacing_dir(out) as staging:
         save_model(policy, tokenizer, staging, info)
+        (staging / "README.md").write_text(model_card(model, config, info["tuned"]))
     return summary
+
+
+def model_card(start: Path | None, config: TuneConfig, rounds: Mapping[str, Any]) -> str:
+    """The starting model's card with what post-training did to it: the run's settings and every round's update."""
+    from crystext.model import DEFAULT_MODEL_DIR
+
+    card = (start or DEFAULT_MODEL_DIR) / "README.md"
+    text = card.read_text().split(TUNED_HEADING)[0].rstrip() if card.is_file() else "# crystext model"
+    lines = [f"{TUNED_HEADING}\n", f"Post-trained by `crystext tune` from `{start or 'the shipped model'}` "
+             f"(run folder `{config.out}`; its tune.json holds every setting, each round folder its samples, "
+             f"scores, pairs and metrics): trl's DPO, beta {config.beta}, learning rate {config.learning_rate}, "
+             f"{config.epochs} epoch(s) a round over {config.attempts} attempts' pairs, reference: {config.reference} "
+             "model.\n", "| round | pairs | steps | DPO loss first -> last |", "|---:|---:|---:|---|"]
+    for name, r in rounds.items():
+        loss = f"{r['loss_first']:.3f} -> {r['loss_last']:.3f}" if r.get("steps") else "no update"
+        lines.append(f"| {name.removeprefix('round_')} | {r['pairs']} | {r.get('steps', 0)} | {loss} |")
+    return text + "\n\n" + "\n".join(lines) + "\n"
 
 
 #: The rates a round's log line shows, where its scorer gives them: the trade-off a tuning run has to watch.
