@@ -29,7 +29,7 @@ from crystext.constants import METASTABLE_E_HULL
 from crystext.errors import CrystextError
 from crystext.files import write_atomic
 from crystext.prompts import Attributes
-from crystext.report import tune_report
+from crystext.report import TUNE_RATES, tune_report
 from crystext.sample import SampleConfig, Sampler
 from crystext.stability import HullReference, StabilityConfig, relax_and_place
 from crystext.textformat import ELEMENT_SYMBOLS
@@ -337,13 +337,13 @@ def run_round(config: TuneConfig, number: int, model: Path | None, folder: Path,
     table = attempts[["id", "conditions", "raw_text"]].merge(table, on="id", how="left", validate="one_to_one")
     write_atomic(folder / "scores.csv", table.to_csv(index=False))
     prompts = [Attributes(**json.loads(c)).to_prompt() for c in table["conditions"]]
-    attempts = pd.DataFrame({"id": table["id"], "prompt": prompts, "text": table["raw_text"],
+    rewarded = pd.DataFrame({"id": table["id"], "prompt": prompts, "text": table["raw_text"],
                              "reward": table["reward"]})
     within = ["prompt"]
     if config.pair_size_bin:  # like with like: a pair says which of two cells of about one size is better
-        attempts["size_bin"] = [written_sites(text) // config.pair_size_bin for text in attempts["text"]]
+        rewarded["size_bin"] = [written_sites(text) // config.pair_size_bin for text in rewarded["text"]]
         within.append("size_bin")
-    pairs = preference_pairs(attempts, config.min_margin, within)
+    pairs = preference_pairs(rewarded, config.min_margin, within)
     write_atomic(folder / "pairs.jsonl", "".join(json.dumps(p) + "\n" for p in pairs))
     update = update_model(config, number, model, pairs, folder / "model")
     metrics = {"round": number, "attempts": len(table), "pairs": len(pairs),
@@ -429,14 +429,10 @@ def model_card(start: Path | None, config: TuneConfig, rounds: Mapping[str, Any]
     return text + "\n\n" + "\n".join(lines) + "\n"
 
 
-#: The rates a round's log line shows, where its scorer gives them: the trade-off a tuning run has to watch.
-ROUND_RATES = {"metastable_rate": "metastable", "sun_rate": "S.U.N.", "uniqueness": "unique", "novelty": "novel",
-               "valid_rate": "valid"}
-
-
 def round_line(metrics: dict[str, Any]) -> str:
-    """The log line of a finished round: its reward, and stability against uniqueness, novelty and validity."""
-    rates = [f"{label} {100 * metrics[name]:.1f}%" for name, label in ROUND_RATES.items()
+    """The log line of a finished round: its reward, and the rates the report plots (`report.TUNE_RATES`) where its
+    scorer gives them: stability against uniqueness, novelty and validity."""
+    rates = [f"{label} {100 * metrics[name]:.1f}%" for name, label in TUNE_RATES
              if isinstance(metrics.get(name), float) and math.isfinite(metrics[name])]
     return (f"round {metrics['round']}: {metrics['attempts']} attempts, {metrics['pairs']} pairs, mean reward "
             f"{metrics['reward_mean']:.3f}" + (f"; {', '.join(rates)}" if rates else ""))
