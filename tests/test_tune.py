@@ -228,3 +228,29 @@ def test_tune_command_runs_rounds_writes_a_report_and_names_bad_settings(model_d
     assert "<td>12</td>" in report and report.count("data:image/png;base64,") == 2
     assert main(base + fast) == 1
     assert "pass --resume" in capsys.readouterr().err
+
+
+def test_a_lora_model_is_tuned_in_its_adapters_against_the_merged_start(shared_data, tmp_path) -> None:
+    """A LoRA model: its adapters load trainable and move, its base weights stay, and the reference (the adapter
+    merged into its base) runs through trl's fused forward."""
+    from test_train import tiny_config, tiny_pretrained
+
+    from crystext.model import LoraSettings, ModelSpec, load_model
+    from crystext.train import train
+    from crystext.tune import update_model
+
+    data = tmp_path / "data"
+    data.mkdir()
+    pd.read_csv(shared_data / "mp_20" / "val.csv", nrows=40).to_csv(data / "train.csv", index=False)
+    base = tiny_pretrained(tmp_path / "base")
+    start = train(tiny_config(tmp_path / "lora", data, model=ModelSpec(str(base), LoraSettings(rank=4))))
+    good = "4.1 4.1 4.1\n90 90 90\nNa\n0.00 0.00 0.00\nCl\n0.50 0.50 0.50\n"
+    bad = "3.0 3.0 3.0\n90 90 90\nNa\n0.00 0.00 0.00\nNa\n0.01 0.00 0.00\n"
+    pairs = [{"prompt": Attributes().to_prompt(), "chosen": good, "rejected": bad}] * 4
+    summary = update_model(TuneConfig(out=tmp_path / "run", model=start, learning_rate=1e-2), 1, start, pairs,
+                           tmp_path / "tuned")
+    assert summary["steps"] == 1 and (tmp_path / "tuned" / "adapter_config.json").is_file()
+    before = dict(load_model(start)[0].named_parameters())
+    after = dict(load_model(tmp_path / "tuned")[0].named_parameters())
+    moved = {n for n in before if not torch.equal(before[n], after[n])}
+    assert moved and all("lora_" in n for n in moved)
