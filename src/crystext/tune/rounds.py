@@ -387,6 +387,9 @@ def update_model(config: TuneConfig, number: int, model: Path | None, pairs: Seq
             loss_type=loss, loss_weights=[1.0, config.sft_weight] if config.sft_weight else None,
             seed=config.seed * ROUND_SEED_STRIDE + number, report_to="none", save_strategy="no",
             logging_steps=1, disable_tqdm=True, use_cpu=not _cuda(), dataset_num_proc=None,
+            # bf16 on a GPU only, as `crystext train` (trl's default is bf16 everywhere: autocast on a CPU, and an
+            # accelerate state that a later `train` in the same process cannot change)
+            bf16=_cuda(),
         )
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
