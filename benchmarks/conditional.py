@@ -66,8 +66,8 @@ CRYSTAL_SYSTEMS = (("triclinic", 2), ("monoclinic", 15), ("orthorhombic", 74), (
 #: The per-row columns of the infill log (one row per masked structure).
 INFILL_COLUMNS = ("id", "formula", "masked", "original_rank", "replacement", "log_prob", "struct_valid",
                   "comp_valid", "cif")
-COLUMNS = ("prompts", "attempts", "readable", "formula acc.", "element set", "space group acc.",
-           "space group base rate", "relaxed", "metastable", "mean E_hull", "E_hull MAE")
+COLUMNS = ("prompts", "attempts", "readable", "formula acc.", "element set", "volume/atom ratio",
+           "space group acc.", "space group base rate", "relaxed", "metastable", "mean E_hull", "E_hull MAE")
 
 
 @dataclass(frozen=True)
@@ -164,6 +164,16 @@ def evaluated(samples: Path, reference: Path, out: Path, stability: Path | None 
 def requests(per_sample: pd.DataFrame) -> list[dict[str, Any]]:
     """What each attempt asked for, from the evaluation's conditions column."""
     return [json.loads(text) if text else {} for text in per_sample["conditions"]]
+
+
+def volume_ratio(per_sample: pd.DataFrame, prompts: list[Prompt], test: pd.DataFrame, per_prompt: int) -> float:
+    """The median, over readable attempts, of a sample's volume per atom over that of the test crystal its prompt
+    was drawn from: how dense the model writes a formula (1: as dense as the real crystal)."""
+    real = [Structure.from_str(test.iloc[p.row]["cif"], fmt="cif") for p in prompts]
+    ratios = [float(row["volume"]) / int(row["n_atoms"]) / (real[i].volume / len(real[i]))
+              for row in per_sample.to_dict("records") if row["parsed"] == "True"
+              for i in [int(row["id"][1:]) // per_prompt]]
+    return float(np.median(ratios)) if ratios else math.nan
 
 
 def kind_row(kind: str, prompts: int, metrics: dict, per_sample: pd.DataFrame, background: list[int]) -> dict:
@@ -329,8 +339,10 @@ def write_results(args: argparse.Namespace, rows: list[dict], systems: dict[str,
          f"{'grammar and 0.5 A minimum distance' if not args.no_constraint else 'no constraint'}"
          f"{', forced composition' if args.force_composition else ''}, guidance {args.guidance}. Rates are over "
          "every attempt that asked (an unreadable attempt misses). Element set: the sample has exactly the "
-         "requested elements. Space group: spglib at symprec 0.1; its base rate is how often the samples of the "
-         "prompts that ask for no group (formula, stability) have the requested group. Stability: a seeded "
+         "requested elements. Volume/atom ratio: the median, over readable attempts of a formula prompt, of the "
+         "sample's volume per atom over the prompted test crystal's. Space group: spglib at symprec 0.1; its base "
+         "rate is how often the samples of the prompts that ask for no group (formula, stability) have the "
+         "requested group. Stability: a seeded "
          f"{args.stability_n} of the stability-prompt attempts relaxed with CHGNet ('{args.budget}' budget, offline "
          "hull); metastable over those attempts, mean E_hull and its MAE against the requested value over those "
          "that reached the hull."),
@@ -338,7 +350,8 @@ def write_results(args: argparse.Namespace, rows: list[dict], systems: dict[str,
         "| Prompt kind | " + " | ".join(COLUMNS) + " |",
         "|---|" + "---:|" * len(COLUMNS),
         *(f"| {r['kind']} | " + cells([r["prompts"], r["attempts"], r["readable"], r["formula_accuracy"],
-                                       r["element_set_match"], r["spacegroup_accuracy"], r["spacegroup_base_rate"],
+                                       r["element_set_match"], r.get("volume_ratio"), r["spacegroup_accuracy"],
+                                       r["spacegroup_base_rate"],
                                        r.get("relaxed"), r.get("metastable"), r.get("mean_e_above_hull"),
                                        r.get("e_above_hull_mae")]) + " |" for r in rows),
         "",
@@ -407,6 +420,9 @@ def main() -> int:
     background = [int(g) for kind, stated in KINDS.items() if "spacegroup" not in stated
                   for g in evaluations[kind][1]["spacegroup"]]
     rows = {kind: kind_row(kind, len(prompts[kind]), *evaluations[kind], background) for kind in KINDS}
+    for kind, stated in KINDS.items():
+        if "formula" in stated:
+            rows[kind]["volume_ratio"] = volume_ratio(evaluations[kind][1], prompts[kind], test, args.per_prompt)
     for kind, stated in KINDS.items():
         if "e_above_hull" in stated and args.stability_n:  # --stability-n 0: no relaxations
             rows[kind].update(stability_metrics(args.work / kind, reference, hull, args))

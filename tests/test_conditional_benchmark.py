@@ -77,3 +77,18 @@ def test_element_set_match() -> None:
     assert conditional.same_elements("Fe2O3", "FeO")
     assert not conditional.same_elements("Fe2O3", "FeO2Li")
     assert not conditional.same_elements("Fe2O3", "")
+
+
+def test_volume_ratio_compares_each_attempt_with_its_prompts_crystal() -> None:
+    """Two prompts, two attempts each: attempt j asks prompt j // 2; unreadable attempts are left out."""
+    from pymatgen.core import Lattice, Structure
+
+    cubes = [Structure(Lattice.cubic(a), ["Cs", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]) for a in (4.0, 5.0)]
+    test = pd.DataFrame({"cif": [c.to(fmt="cif") for c in cubes]})  # 32 and 62.5 A^3 per atom
+    prompts = [conditional.Prompt(row, conditional.Attributes(formula="CsCl")) for row in (1, 0)]
+    per_sample = pd.DataFrame({"id": ["s0000000", "s0000001", "s0000002", "s0000003"],
+                               "parsed": ["True", "False", "True", "True"],
+                               "volume": ["125.0", "", "64.0", "128.0"], "n_atoms": ["2", "", "4", "2"]})
+    # ratios: 62.5 / 62.5 = 1 (prompt 0, the 5 A cube); 16 / 32 = 0.5 and 64 / 32 = 2 (prompt 1, the 4 A cube)
+    assert conditional.volume_ratio(per_sample, prompts, test, per_prompt=2) == pytest.approx(1.0)
+    assert conditional.volume_ratio(per_sample.iloc[2:], prompts, test, per_prompt=2) == pytest.approx(1.25)
