@@ -17,18 +17,8 @@ from crystext.sample import SampleConfig
 from crystext.sample.samples_csv import SampleWriter, attempt_row
 from crystext.stability import RelaxConfig, StabilityConfig, shipped_reference
 from crystext.textformat import CrystalText, CrystalTextError
-from crystext.tune import (
-    RewardConfig,
-    StabilityScorer,
-    TuneConfig,
-    TuneError,
-    feature_shares,
-    over_representation,
-    preference_pairs,
-    read_rounds,
-    tune,
-    written_sites,
-)
+from crystext.tune import RewardConfig, StabilityScorer, TuneConfig, TuneError, preference_pairs, read_rounds, tune
+from crystext.tune.rounds import feature_shares, over_representation, written_sites
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

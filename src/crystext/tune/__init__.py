@@ -1,45 +1,31 @@
-"""Post-training toward stable crystals: rounds of sample -> score -> pair -> DPO (see `crystext.tune.rounds`)."""
+"""Post-training toward stable crystals: rounds of sample -> score -> pair -> DPO (see `crystext.tune.rounds`).
+
+The names here are what a user drives a run with; the round's parts (rewards' features, pairing helpers) stay in
+`crystext.tune.rounds`.
+"""
 
 from __future__ import annotations
 
 from crystext.tune.rounds import (
-    BALANCE_FEATURES,
-    MAX_EXCESS,
-    ROUND_FILES,
     RewardConfig,
     Scorer,
     StabilityScorer,
     TuneConfig,
     TuneError,
-    feature_shares,
-    feature_values,
-    over_representation,
     preference_pairs,
     read_rounds,
-    round_line,
-    run_round,
     tune,
     update_model,
-    written_sites,
 )
 
 __all__ = [
-    "BALANCE_FEATURES",
-    "MAX_EXCESS",
-    "ROUND_FILES",
     "RewardConfig",
     "Scorer",
     "StabilityScorer",
     "TuneConfig",
     "TuneError",
-    "feature_shares",
-    "feature_values",
-    "over_representation",
     "preference_pairs",
     "read_rounds",
-    "round_line",
-    "run_round",
     "tune",
     "update_model",
-    "written_sites",
 ]

@@ -34,27 +34,6 @@ from crystext.sample import SampleConfig, Sampler
 from crystext.stability import HullReference, StabilityConfig, relax_and_place
 from crystext.textformat import ELEMENT_SYMBOLS
 
-__all__ = [
-    "BALANCE_FEATURES",
-    "MAX_EXCESS",
-    "ROUND_FILES",
-    "RewardConfig",
-    "Scorer",
-    "StabilityScorer",
-    "TuneConfig",
-    "TuneError",
-    "feature_shares",
-    "feature_values",
-    "over_representation",
-    "preference_pairs",
-    "read_rounds",
-    "written_sites",
-    "round_line",
-    "run_round",
-    "tune",
-    "update_model",
-]
-
 #: What each round folder holds when the round is done (metrics.json last).
 ROUND_FILES = ("samples.csv", "scores.csv", "pairs.jsonl", "model", "metrics.json")
 #: The heading of the part of a model card that `crystext tune` writes (an earlier one is replaced, not repeated).
