@@ -50,3 +50,19 @@ def test_infill_masks_whole_element_lines_only() -> None:
     assert answer in (" C", " Cl")
     with pytest.raises(ValueError, match="element Fe is not in the crystal"):
         infill_prompt(crystal, "Fe", FormatOptions())
+
+
+@pytest.mark.parametrize(
+    ("attributes", "problem"),
+    [
+        (Attributes(formula="LiFePO4", spacegroup=62), None),
+        (Attributes(formula="Li(FePO4)2"), None),
+        (Attributes(formula="Zz3O"), "formula 'Zz3O' has an unknown element 'Zz'"),
+        (Attributes(formula="lifepo4"), "'lifepo4' is not a chemical formula (e.g. LiFePO4)"),
+        (Attributes(spacegroup=230), None),
+        (Attributes(spacegroup=231), "space group 231 does not exist (1-230)"),
+        (Attributes(spacegroup=0), "space group 0 does not exist (1-230)"),
+    ],
+)
+def test_attributes_no_crystal_can_meet_say_why(attributes: Attributes, problem: str | None) -> None:
+    assert attributes.problem() == problem

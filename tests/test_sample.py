@@ -138,6 +138,9 @@ def test_conditions_come_from_a_dataset_csv(shared_data, tmp_path) -> None:
     (tmp_path / "empty.csv").write_text("material_id\nmp-1\n")
     with pytest.raises(ValueError, match="no conditions"):
         read_conditions(tmp_path / "empty.csv")
+    (tmp_path / "bad.csv").write_text("formula,spacegroup.number\nNaCl,225\nXxO,12\n")
+    with pytest.raises(ValueError, match=r"bad\.csv line 3: formula 'XxO' has an unknown element 'Xx'$"):
+        read_conditions(tmp_path / "bad.csv")
 
 
 def test_resume_continues_to_exactly_n_with_the_same_samples(sampler, tmp_path) -> None:

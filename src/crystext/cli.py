@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
 import numpy as np
-from pymatgen.core import Composition
 
 from crystext import __version__
 from crystext.data import DATASETS, REFERENCES, dataset_dir, fetch, read_structures
@@ -21,7 +20,7 @@ from crystext.evaluate import cli as evaluate_cli
 from crystext.files import CsvLog
 from crystext.grammar import Grammar
 from crystext.model import SCRATCH_PRESETS, LoraSettings, ModelError, ModelSpec
-from crystext.prompts import Attributes
+from crystext.prompts import Attributes, formula_problem
 from crystext.sample import (
     COLUMNS,
     SampleConfig,
@@ -33,7 +32,7 @@ from crystext.sample import (
     write_structures,
 )
 from crystext.stability import cli as stability_cli
-from crystext.textformat import ELEMENT_SYMBOLS, CrystalText, CrystalTextError, FormatOptions, augment
+from crystext.textformat import CrystalText, CrystalTextError, FormatOptions, augment
 from crystext.train import TrainConfig, train
 from crystext.tune import cli as tune_cli
 
@@ -183,26 +182,8 @@ def _sample_arguments(parser: argparse.ArgumentParser) -> None:
     outputs.add_argument("--extxyz", type=Path, help="also write the parseable samples into one extxyz file")
 
 
-def _formula_problem(formula: str) -> str | None:
-    """Why `formula` is no chemical formula of real elements, or None."""
-    try:
-        composition = Composition(formula)
-    except Exception:  # pymatgen raises several types on a formula it cannot read
-        return f"{formula!r} is not a chemical formula (e.g. LiFePO4)"
-    unknown = [getattr(e, "symbol", str(e)) for e in composition if getattr(e, "symbol", None) not in ELEMENT_SYMBOLS]
-    if unknown:
-        return f"formula {formula!r} has an unknown element {unknown[0]!r}"
-    if not composition:
-        return f"formula {formula!r} has no atoms"
-    return None
-
-
-def _spacegroup_problem(number: int) -> str | None:
-    return None if 1 <= number <= 230 else f"space group {number} does not exist (1-230)"
-
-
 def _formula(text: str) -> str:
-    problem = _formula_problem(text)
+    problem = formula_problem(text)
     if problem:
         raise argparse.ArgumentTypeError(problem)
     return text
@@ -213,7 +194,7 @@ def _spacegroup(text: str) -> int:
         number = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a space group number (1-230), got {text!r}") from None
-    problem = _spacegroup_problem(number)
+    problem = Attributes(spacegroup=number).problem()
     if problem:
         raise argparse.ArgumentTypeError(problem)
     return number
@@ -493,24 +474,18 @@ def _sample(args: argparse.Namespace) -> int:
 
 
 def _read_conditions(path: Path) -> list[Attributes]:
-    """The conditions of a --conditions CSV, each row's formula and space group checked (naming the row)."""
+    """The conditions of a --conditions CSV (`read_conditions` checks each row's formula and space group)."""
     if not path.is_file():
         raise CliError(f"--conditions {path}: no such file")
     try:
         conditions = read_conditions(path)
     except ValueError as err:  # pandas' EmptyDataError and ParserError, UnicodeDecodeError, a bad number
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if message.startswith(str(path)):
-            raise CliError(message) from None
+        if message.startswith(str(path)):  # read_conditions' own message, naming the file (and line)
+            raise CliError(f"--conditions {message}") from None
         raise CliError(f"--conditions {path}: not a readable conditions CSV ({message})") from None
     except OSError as err:
         raise CliError(f"--conditions {path}: cannot read it ({err.strerror or err})") from None
-    for row, attributes in enumerate(conditions, start=2):  # line 1 is the header
-        problem = _formula_problem(attributes.formula) if attributes.formula else None
-        if not problem and attributes.spacegroup is not None:
-            problem = _spacegroup_problem(attributes.spacegroup)
-        if problem:
-            raise CliError(f"--conditions {path} line {row}: {problem}")
     return conditions
 
 

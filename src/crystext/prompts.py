@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from crystext.textformat import CrystalText, FormatOptions
+from crystext.textformat import ELEMENT_SYMBOLS, CrystalText, FormatOptions
 
 MASK = "[MASK]"
 GENERATION_HEADER = "bulk crystal."
@@ -24,6 +24,8 @@ INFILL_HEADER = f"bulk crystal with one element written as {MASK}:\n"
 INFILL_REQUEST = f"\nelement for {MASK}:"
 #: Significant decimals for property values in prompts (energies, band gaps).
 PROPERTY_DECIMALS = 4
+#: The space-group numbers of the International Tables.
+SPACEGROUPS = range(1, 231)
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,31 @@ class Attributes:
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+    def problem(self) -> str | None:
+        """Why no crystal can meet these attributes (a formula of unknown elements, a space group that does not
+        exist), or None."""
+        if self.formula is not None and (problem := formula_problem(self.formula)):
+            return problem
+        if self.spacegroup is not None and self.spacegroup not in SPACEGROUPS:
+            return f"space group {self.spacegroup} does not exist ({SPACEGROUPS[0]}-{SPACEGROUPS[-1]})"
+        return None
+
+
+def formula_problem(formula: str) -> str | None:
+    """Why `formula` is no chemical formula of real elements, or None."""
+    from pymatgen.core import Composition
+
+    try:
+        composition = Composition(formula)
+    except Exception:  # pymatgen raises several types on a formula it cannot read
+        return f"{formula!r} is not a chemical formula (e.g. LiFePO4)"
+    unknown = [getattr(e, "symbol", str(e)) for e in composition if getattr(e, "symbol", None) not in ELEMENT_SYMBOLS]
+    if unknown:
+        return f"formula {formula!r} has an unknown element {unknown[0]!r}"
+    if not composition:
+        return f"formula {formula!r} has no atoms"
+    return None
 
 
 def generation_example(crystal: CrystalText, attributes: Attributes, options: FormatOptions) -> tuple[str, str]:
