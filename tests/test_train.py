@@ -29,6 +29,7 @@ from crystext.train import (
     Batches,
     Example,
     TrainConfig,
+    build_model,
     collate,
     make_pair,
     replacing_dir,
@@ -221,6 +222,20 @@ def test_lora_fine_tuning_changes_adapters_not_base_weights(tiny_data, tmp_path)
     lora_b = next(p for n, p in tuned_weights.items() if "layers.0.self_attn.q_proj.lora_B" in n)
     assert lora_b.abs().sum() > 0  # initialised at zero, so training moved it
     assert info["model"]["lora"]["rank"] == 4
+
+
+def test_new_lora_adapters_follow_the_runs_seed(tiny_data, tmp_path) -> None:
+    """peft draws lora_A at random: the same seed gives the same adapters whatever ran before, another seed others."""
+    spec = ModelSpec(str(tiny_pretrained(tmp_path / "base")), LoraSettings(rank=4))
+
+    def lora_a(seed: int) -> torch.Tensor:
+        torch.rand(7)  # the global generator moved on between runs
+        model, _ = build_model(tiny_config(tmp_path / "out", tiny_data, model=spec, seed=seed), [], None)
+        return next(p for n, p in model.named_parameters() if "layers.0.self_attn.q_proj.lora_A" in n).detach()
+
+    first = lora_a(3)
+    assert torch.equal(first, lora_a(3))
+    assert not torch.equal(first, lora_a(4))
 
 
 @pytest.mark.parametrize(

@@ -333,13 +333,14 @@ def build_model(
     config: TrainConfig, examples: list[Example], checkpoint: Path | None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The model to train: the checkpoint's when resuming, else a new scratch model (and tokenizer) or a
-    pretrained one."""
+    pretrained one, whose new LoRA adapters are drawn from the run's seed."""
     if checkpoint is not None:
         model, tokenizer, _ = load_model(checkpoint)
         return model, tokenizer
     if config.model.is_scratch:
         tokenizer = train_scratch_tokenizer(e.crystal.to_str(config.text_format) for e in examples)
         return build_scratch_model(config.model.name, tokenizer, config.seed), tokenizer
+    torch.manual_seed(config.seed)
     return load_pretrained(config.model)
 
 
