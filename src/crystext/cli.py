@@ -171,7 +171,8 @@ def _sample_arguments(parser: argparse.ArgumentParser) -> None:
                             help="classifier-free guidance: >1 follows the conditions more closely at twice the "
                             "compute per token (default 1: none)")
     conditions.add_argument("--force-composition", action="store_true",
-                            help="cells hold whole formula units only, as many as the written cell's volume allows")
+                            help="cells hold whole formula units only, as many as the written cell holds at "
+                            "MP-20's volume for those elements")
     infill = parser.add_argument_group("infill (element substitution)")
     infill.add_argument("--infill", type=Path, help="a structure file (CIF, or CSV/extxyz: first record); "
                         "into an existing -o only with --resume (answers already there are not repeated)")

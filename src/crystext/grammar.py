@@ -64,7 +64,7 @@ class Grammar:
         cls, formula: str, options: FormatOptions | None = None, max_atoms: int = DEFAULT_MAX_ATOMS
     ) -> Grammar:
         """A grammar whose cells hold a whole number of `formula` units (as written, e.g. NaCl or Na4Cl4), as many
-        as the cell's volume allows (`_formula_units`).
+        as the cell's volume holds (`_formula_units`).
 
         A formula with fractional amounts (Na0.5Cl) is refused rather than scaled: the prompt states the formula
         as written, so the whole-number formula (NaCl2) is for the user to write.
@@ -135,7 +135,7 @@ def advance(state: State, text: str, grammar: Grammar) -> State | None:
 
 def can_end(state: State, grammar: Grammar) -> bool:
     """Whether the text may end here: right after the last coordinate of a complete atom (and, with a
-    composition, when the elements are in its proportions, in a number of formula units the cell may hold)."""
+    composition, when the elements are in its proportions, in the number of formula units the cell holds)."""
     if state.section is not Section.COORDS or state.column != 2:
         return False
     if not _number_done(state.partial, grammar.options.coord_decimals):
@@ -144,7 +144,7 @@ def can_end(state: State, grammar: Grammar) -> bool:
     if unit is None:
         return True
     counts = dict(state.element_counts)
-    return _proportional(counts, unit) and _units(counts, unit) in _units_allowed(state, grammar)
+    return _proportional(counts, unit) and _units(counts, unit) == _units_held(state, grammar)
 
 
 def _step(state: State, char: str, grammar: Grammar) -> State | None:
@@ -314,18 +314,18 @@ def _valid_angles(angles: tuple[float, ...]) -> bool:
 
 def _element_allowed(prefix: str, state: State, grammar: Grammar, *, exact: bool = False) -> bool:
     """Whether some element starting with `prefix` (or `prefix` itself, if `exact`) may come next after `state`:
-    below the atom cap, and, with a composition, one of its elements whose whole formula units the cell may hold."""
+    below the atom cap, and, with a composition, one of its elements whose whole formula units the cell holds."""
     if state.atom_count >= grammar.max_atoms:
         return False
     unit = grammar.composition
     if unit is None:
         return True
     written = dict(state.element_counts)
-    most = _units_allowed(state, grammar)[-1]
+    held = _units_held(state, grammar)
     for element in unit:
         if not (element == prefix if exact else element.startswith(prefix)):
             continue
-        if _units({**written, element: written.get(element, 0) + 1}, unit) <= most:
+        if _units({**written, element: written.get(element, 0) + 1}, unit) <= held:
             return True
     return False
 
@@ -335,39 +335,46 @@ def _units(counts: Mapping[str, int], unit: Mapping[str, int]) -> int:
     return max(math.ceil(counts.get(e, 0) / n) for e, n in unit.items())
 
 
-def _units_allowed(state: State, grammar: Grammar) -> range:
-    """Whole formula units of the grammar's composition that the cell written in `state` (all six parameters)
-    may hold."""
+def _units_held(state: State, grammar: Grammar) -> int:
+    """The whole formula units of the grammar's composition that the cell written in `state` (all six parameters)
+    holds."""
     unit = tuple(grammar.composition.items())
-    return _formula_units(state.lattice, _unit_volume_range(unit), sum(n for _, n in unit), grammar.max_atoms)
+    return _formula_units(state.lattice, _unit_volumes(unit), sum(n for _, n in unit), grammar.max_atoms)
 
 
 @lru_cache(maxsize=4096)
 def _formula_units(
-    lattice: tuple[float, ...], unit_volumes: tuple[float, float], unit_atoms: int, max_atoms: int
-) -> range:
-    """Whole formula units of `unit_atoms` atoms, within the atom cap, that give a cell of these parameters a
-    volume per unit from `unit_volumes`' smallest to its largest (A^3, see `_unit_volume_range`).
+    lattice: tuple[float, ...], unit_volumes: tuple[float, float, float], unit_atoms: int, max_atoms: int
+) -> int:
+    """The whole formula units of `unit_atoms` atoms a cell of these parameters holds: of the counts within the
+    atom cap that give a volume per unit inside `unit_volumes`' range, the one nearest its typical volume
+    (`_unit_volumes`), as a crystallographer takes Z from a cell's volume and a density.
 
-    A cell too small (too large) for any such count gets the one count nearest the range, one unit (as many as
-    the cap allows): it is filled as well as it can be and judged afterwards, rather than cut short.
+    Nearest by ratio, not difference: 10 units in a cell for 7 are as wrong as 7 in a cell for 10 would be
+    (1.43x). A cell too small (too large) for any count in the range gets the nearest count, one unit (as many
+    as the cap allows): it is filled as well as it can be and judged afterwards, rather than cut short.
     """
     volume = abs(float(np.linalg.det(_matrix(lattice))))
-    smallest, largest = unit_volumes
+    smallest, typical, largest = unit_volumes
     most = max_atoms // unit_atoms
     fewest = min(most, max(1, math.ceil(volume / largest)))
-    return range(fewest, max(fewest, min(most, math.floor(volume / smallest))) + 1)
+    counts = range(fewest, max(fewest, min(most, math.floor(volume / smallest))) + 1)
+    return min(counts, key=lambda k: abs(math.log(volume / (k * typical))))
 
 
 @cache
-def _unit_volume_range(unit: tuple[tuple[str, int], ...]) -> tuple[float, float]:
-    """The smallest and largest volume (A^3) of one formula `unit` (element, count) as MP-20's crystals give it:
-    its atoms' fitted volumes times MIN_VOLUME_RATIO and MAX_VOLUME_RATIO, and for an element the table lacks,
-    MIN_VOLUME_PER_ATOM and MAX_VOLUME_PER_ATOM (MP-20's overall range) per atom."""
+def _unit_volumes(unit: tuple[tuple[str, int], ...]) -> tuple[float, float, float]:
+    """The smallest, typical and largest volume (A^3) of one formula `unit` (element, count) as MP-20's crystals
+    give it: its atoms' fitted volumes times MIN_VOLUME_RATIO, 1 and MAX_VOLUME_RATIO; for an element the table
+    lacks, MIN_VOLUME_PER_ATOM and MAX_VOLUME_PER_ATOM (MP-20's overall range) per atom, typically their
+    geometric mean."""
     volumes = element_volumes()
-    smallest = sum(n * (MIN_VOLUME_RATIO * volumes[e] if e in volumes else MIN_VOLUME_PER_ATOM) for e, n in unit)
-    largest = sum(n * (MAX_VOLUME_RATIO * volumes[e] if e in volumes else MAX_VOLUME_PER_ATOM) for e, n in unit)
-    return smallest, largest
+    untabled = math.sqrt(MIN_VOLUME_PER_ATOM * MAX_VOLUME_PER_ATOM)
+    bounds = ((MIN_VOLUME_RATIO, MIN_VOLUME_PER_ATOM), (1.0, untabled), (MAX_VOLUME_RATIO, MAX_VOLUME_PER_ATOM))
+    smallest, typical, largest = (
+        sum(n * (ratio * volumes[e] if e in volumes else per_atom) for e, n in unit) for ratio, per_atom in bounds
+    )
+    return smallest, typical, largest
 
 
 @cache
@@ -543,9 +550,9 @@ class GrammarLogitsProcessor(LogitsProcessor):
         at_cap = state.atom_count >= grammar.max_atoms
         if unit is None:
             counted: tuple | bool = at_cap
-        else:  # what may follow depends on the atoms written and, once the cell is, on the units it may hold
+        else:  # what may follow depends on the atoms written and, once the cell is, on the units it holds
             lattice_done = state.section in (Section.ELEMENT, Section.COORDS)
-            counted = (state.element_counts, _units_allowed(state, grammar) if lattice_done else None)
+            counted = (state.element_counts, _units_held(state, grammar) if lattice_done else None)
         key = (grammar.options, grammar.max_atoms, unit, state.shape_key(), counted)
         cached = self._masks.get(key)
         if cached is None:
