@@ -9,8 +9,9 @@ the row's formula alone, its space group alone, both, and its energy above hull 
 distance as `crystext sample` does). Each kind is scored with `crystext.evaluate` (paper protocol, no structure
 matcher; the prompted rows are its reference set, so only they are fingerprinted): formula accuracy (reduced
 formula), element-set match, space-group accuracy (spglib, symprec 0.1), over every attempt (an unreadable one
-misses), and space-group accuracy per crystal system of the requested group beside its base rate (how often the
-model writes that group when no group is asked). A seeded --stability-n of the stability-prompt attempts is relaxed
+misses), the volume per atom of formula prompts' samples over the prompted crystal's (median), and space-group
+accuracy per crystal system of the requested group beside its base rate (how often the model writes that group
+when no group is asked). A seeded --stability-n of the stability-prompt attempts is relaxed
 (CHGNet, offline hull). Infill: --infill-n seeded test structures, one seeded element masked, every replacement
 ranked by the model; the top one that changes the crystal is checked for validity and, valid, relaxed.
 Every step writes into --work and resumes: a killed run is continued by running the same command. Writes
@@ -166,14 +167,16 @@ def requests(per_sample: pd.DataFrame) -> list[dict[str, Any]]:
     return [json.loads(text) if text else {} for text in per_sample["conditions"]]
 
 
-def volume_ratio(per_sample: pd.DataFrame, prompts: list[Prompt], test: pd.DataFrame, per_prompt: int) -> float:
+def volume_ratio(
+    per_sample: pd.DataFrame, prompts: list[Prompt], test: pd.DataFrame, per_prompt: int
+) -> float | None:
     """The median, over readable attempts, of a sample's volume per atom over that of the test crystal its prompt
     was drawn from: how dense the model writes a formula (1: as dense as the real crystal)."""
     real = [Structure.from_str(test.iloc[p.row]["cif"], fmt="cif") for p in prompts]
     ratios = [float(row["volume"]) / int(row["n_atoms"]) / (real[i].volume / len(real[i]))
               for row in per_sample.to_dict("records") if row["parsed"] == "True"
               for i in [int(row["id"][1:]) // per_prompt]]
-    return float(np.median(ratios)) if ratios else math.nan
+    return float(np.median(ratios)) if ratios else None
 
 
 def kind_row(kind: str, prompts: int, metrics: dict, per_sample: pd.DataFrame, background: list[int]) -> dict:

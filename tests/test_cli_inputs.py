@@ -227,6 +227,10 @@ def test_conditions_files_that_cannot_be_read(tmp_path, capsys) -> None:
     empty.write_text("")
     assert one_error(capsys, "sample", *NO_MODEL, "--conditions", empty) == (
         f"--conditions {empty}: not a readable conditions CSV (No columns to parse from file)")
+    no_columns = tmp_path / "ids.csv"
+    no_columns.write_text("material_id\nmp-1\n")
+    assert one_error(capsys, "sample", *NO_MODEL, "--conditions", no_columns) == (
+        f"--conditions {no_columns}: no conditions (expected columns such as pretty_formula, spacegroup.number)")
     binary = tmp_path / "binary.csv"
     binary.write_bytes(bytes(range(256)))
     assert one_error(capsys, "sample", *NO_MODEL, "--conditions", binary).startswith(

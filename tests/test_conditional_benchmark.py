@@ -92,3 +92,4 @@ def test_volume_ratio_compares_each_attempt_with_its_prompts_crystal() -> None:
     # ratios: 62.5 / 62.5 = 1 (prompt 0, the 5 A cube); 16 / 32 = 0.5 and 64 / 32 = 2 (prompt 1, the 4 A cube)
     assert conditional.volume_ratio(per_sample, prompts, test, per_prompt=2) == pytest.approx(1.0)
     assert conditional.volume_ratio(per_sample.iloc[2:], prompts, test, per_prompt=2) == pytest.approx(1.25)
+    assert conditional.volume_ratio(per_sample.iloc[1:2], prompts, test, per_prompt=2) is None  # none readable

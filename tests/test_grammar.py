@@ -298,6 +298,19 @@ def test_forced_composition_holds_the_formula_units_its_cell_holds(
     assert advance(State(), cell + "\n".join(unit * units) + "\n", grammar) is None  # no room for another
 
 
+@pytest.mark.parametrize(
+    ("composition", "max_atoms", "message"),
+    [
+        ({"Na": 4, "Cl": 4}, 6, r"\{'Na': 4, 'Cl': 4\} has more than max_atoms=6 atoms in one formula unit"),
+        ({}, 52, r"composition \{\} needs at least one atom of each element"),
+        ({"Na": 0, "Cl": 1}, 52, r"composition \{'Na': 0, 'Cl': 1\} needs at least one atom of each element"),
+    ],
+)
+def test_a_composition_no_cell_can_hold_is_refused(composition: dict, max_atoms: int, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Grammar(max_atoms=max_atoms, composition=composition)
+
+
 def test_nacl_units_by_hand() -> None:
     """The numbers the NaCl cases above are worked out from: the shipped Na and Cl volumes and the ratio bounds,
     a NaCl unit from 0.74 * (20.87 + 30.79) = 38.23 to 1.62 * 51.66 = 83.69 A^3."""

@@ -59,6 +59,15 @@ class Grammar:
     composition: Mapping[str, int] | None = None  # element -> count in one formula unit; units: see _formula_units
     min_distance: float | None = None  # Angstrom, nearest periodic image included; kept by the logits processor
 
+    def __post_init__(self) -> None:
+        if self.composition is not None:
+            atoms = sum(self.composition.values())
+            if atoms < 1 or min(self.composition.values()) < 1:
+                raise ValueError(f"composition {dict(self.composition)} needs at least one atom of each element")
+            if atoms > self.max_atoms:
+                raise ValueError(f"composition {dict(self.composition)} has more than max_atoms={self.max_atoms} "
+                                 "atoms in one formula unit")
+
     @classmethod
     def for_formula(
         cls, formula: str, options: FormatOptions | None = None, max_atoms: int = DEFAULT_MAX_ATOMS
@@ -380,7 +389,10 @@ def _unit_volumes(unit: tuple[tuple[str, int], ...]) -> tuple[float, float, floa
 @cache
 def element_volumes() -> dict[str, float]:
     """The shipped volume per atom of each element (A^3): a crystal's volume is about the sum over its atoms."""
-    return json.loads(ELEMENT_VOLUMES.read_text())["volumes"]
+    volumes = json.loads(ELEMENT_VOLUMES.read_text())["volumes"]
+    if empty := [e for e, v in volumes.items() if not v > 0]:  # a unit needs a volume to divide a cell by
+        raise ValueError(f"{ELEMENT_VOLUMES}: elements without a positive volume: {', '.join(empty)}")
+    return volumes
 
 
 def _with_one_more(counts: ElementCounts, element: str) -> ElementCounts:
