@@ -5,8 +5,8 @@
 For seeded rows of MP-20 train (seen in training) and test (unseen), the negative log-likelihood (nats) of
 the crystal text is computed under the unconditional prompt, under the row's own formula or space group,
 and under another row's. A model that follows its prompt scores the crystal far better with the right
-attribute than with none, and far worse with a wrong one. Element tokens are reported apart, the first
-atom's element apart from the others: they are what a formula decides. Writes
+attribute than with none, and far worse with a wrong one. Element tokens are reported apart: the first atom's,
+those that start a new element (what a formula decides) and those that repeat one. Writes
 benchmarks/results/prompt_use_NAME.json/.md. No sampling: a forward pass per prompt and crystal.
 """
 
@@ -30,8 +30,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 #: Prompts each crystal is scored under: (name, which attribute is stated, whose value: the row's or another's).
 PROMPTS = (("none", None, True), ("formula", "formula", True), ("wrong formula", "formula", False),
            ("space group", "spacegroup", True), ("wrong space group", "spacegroup", False))
-#: Parts of the completion whose NLL is summed apart.
-PARTS = ("all tokens", "first element", "other elements")
+#: Parts of the completion whose NLL is summed apart: every token; the first atom's element; an element token that
+#: starts an element not written before (which element comes next: what copying the formula decides); an element
+#: token repeating one already written (how many atoms of it: what the formula decides only with the cell).
+PARTS = ("all tokens", "first element", "new elements", "repeated elements")
 
 
 @dataclass(frozen=True)
@@ -51,10 +53,21 @@ def completion_nll(model, tokenizer, prompt: str, completion: str) -> Scored:
     targets = torch.tensor(labels[1:])
     kept = targets != IGNORE
     nll = -torch.log_softmax(logits[kept], -1).gather(1, targets[kept][:, None])[:, 0]
-    tokens = tokenizer.convert_ids_to_tokens(targets[kept].tolist())
-    elements = [i for i, t in enumerate(tokens) if Element.is_valid_symbol(t)]
-    return Scored({"all tokens": float(nll.sum()), "first element": float(nll[elements[:1]].sum()),
-                   "other elements": float(nll[elements[1:]].sum())})
+    parts = element_parts(tokenizer.convert_ids_to_tokens(targets[kept].tolist()))
+    return Scored({"all tokens": float(nll.sum()), **{part: float(nll[at].sum()) for part, at in parts.items()}})
+
+
+def element_parts(tokens: list[str]) -> dict[str, list[int]]:
+    """Positions of the element tokens of a completion, by part (`PARTS` after "all tokens")."""
+    parts: dict[str, list[int]] = {part: [] for part in PARTS[1:]}
+    written: set[str] = set()
+    for i, token in enumerate(tokens):
+        if not Element.is_valid_symbol(token):
+            continue
+        part = "first element" if not written else "repeated elements" if token in written else "new elements"
+        parts[part].append(i)
+        written.add(token)
+    return parts
 
 
 def measure(model, tokenizer, split: str, rows: int, seed: int) -> dict[str, dict[str, float]]:
@@ -102,7 +115,9 @@ def main() -> int:
              describe(record["machine"], command), "",
              f"Mean negative log-likelihood (nats per crystal) of {args.rows} seeded MP-20 crystals per split, "
              "completion only, under each prompt; 'wrong' states the next crystal's value. Lower is better; "
-             "a prompt the model reads moves the element tokens most.", ""]
+             "a prompt the model reads moves the element tokens most. New elements: element tokens that start an "
+             "element not written before (which one comes next is what copying the formula decides); repeated: "
+             "the element tokens of the atoms after that.", ""]
     for split, table in results.items():
         lines += [f"## MP-20 {split}", "", "| prompt | " + " | ".join(PARTS) + " |", "|---|" + "---:|" * len(PARTS)]
         lines += [f"| {name} | " + " | ".join(f"{table[name][p]:.2f}" for p in PARTS) + " |" for name in table]

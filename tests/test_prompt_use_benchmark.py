@@ -1,0 +1,20 @@
+"""benchmarks/prompt_use.py: which element tokens of a completion count as first, new and repeated."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import prompt_use  # noqa: E402
+
+
+def test_element_tokens_split_into_first_new_and_repeated() -> None:
+    tokens = ["6.8", " ", "6.8", "\n", "Nd", "\n", "0.00", "\n", "Al", "\n", "0.28", "\n", "Al", "\n", "0.50", "\n",
+              "Cu", "\n", "0.10", "\n", "Al", "\n", "0.90"]
+    assert prompt_use.element_parts(tokens) == {"first element": [4], "new elements": [8, 16],
+                                                "repeated elements": [12, 20]}
+    assert prompt_use.element_parts(["5.0", "\n", "90"]) == {"first element": [], "new elements": [],
+                                                             "repeated elements": []}
