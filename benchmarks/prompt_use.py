@@ -6,7 +6,9 @@ For seeded rows of MP-20 train (seen in training) and test (unseen), the negativ
 the crystal text is computed under the unconditional prompt, under the row's own formula or space group,
 and under another row's. A model that follows its prompt scores the crystal far better with the right
 attribute than with none, and far worse with a wrong one. Element tokens are reported apart: the first atom's,
-those that start a new element (what a formula decides) and those that repeat one. Writes
+those that start a new element (what a formula decides) and those that repeat one; a new element's NLL is
+split into when (that some element not yet written starts there) and which (that one among the unwritten
+elements: what copying the formula decides). Writes
 benchmarks/results/prompt_use_NAME.json/.md. No sampling: a forward pass per prompt and crystal.
 """
 
@@ -34,6 +36,8 @@ PROMPTS = (("none", None, True), ("formula", "formula", True), ("wrong formula",
 #: starts an element not written before (which element comes next: what copying the formula decides); an element
 #: token repeating one already written (how many atoms of it: what the formula decides only with the cell).
 PARTS = ("all tokens", "first element", "new elements", "repeated elements")
+#: The new elements' NLL split in two: that an unwritten element comes now (when), and which of them (which).
+SPLIT = ("new: when", "new: which")
 
 
 @dataclass(frozen=True)
@@ -53,8 +57,29 @@ def completion_nll(model, tokenizer, prompt: str, completion: str) -> Scored:
     targets = torch.tensor(labels[1:])
     kept = targets != IGNORE
     nll = -torch.log_softmax(logits[kept], -1).gather(1, targets[kept][:, None])[:, 0]
-    parts = element_parts(tokenizer.convert_ids_to_tokens(targets[kept].tolist()))
-    return Scored({"all tokens": float(nll.sum()), **{part: float(nll[at].sum()) for part, at in parts.items()}})
+    tokens = tokenizer.convert_ids_to_tokens(targets[kept].tolist())
+    parts = element_parts(tokens)
+    which = which_new_nll(torch.log_softmax(logits[kept], -1), tokens, element_ids(tokenizer))
+    return Scored({"all tokens": float(nll.sum()), **{part: float(nll[at].sum()) for part, at in parts.items()},
+                   "new: which": which, "new: when": float(nll[parts["new elements"]].sum()) - which})
+
+
+def element_ids(tokenizer) -> dict[str, int]:
+    """The vocabulary's element-symbol tokens."""
+    return {token: i for token, i in tokenizer.get_vocab().items() if Element.is_valid_symbol(token)}
+
+
+def which_new_nll(log_probs: torch.Tensor, tokens: list[str], elements: dict[str, int]) -> float:
+    """Summed NLL of each new element among the elements not yet written (the model's choice once it starts one)."""
+    total, written = 0.0, set()
+    for i, token in enumerate(tokens):
+        if not Element.is_valid_symbol(token):
+            continue
+        if written and token not in written:
+            unwritten = torch.tensor([j for symbol, j in elements.items() if symbol not in written])
+            total += float(torch.logsumexp(log_probs[i, unwritten], 0) - log_probs[i, elements[token]])
+        written.add(token)
+    return total
 
 
 def element_parts(tokens: list[str]) -> dict[str, list[int]]:
@@ -78,14 +103,14 @@ def measure(model, tokenizer, split: str, rows: int, seed: int) -> dict[str, dic
 
     examples, _ = to_examples(read_split(SHARED / "mp_20", split))
     chosen = [examples[i] for i in np.random.default_rng(seed).permutation(len(examples))[:rows]]
-    totals = {name: {part: [] for part in PARTS} for name, _, _ in PROMPTS}
+    totals = {name: {part: [] for part in PARTS + SPLIT} for name, _, _ in PROMPTS}
     for i, example in enumerate(chosen):
         other = chosen[(i + 1) % len(chosen)].attributes  # a wrong value: the next crystal's
         completion = example.crystal.to_str()
         for name, attribute, own in PROMPTS:
             stated = {attribute: getattr(example.attributes if own else other, attribute)} if attribute else {}
             scored = completion_nll(model, tokenizer, Attributes(**stated).to_prompt(), completion)
-            for part in PARTS:
+            for part in PARTS + SPLIT:
                 totals[name][part].append(scored.nll[part])
     return {name: {part: round(float(np.mean(v)), 3) for part, v in parts.items()} for name, parts in totals.items()}
 
@@ -117,10 +142,13 @@ def main() -> int:
              "completion only, under each prompt; 'wrong' states the next crystal's value. Lower is better; "
              "a prompt the model reads moves the element tokens most. New elements: element tokens that start an "
              "element not written before (which one comes next is what copying the formula decides); repeated: "
-             "the element tokens of the atoms after that.", ""]
+             "the element tokens of the atoms after that. New: when + new: which = new elements; which is the NLL "
+             "of the element among those not yet written, what copying the formula decides; when is that a new one "
+             "starts there, which needs the number of atoms too.", ""]
     for split, table in results.items():
-        lines += [f"## MP-20 {split}", "", "| prompt | " + " | ".join(PARTS) + " |", "|---|" + "---:|" * len(PARTS)]
-        lines += [f"| {name} | " + " | ".join(f"{table[name][p]:.2f}" for p in PARTS) + " |" for name in table]
+        columns = PARTS + SPLIT
+        lines += [f"## MP-20 {split}", "", "| prompt | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+        lines += [f"| {name} | " + " | ".join(f"{table[name][p]:.2f}" for p in columns) + " |" for name in table]
         lines.append("")
     write_atomic(out / f"prompt_use_{args.name}.md", "\n".join(lines))
     print("\n".join(lines))

@@ -18,3 +18,17 @@ def test_element_tokens_split_into_first_new_and_repeated() -> None:
                                                 "repeated elements": [12, 20]}
     assert prompt_use.element_parts(["5.0", "\n", "90"]) == {"first element": [], "new elements": [],
                                                              "repeated elements": []}
+
+
+def test_which_new_element_is_its_share_among_the_unwritten_elements() -> None:
+    import math
+
+    import torch
+
+    elements = {"Na": 0, "Cl": 1, "O": 2}
+    probs = torch.tensor([[0.5, 0.2, 0.1, 0.2],   # first atom: Na (not a new element: nothing written before)
+                          [0.6, 0.2, 0.1, 0.1],   # Cl after Na: which = Cl among {Cl, O} = 0.2 / 0.3
+                          [0.1, 0.1, 0.4, 0.4]])  # O after Na, Cl: the only unwritten element left, which = 1
+    which = prompt_use.which_new_nll(probs.log(), ["Na", "Cl", "O"], elements)
+    assert math.isclose(which, -math.log(0.2 / 0.3), rel_tol=1e-5)
+    assert prompt_use.which_new_nll(probs.log(), ["Na", "Na", "\n"], elements) == 0.0
