@@ -32,6 +32,7 @@ from crystext.train import (
     build_model,
     collate,
     make_pair,
+    relabel,
     replacing_dir,
     tokenize_pair,
     train,
@@ -88,6 +89,31 @@ def test_attribute_rates_decide_how_often_prompts_state_attributes() -> None:
     assert share(dense, "space group 225") == pytest.approx(0.72, abs=0.03)
     assert sum(t == unconditional for t in dense) / len(dense) == pytest.approx(0.2 + 0.8 * 0.1**5, abs=0.02)
     assert set(prompts(attribute_rate=1.0)) == {attributes.to_prompt()}
+
+
+def test_relabelled_crystals_state_the_formula_of_their_new_elements() -> None:
+    sites = "Sr Sr Ti O O O O O O".split()
+    text = "5.0 5.0 5.0\n90 90 90\n" + "\n".join(f"{el}\n0.{i}0 0.00 0.00" for i, el in enumerate(sites))
+    crystal = CrystalText.from_str(text)
+    rng = np.random.default_rng(3)
+    swapped, formula = relabel(crystal, rng)
+    new = list(dict.fromkeys(swapped.species))
+    assert len(new) == 3
+    assert formula == f"{new[0]}2{new[1]}{new[2]}6"  # Sr2TiO6 reduced by the gcd 1, in the text's order
+    assert swapped.species == (new[0],) * 2 + (new[1],) + (new[2],) * 6
+    assert swapped.frac_coords == crystal.frac_coords and swapped.lengths == crystal.lengths
+    na2cl2 = NACL_TEXT + "\nNa\n0.50 0.50 0.00\nCl\n0.00 0.00 0.50"  # Na Cl Na Cl: listed in first-seen order
+    nacl, nacl_formula = relabel(CrystalText.from_str(na2cl2), rng)
+    assert nacl_formula == "".join(dict.fromkeys(nacl.species))  # Na2Cl2 -> one unit of each
+    config = TrainConfig(Path("x"), Path("x"), infill_fraction=0.0, translate=False, attribute_rate=0.0,
+                         relabel_rate=0.5)
+    example = Example("nacl", CrystalText.from_str(NACL_TEXT), Attributes("NaCl", 225))
+    pairs = [make_pair(example, rng, config) for _ in range(1000)]
+    relabelled = [(p, c) for p, c in pairs if c != NACL_TEXT]
+    assert len(relabelled) / len(pairs) == pytest.approx(0.5, abs=0.05)
+    for prompt, completion in relabelled:
+        species = CrystalText.from_str(completion).species
+        assert prompt == Attributes(formula="".join(species)).to_prompt() and species[0] != species[1]
 
 
 def test_labels_cover_only_the_completion_by_default() -> None:

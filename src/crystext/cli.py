@@ -43,7 +43,7 @@ _TRAIN_NUMBERS = ("epochs", "max_steps", "batch_size", "grad_accum", "learning_r
                   "grad_clip", "infill_fraction", "eval_every", "eval_examples", "save_every", "max_length",
                   "max_atoms", "seed")
 #: Settings fields and the flags that set them, to name the flag when a setting is refused.
-_TRAIN_FLAGS = option_flags((*_TRAIN_NUMBERS, "holdout", "attribute_rate", "unconditional_rate"))
+_TRAIN_FLAGS = option_flags((*_TRAIN_NUMBERS, "holdout", "attribute_rate", "unconditional_rate", "relabel_rate"))
 _LORA_FLAGS = option_flags(("rank", "alpha", "dropout", "target_modules"), rank="--lora-rank", alpha="--lora-alpha",
                            dropout="--lora-dropout", target_modules="--lora-targets")
 _FORMAT_FLAGS = option_flags(("length_decimals", "angle_decimals", "coord_decimals"))
@@ -130,6 +130,9 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default: the paper's scheme, every number of attributes equally likely)")
     parser.add_argument("--unconditional-rate", type=float, default=TrainConfig.unconditional_rate,
                         help="share of generation prompts that state no attribute (conditioning dropout)")
+    parser.add_argument("--relabel-rate", type=float, default=TrainConfig.relabel_rate,
+                        help="share of the other generation prompts whose crystal has its elements swapped for "
+                        "random ones, stating the new formula (teaches copying a formula from the prompt)")
     parser.add_argument("--no-translate", action="store_true", help="keep the written coordinates (no random shift)")
     parser.add_argument("--permute", action="store_true", help="also shuffle the order of atoms")
     parser.add_argument("--full-sequence-loss", action="store_true", help="train on prompt tokens too")
@@ -425,6 +428,7 @@ def _train(args: argparse.Namespace) -> int:
         completion_only=not args.full_sequence_loss,
         attribute_rate=args.attribute_rate,
         unconditional_rate=args.unconditional_rate,
+        relabel_rate=args.relabel_rate,
         **{name: getattr(args, name) for name in _TRAIN_NUMBERS},
     )
     try:

@@ -26,6 +26,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_cosine_sc
 
 from crystext.data import Dataset, Record, training_set
 from crystext.files import atomic_path, write_atomic
+from crystext.grammar import element_volumes
 from crystext.model import (
     ModelSpec,
     build_scratch_model,
@@ -69,6 +70,9 @@ class TrainConfig:
     # after `unconditional_rate` of them state none (conditioning dropout, for classifier-free guidance).
     attribute_rate: float | None = None
     unconditional_rate: float = 0.0
+    # Generation examples whose elements are swapped for random others and the new formula stated: a formula the
+    # model can only meet by copying it from the prompt, not from the chemistry it has learnt.
+    relabel_rate: float = 0.0
     translate: bool = True  # the paper's augmentation; a small scratch model learns faster without it
     permute: bool = False
     completion_only: bool = True
@@ -94,7 +98,7 @@ class TrainConfig:
                 raise ValueError(f"{name} must be positive, got {value}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        for name in ("infill_fraction", "attribute_rate", "unconditional_rate"):
+        for name in ("infill_fraction", "attribute_rate", "unconditional_rate", "relabel_rate"):
             value = getattr(self, name)
             if value is not None and not 0 <= value <= 1:
                 raise ValueError(f"{name} must be between 0 and 1, got {value}")
@@ -144,7 +148,23 @@ def make_pair(example: Example, rng: np.random.Generator, config: TrainConfig) -
         return infill_example(crystal, rng, config.text_format)
     if config.unconditional_rate and rng.random() < config.unconditional_rate:
         return generation_example(crystal, Attributes(), config.text_format)
+    if config.relabel_rate and rng.random() < config.relabel_rate:
+        crystal, formula = relabel(crystal, rng)
+        return generation_example(crystal, Attributes(formula=formula), config.text_format)
     return generation_example(crystal, example.attributes.subset(rng, config.attribute_rate), config.text_format)
+
+
+def relabel(crystal: CrystalText, rng: np.random.Generator) -> tuple[CrystalText, str]:
+    """The crystal with each element swapped for a distinct random one of MP-20's, and its reduced formula in the
+    order the text lists the elements (as `plain_formula` writes a real crystal's)."""
+    elements = list(dict.fromkeys(crystal.species))
+    pool = sorted(element_volumes())
+    swap = dict(zip(elements, rng.choice(pool, size=len(elements), replace=False).tolist()))
+    counts = [crystal.species.count(element) for element in elements]
+    unit = math.gcd(*counts)
+    formula = "".join(f"{swap[e]}{'' if n == unit else n // unit}" for e, n in zip(elements, counts))
+    species = tuple(swap[element] for element in crystal.species)
+    return CrystalText(crystal.lengths, crystal.angles, species, crystal.frac_coords), formula
 
 
 def tokenize_pair(
@@ -456,6 +476,9 @@ def write_model_card(out: Path, config: TrainConfig, state: TrainState, n_train:
               else f"each stated with probability {config.attribute_rate:g}")
     if config.unconditional_rate:
         stated += f", none in {config.unconditional_rate:.0%} of prompts"
+    if config.relabel_rate:
+        stated += (f"; {config.relabel_rate:.0%} of the others state only the formula of the crystal with its "
+                   "elements swapped for random ones (to teach copying the formula)")
     shuffles = [name for name, on in (("random translation", config.translate), ("random atom order", config.permute))
                 if on]
     augmentations = (f"; {' and '.join(shuffles)} of every example" if shuffles
