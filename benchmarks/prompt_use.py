@@ -5,10 +5,11 @@
 For seeded rows of MP-20 train (seen in training) and test (unseen), the negative log-likelihood (nats) of
 the crystal text is computed under the unconditional prompt, under the row's own formula or space group,
 and under another row's. A model that follows its prompt scores the crystal far better with the right
-attribute than with none, and far worse with a wrong one. Element tokens are reported apart: the first atom's,
-those that start a new element (what a formula decides) and those that repeat one; a new element's NLL is
-split into when (that some element not yet written starts there) and which (that one among the unwritten
-elements: what copying the formula decides). Writes
+attribute than with none, and far worse with a wrong one. The copy test relabels each crystal's elements at
+random and states its new formula: only a model that copies the formula scores the new elements well there.
+Element tokens are reported apart: the first atom's, those that start a new element (what a formula decides)
+and those that repeat one; a new element's NLL is split into when (that some element not yet written starts
+there) and which (that one among the unwritten elements: what copying the formula decides). Writes
 benchmarks/results/prompt_use_NAME.json/.md. No sampling: a forward pass per prompt and crystal.
 """
 
@@ -32,6 +33,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 #: Prompts each crystal is scored under: (name, which attribute is stated, whose value: the row's or another's).
 PROMPTS = (("none", None, True), ("formula", "formula", True), ("wrong formula", "formula", False),
            ("space group", "spacegroup", True), ("wrong space group", "spacegroup", False))
+#: The copy test: the crystal with its elements swapped for random ones (`crystext.train.relabel`), without and
+#: with its new formula. Chemistry cannot tell which element comes next there; only the prompt can.
+RELABELLED = ("relabelled, none", "relabelled, formula")
 #: Parts of the completion whose NLL is summed apart: every token; the first atom's element; an element token that
 #: starts an element not written before (which element comes next: what copying the formula decides); an element
 #: token repeating one already written (how many atoms of it: what the formula decides only with the cell).
@@ -99,19 +103,23 @@ def measure(model, tokenizer, split: str, rows: int, seed: int) -> dict[str, dic
     """Mean NLL per prompt kind and part over `rows` seeded crystals of one MP-20 split."""
     from crystext.data import read_split
     from crystext.prompts import Attributes
-    from crystext.train import to_examples
+    from crystext.train import relabel, to_examples
 
     examples, _ = to_examples(read_split(SHARED / "mp_20", split))
-    chosen = [examples[i] for i in np.random.default_rng(seed).permutation(len(examples))[:rows]]
-    totals = {name: {part: [] for part in PARTS + SPLIT} for name, _, _ in PROMPTS}
+    rng = np.random.default_rng(seed)
+    chosen = [examples[i] for i in rng.permutation(len(examples))[:rows]]
+    totals: dict[str, dict[str, list[float]]] = {}
     for i, example in enumerate(chosen):
         other = chosen[(i + 1) % len(chosen)].attributes  # a wrong value: the next crystal's
-        completion = example.crystal.to_str()
-        for name, attribute, own in PROMPTS:
-            stated = {attribute: getattr(example.attributes if own else other, attribute)} if attribute else {}
-            scored = completion_nll(model, tokenizer, Attributes(**stated).to_prompt(), completion)
+        cases = [(name, example.crystal, Attributes(**(
+                  {attribute: getattr(example.attributes if own else other, attribute)} if attribute else {})))
+                 for name, attribute, own in PROMPTS]
+        swapped, formula = relabel(example.crystal, rng)
+        cases += [(RELABELLED[0], swapped, Attributes()), (RELABELLED[1], swapped, Attributes(formula=formula))]
+        for name, crystal, attributes in cases:
+            scored = completion_nll(model, tokenizer, attributes.to_prompt(), crystal.to_str())
             for part in PARTS + SPLIT:
-                totals[name][part].append(scored.nll[part])
+                totals.setdefault(name, {}).setdefault(part, []).append(scored.nll[part])
     return {name: {part: round(float(np.mean(v)), 3) for part, v in parts.items()} for name, parts in totals.items()}
 
 
@@ -144,7 +152,8 @@ def main() -> int:
              "element not written before (which one comes next is what copying the formula decides); repeated: "
              "the element tokens of the atoms after that. New: when + new: which = new elements; which is the NLL "
              "of the element among those not yet written, what copying the formula decides; when is that a new one "
-             "starts there, which needs the number of atoms too.", ""]
+             "starts there, which needs the number of atoms too. Relabelled: the crystal with its elements swapped for "
+             "random ones, without and with its new formula (the copy test: only copying helps which there).", ""]
     for split, table in results.items():
         columns = PARTS + SPLIT
         lines += [f"## MP-20 {split}", "", "| prompt | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
