@@ -221,3 +221,18 @@ def test_a_batched_backend_writes_rows_by_batch_and_resumes(rock_salt: Structure
     again = pd.read_csv(output, dtype={"id": str}, keep_default_na=False)
     assert list(again["id"]) == ["r0", "r1", "r2"]
     np.testing.assert_allclose(again["energy"].astype(float), rows["energy"].astype(float), atol=1e-4)
+
+
+def test_an_energy_below_any_known_compound_is_an_error_not_a_record(rock_salt: Structure, reference) -> None:
+    """A relaxation that left the potential's domain (seen: Gd2O3 at -109 eV/atom below the hull in a tuning round)
+    is an error row, neither metastable nor stable; a real rock-salt energy is placed as usual."""
+    from crystext.stability.pipeline import place
+    from crystext.stability.relax import Relaxation
+
+    real = place("real", Relaxation(rock_salt, -7.39, 20, True, 1.0), reference)  # NaCl on the hull (MP2020)
+    assert abs(real["e_above_hull"]) < 0.01 and real["e_form_per_atom"] == pytest.approx(-2.11, abs=0.05)
+    assert not real["error"]
+    blown = place("blown", Relaxation(rock_salt, -218.0, 20, True, 1.0), reference)
+    assert "e_above_hull" not in blown and blown["e_form_per_atom"] < -100
+    assert blown["error"].startswith("unphysical energy: formation energy -10") and blown["error"].endswith(
+        "eV/atom, below any known compound's (-5)")

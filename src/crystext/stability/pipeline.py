@@ -57,6 +57,11 @@ OUTPUT_COLUMNS = (
 #: Error kinds added here (the relaxation's own are in `relax`): a row without a structure, or off the hull.
 ERROR_UNPARSED = "unparsed"
 ERROR_HULL = "hull"
+ERROR_UNPHYSICAL = "unphysical energy"
+#: A relaxed crystal whose formation energy is below this (eV/atom) has left the potential's domain, not found a
+#: record: the most negative of the 132,752 Materials Project formation energies in matbench's mp_e_form is
+#: -4.61 (La2Th8O19). Such a row is an error, neither metastable nor stable.
+MIN_FORMATION_ENERGY = -5.0
 #: Error kinds of samples that never were valid structures (left out of the rates "over valid").
 NOT_VALID = (ERROR_UNPARSED, ERROR_INVALID)
 
@@ -124,7 +129,7 @@ def relax_and_place(
     bar = tqdm(total=len(todo), desc=f"relaxing ({backend.name})", unit="structure", disable=not config.progress)
     tally: Counter[str] = Counter()
     for rid, relaxation in _relaxations(todo, backend, config):
-        row = _row(rid, relaxation, reference)
+        row = place(rid, relaxation, reference)
         log.append([row])
         _count(tally, row)
         bar.update()
@@ -216,7 +221,8 @@ def _chunks(items: Sequence[tuple[str, Structure]], size: int) -> list[list[tupl
 # --------------------------------------------------------------------------- rows and the output file
 
 
-def _row(rid: str, relaxation: Relaxation, reference: HullReference) -> dict[str, Any]:
+def place(rid: str, relaxation: Relaxation, reference: HullReference) -> dict[str, Any]:
+    """The output row of one relaxation: its energies and place on the hull, or why it has none."""
     row: dict[str, Any] = {
         "id": rid, "steps": relaxation.steps, "converged": relaxation.converged,
         "seconds": round(relaxation.seconds, 3), "error": relaxation.error,
@@ -229,6 +235,10 @@ def _row(rid: str, relaxation: Relaxation, reference: HullReference) -> dict[str
         point = reference.evaluate(structure.composition, energy)
     except (HullError, ValueError) as err:  # pymatgen's phase diagram raises ValueError on odd input
         row["error"] = f"{ERROR_HULL}: {err}"
+        return row
+    if point.e_form_per_atom < MIN_FORMATION_ENERGY:
+        row.update(e_form_per_atom=point.e_form_per_atom, error=f"{ERROR_UNPHYSICAL}: formation energy "
+                   f"{point.e_form_per_atom:.2f} eV/atom, below any known compound's ({MIN_FORMATION_ENERGY:g})")
         return row
     row.update(e_form_per_atom=point.e_form_per_atom, e_above_hull=point.e_above_hull,
                decomposition=point.decomposition_str())
