@@ -20,6 +20,7 @@ import json
 import os
 import sys
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,7 @@ RELABELLED = ("relabelled, none", "relabelled, formula")
 #: token repeating one already written (how many atoms of it: what the formula decides only with the cell).
 PARTS = ("all tokens", "first element", "new elements", "repeated elements")
 #: The new elements' NLL split in two: that an unwritten element comes now (when), and which of them (which).
-SPLIT = ("new: when", "new: which")
+WHEN_WHICH = ("new: when", "new: which")
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,8 @@ class Scored:
 
 
 def completion_nll(model, tokenizer, prompt: str, completion: str) -> Scored:
-    """NLL of `completion` after `prompt`, in all, at the first element token and at the other element tokens."""
+    """NLL of `completion` after `prompt`: in all, by part of its element tokens, and a new element's split into
+    when and which."""
     from crystext.train import IGNORE, tokenize_pair
 
     ids, labels = tokenize_pair(tokenizer, prompt, completion, completion_only=True, max_length=10_000)
@@ -60,14 +62,16 @@ def completion_nll(model, tokenizer, prompt: str, completion: str) -> Scored:
         logits = model(torch.tensor([ids])).logits[0, :-1].float()
     targets = torch.tensor(labels[1:])
     kept = targets != IGNORE
-    nll = -torch.log_softmax(logits[kept], -1).gather(1, targets[kept][:, None])[:, 0]
+    log_probs = torch.log_softmax(logits[kept], -1)
+    nll = -log_probs.gather(1, targets[kept][:, None])[:, 0]
     tokens = tokenizer.convert_ids_to_tokens(targets[kept].tolist())
     parts = element_parts(tokens)
-    which = which_new_nll(torch.log_softmax(logits[kept], -1), tokens, element_ids(tokenizer))
+    which = which_new_nll(log_probs, tokens, element_ids(tokenizer))
     return Scored({"all tokens": float(nll.sum()), **{part: float(nll[at].sum()) for part, at in parts.items()},
                    "new: which": which, "new: when": float(nll[parts["new elements"]].sum()) - which})
 
 
+@cache
 def element_ids(tokenizer) -> dict[str, int]:
     """The vocabulary's element-symbol tokens."""
     return {token: i for token, i in tokenizer.get_vocab().items() if Element.is_valid_symbol(token)}
@@ -118,7 +122,7 @@ def measure(model, tokenizer, split: str, rows: int, seed: int) -> dict[str, dic
         cases += [(RELABELLED[0], swapped, Attributes()), (RELABELLED[1], swapped, Attributes(formula=formula))]
         for name, crystal, attributes in cases:
             scored = completion_nll(model, tokenizer, attributes.to_prompt(), crystal.to_str())
-            for part in PARTS + SPLIT:
+            for part in PARTS + WHEN_WHICH:
                 totals.setdefault(name, {}).setdefault(part, []).append(scored.nll[part])
     return {name: {part: round(float(np.mean(v)), 3) for part, v in parts.items()} for name, parts in totals.items()}
 
@@ -155,7 +159,7 @@ def main() -> int:
              "starts there, which needs the number of atoms too. Relabelled: the crystal with its elements swapped for "
              "random ones, without and with its new formula (the copy test: only copying helps which there).", ""]
     for split, table in results.items():
-        columns = PARTS + SPLIT
+        columns = PARTS + WHEN_WHICH
         lines += [f"## MP-20 {split}", "", "| prompt | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
         lines += [f"| {name} | " + " | ".join(f"{table[name][p]:.2f}" for p in columns) + " |" for name in table]
         lines.append("")

@@ -87,7 +87,7 @@ def main() -> int:
     from _machine import describe, machine
 
     from crystext.data import Dataset, read_split
-    from crystext.stability import StabilityConfig, relax_and_place, shipped_reference
+    from crystext.stability import StabilityConfig, read_rows, relax_and_place, shipped_reference
 
     reference = shipped_reference()
     test = pd.read_csv(SHARED / "mp_20" / "test.csv")
@@ -106,8 +106,8 @@ def main() -> int:
     start = time.perf_counter()
     relax_and_place(Dataset([records[i] for i in chosen], source="MP-20 test"), reference, output,
                     StabilityConfig(workers=args.workers, resume=output.exists()))
-    rows = pd.read_csv(output, dtype={"id": str}, keep_default_na=False)
-    rows = rows[rows["e_form_per_atom"] != ""].set_index("id")
+    rows = read_rows(output)
+    rows = rows[rows["e_above_hull"].notna()].set_index("id")  # placed on the hull (not an error row)
     by_id = test.set_index("material_id")
     relaxed = np.array([left_out_e_hull(reference, by_id.loc[i, "pretty_formula"], float(e))
                         for i, e in rows["e_form_per_atom"].items()])

@@ -224,8 +224,8 @@ def test_a_batched_backend_writes_rows_by_batch_and_resumes(rock_salt: Structure
 
 
 def test_an_energy_below_any_known_compound_is_an_error_not_a_record(rock_salt: Structure, reference) -> None:
-    """A relaxation that left the potential's domain (seen: Gd2O3 at -109 eV/atom below the hull in a tuning round)
-    is an error row, neither metastable nor stable; a real rock-salt energy is placed as usual."""
+    """A relaxation that left the potential's domain (seen: a Gd-O cell at -109 eV/atom below the hull in a tuning
+    round) is an error row, neither metastable nor stable; a real rock-salt energy is placed as usual."""
     from crystext.stability.pipeline import place
     from crystext.stability.relax import Relaxation
 
@@ -236,3 +236,23 @@ def test_an_energy_below_any_known_compound_is_an_error_not_a_record(rock_salt: 
     assert "e_above_hull" not in blown and blown["e_form_per_atom"] < -100
     assert blown["error"].startswith("unphysical energy: formation energy -10") and blown["error"].endswith(
         "eV/atom, below any known compound's (-5)")
+
+
+def test_rows_written_before_the_floor_are_read_as_errors(tmp_path: Path) -> None:
+    """Old CSVs (resumed runs, evaluate --stability) get the same treatment: below -5 eV/atom is an error, -5 itself
+    is not."""
+    from crystext.evaluate.inputs import read_stability
+    from crystext.stability import read_rows
+
+    path = tmp_path / "old.csv"
+    rows = [{"id": "blown", "e_form_per_atom": -112.3, "e_above_hull": -109.1, "decomposition": "GdO2:1.000"},
+            {"id": "edge", "e_form_per_atom": -5.0, "e_above_hull": 0.02, "decomposition": "X:1.000"}]
+    pd.DataFrame(rows).reindex(columns=OUTPUT_COLUMNS).assign(converged=True, steps=3, seconds=1.0,
+                                                               error="").to_csv(path, index=False)
+    frame = read_rows(path).set_index("id")
+    assert frame.loc["blown", "error"] == ("unphysical energy: formation energy -112.30 eV/atom, below any known "
+                                           "compound's (-5)")
+    assert np.isnan(frame.loc["blown", "e_above_hull"]) and frame.loc["blown", "decomposition"] == ""
+    assert frame.loc["edge", "error"] == "" and frame.loc["edge", "e_above_hull"] == 0.02
+    energies = read_stability(path)["e_above_hull"]
+    assert np.isnan(energies["blown"]) and energies["edge"] == 0.02

@@ -278,6 +278,7 @@ def test_new_lora_adapters_follow_the_runs_seed(tiny_data, tmp_path) -> None:
         ({"infill_fraction": -0.5}, "infill_fraction must be between 0 and 1, got -0.5"),
         ({"attribute_rate": 1.5}, "attribute_rate must be between 0 and 1, got 1.5"),
         ({"unconditional_rate": -0.1}, "unconditional_rate must be between 0 and 1, got -0.1"),
+        ({"relabel_rate": 1.5}, "relabel_rate must be between 0 and 1, got 1.5"),
         ({"max_atoms": 0}, "max_atoms must be at least 1, got 0"),
     ],
 )

@@ -142,7 +142,8 @@ def to_examples(dataset: Dataset) -> tuple[list[Example], list[tuple[str, str]]]
 
 
 def make_pair(example: Example, rng: np.random.Generator, config: TrainConfig) -> tuple[str, str]:
-    """One fresh (prompt, completion): the augmentations asked for, then infill or generation with random attributes."""
+    """One fresh (prompt, completion): the augmentations asked for, then infill, or generation with random attributes
+    (none, or only the formula of the crystal relabelled, at their rates)."""
     crystal = augment(example.crystal, rng, translate=config.translate, permute=config.permute)
     if rng.random() < config.infill_fraction:
         return infill_example(crystal, rng, config.text_format)

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from crystext.constants import MIN_FORMATION_ENERGY
 from crystext.data import find_structure_column, is_csv, read_table, table_ids
 from crystext.errors import CrystextError
 
@@ -63,8 +64,8 @@ class SampleColumns:
 
 
 def read_stability(path: str | Path) -> pd.DataFrame:
-    """A `crystext stability` CSV by id: energy above hull (eV/atom; NaN where the row reports an error) and the
-    relaxed structure's CIF (empty where there is none)."""
+    """A `crystext stability` CSV by id: energy above hull (eV/atom; NaN where the row reports an error or a
+    formation energy below MIN_FORMATION_ENERGY) and the relaxed structure's CIF (empty where there is none)."""
     path = Path(path)
     try:
         frame = pd.read_csv(path, dtype={"id": str, "relaxed_cif": str}, keep_default_na=False, na_values={
@@ -82,6 +83,9 @@ def read_stability(path: str | Path) -> pd.DataFrame:
     energy = pd.to_numeric(frame["e_above_hull"], errors="coerce").astype(float)
     if "error" in frame.columns:
         energy = energy.where(~frame["error"].map(_present).to_numpy(bool), np.nan)
+    if "e_form_per_atom" in frame.columns:  # a relaxation that left the potential's domain is no record
+        e_form = pd.to_numeric(frame["e_form_per_atom"], errors="coerce").astype(float)
+        energy = energy.where(~(e_form < MIN_FORMATION_ENERGY).to_numpy(bool), np.nan)
     cifs = frame["relaxed_cif"] if "relaxed_cif" in frame.columns else pd.Series([""] * len(frame))
     return pd.DataFrame({"e_above_hull": energy.to_numpy(), "relaxed_cif": cifs.to_numpy()},
                         index=pd.Index(frame["id"].astype(str), name="id"))

@@ -20,7 +20,15 @@ from crystext.stability.hull import (
     from_formation_energies,
     shipped_reference,
 )
-from crystext.stability.pipeline import OUTPUT_COLUMNS, StabilityConfig, read_samples, relax_and_place, summary_path
+from crystext.stability.pipeline import (
+    OUTPUT_COLUMNS,
+    StabilityConfig,
+    place,
+    read_rows,
+    read_samples,
+    relax_and_place,
+    summary_path,
+)
 from crystext.stability.relax import (
     BACKENDS,
     Backend,
@@ -52,6 +60,8 @@ __all__ = [
     "from_formation_energies",
     "load_backend",
     "mp2020_energy",
+    "place",
+    "read_rows",
     "read_samples",
     "relax_and_place",
     "shipped_reference",

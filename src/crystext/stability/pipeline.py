@@ -24,7 +24,7 @@ import pandas as pd
 from pymatgen.core import Structure
 from tqdm.auto import tqdm
 
-from crystext.constants import METASTABLE_E_HULL, STABLE_E_HULL
+from crystext.constants import METASTABLE_E_HULL, MIN_FORMATION_ENERGY, STABLE_E_HULL
 from crystext.data import Dataset, read_structures
 from crystext.evaluate.sun import KnownStructures, RelaxedStructures, stability_table
 from crystext.files import CsvLog, write_atomic
@@ -43,6 +43,8 @@ from crystext.stability.relax import (
 __all__ = [
     "OUTPUT_COLUMNS",
     "StabilityConfig",
+    "place",
+    "read_rows",
     "read_samples",
     "relax_and_place",
     "summarize",
@@ -58,10 +60,6 @@ OUTPUT_COLUMNS = (
 ERROR_UNPARSED = "unparsed"
 ERROR_HULL = "hull"
 ERROR_UNPHYSICAL = "unphysical energy"
-#: A relaxed crystal whose formation energy is below this (eV/atom) has left the potential's domain, not found a
-#: record: the most negative of the 132,752 Materials Project formation energies in matbench's mp_e_form is
-#: -4.61 (La2Th8O19). Such a row is an error, neither metastable nor stable.
-MIN_FORMATION_ENERGY = -5.0
 #: Error kinds of samples that never were valid structures (left out of the rates "over valid").
 NOT_VALID = (ERROR_UNPARSED, ERROR_INVALID)
 
@@ -135,7 +133,7 @@ def relax_and_place(
         bar.update()
         bar.set_postfix(metastable=f"{tally['metastable'] / tally['done']:.1%}", errors=tally["error"], refresh=False)
     bar.close()
-    summary = summarize(_read_rows(output), backend, reference, config, training)
+    summary = summarize(read_rows(output), backend, reference, config, training)
     write_atomic(summary_path(output), json.dumps(summary, indent=2, default=str))
     return summary
 
@@ -237,12 +235,16 @@ def place(rid: str, relaxation: Relaxation, reference: HullReference) -> dict[st
         row["error"] = f"{ERROR_HULL}: {err}"
         return row
     if point.e_form_per_atom < MIN_FORMATION_ENERGY:
-        row.update(e_form_per_atom=point.e_form_per_atom, error=f"{ERROR_UNPHYSICAL}: formation energy "
-                   f"{point.e_form_per_atom:.2f} eV/atom, below any known compound's ({MIN_FORMATION_ENERGY:g})")
+        row.update(e_form_per_atom=point.e_form_per_atom, error=_unphysical(point.e_form_per_atom))
         return row
     row.update(e_form_per_atom=point.e_form_per_atom, e_above_hull=point.e_above_hull,
                decomposition=point.decomposition_str())
     return row
+
+
+def _unphysical(e_form_per_atom: float) -> str:
+    return (f"{ERROR_UNPHYSICAL}: formation energy {e_form_per_atom:.2f} eV/atom, below any known compound's "
+            f"({MIN_FORMATION_ENERGY:g})")
 
 
 def _count(tally: Counter[str], row: Mapping[str, Any]) -> None:
@@ -252,11 +254,16 @@ def _count(tally: Counter[str], row: Mapping[str, Any]) -> None:
     tally["done"] += 1
 
 
-def _read_rows(output: Path) -> pd.DataFrame:
+def read_rows(output: Path) -> pd.DataFrame:
+    """A stability CSV with numeric columns; a row written before unphysical energies were refused (formation energy
+    below MIN_FORMATION_ENERGY, yet placed) is read as the error `place` now makes of it."""
     frame = pd.read_csv(output, dtype=str, keep_default_na=False)
     for column in ("energy", "energy_per_atom", "e_form_per_atom", "e_above_hull", "steps", "seconds"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
     frame["converged"] = frame["converged"] == "True"
+    unphysical = (frame["e_form_per_atom"] < MIN_FORMATION_ENERGY) & (frame["error"] == "")
+    frame.loc[unphysical, "error"] = [_unphysical(e) for e in frame.loc[unphysical, "e_form_per_atom"]]
+    frame.loc[unphysical, ["e_above_hull", "decomposition"]] = [math.nan, ""]
     return frame
 
 

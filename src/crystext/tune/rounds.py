@@ -31,7 +31,7 @@ from crystext.files import write_atomic
 from crystext.prompts import Attributes
 from crystext.report import TUNE_RATES, tune_report
 from crystext.sample import SampleConfig, Sampler
-from crystext.stability import HullReference, StabilityConfig, relax_and_place
+from crystext.stability import HullReference, StabilityConfig, read_rows, relax_and_place
 from crystext.textformat import ELEMENT_SYMBOLS
 
 #: What each round folder holds when the round is done (metrics.json last).
@@ -213,11 +213,11 @@ class StabilityScorer:
         output = folder / "stability.csv"
         relax_and_place(Dataset([Record(rid, structures[rid]) for rid in valid], source=str(samples)),
                         self.reference, output, replace(self.stability, resume=output.exists()))
-        relaxed = pd.read_csv(output, dtype={"id": str}, keep_default_na=False).set_index("id")
+        relaxed = read_rows(output).set_index("id")
         generated = [structures[rid] for rid in valid]
         formulas = [s.composition.reduced_formula for s in generated]
         table = pd.DataFrame({"id": ids, "valid": [rid in structures for rid in ids]})
-        table["e_above_hull"] = [float(relaxed.at[rid, "e_above_hull"] or "nan") if rid in structures else math.nan
+        table["e_above_hull"] = [float(relaxed.at[rid, "e_above_hull"]) if rid in structures else math.nan
                                  for rid in ids]
         for name, flags in (("unique", unique_flags(generated, formulas)),
                             ("novel", novel_flags(generated, formulas, self.known))):
