@@ -79,14 +79,11 @@ def element_ids(tokenizer) -> dict[str, int]:
 
 def which_new_nll(log_probs: torch.Tensor, tokens: list[str], elements: dict[str, int]) -> float:
     """Summed NLL of each new element among the elements not yet written (the model's choice once it starts one)."""
-    total, written = 0.0, set()
-    for i, token in enumerate(tokens):
-        if not Element.is_valid_symbol(token):
-            continue
-        if written and token not in written:
-            unwritten = torch.tensor([j for symbol, j in elements.items() if symbol not in written])
-            total += float(torch.logsumexp(log_probs[i, unwritten], 0) - log_probs[i, elements[token]])
-        written.add(token)
+    total = 0.0
+    for i in element_parts(tokens)["new elements"]:
+        written = {token for token in tokens[:i] if token in elements}
+        unwritten = torch.tensor([j for symbol, j in elements.items() if symbol not in written])
+        total += float(torch.logsumexp(log_probs[i, unwritten], 0) - log_probs[i, elements[tokens[i]]])
     return total
 
 
