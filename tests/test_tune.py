@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -18,7 +19,7 @@ from crystext.sample.samples_csv import SampleWriter, attempt_row
 from crystext.stability import RelaxConfig, StabilityConfig, shipped_reference
 from crystext.textformat import CrystalText, CrystalTextError
 from crystext.tune import RewardConfig, StabilityScorer, TuneConfig, TuneError, preference_pairs, read_rounds, tune
-from crystext.tune.rounds import feature_shares, over_representation, written_sites
+from crystext.tune.rounds import changed_settings, feature_shares, over_representation, written_sites
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -87,8 +88,9 @@ class FewerSites:
     def __init__(self, stop_on_call: int | None = None) -> None:
         self.calls, self.stop_on_call = 0, stop_on_call
 
-    def __call__(self, samples: Path, folder: Path) -> tuple[pd.DataFrame, dict]:
+    def __call__(self, samples: Path, folder: Path, earlier: Sequence[Path] = ()) -> tuple[pd.DataFrame, dict]:
         self.calls += 1
+        assert [p.parent.name for p in earlier] == [f"round_{n:03d}" for n in range(1, len(earlier) + 1)]
         if self.calls == self.stop_on_call:
             raise KeyboardInterrupt
         rows = pd.read_csv(samples, dtype=str, keep_default_na=False)
@@ -153,6 +155,8 @@ def test_tune_settings_refuse_what_makes_no_sense(tmp_path) -> None:
         TuneConfig(out=tmp_path, pair_size_bin=-1)
     with pytest.raises(ValueError, match="attempts must be at least 1, got 0"):
         TuneConfig(out=tmp_path, attempts=0)
+    with pytest.raises(ValueError, match="repeat_scope must be one of round, run, got 'epoch'"):
+        RewardConfig(repeat_scope="epoch")
 
 
 def test_resuming_with_other_settings_is_refused(model_dir, tmp_path) -> None:
@@ -161,6 +165,15 @@ def test_resuming_with_other_settings_is_refused(model_dir, tmp_path) -> None:
     (tmp_path / "run" / "tune.json").write_text(json.dumps({**config.settings(), "beta": 0.5}))
     with pytest.raises(TuneError, match=r"other settings \(beta\)"):
         tune(config, FewerSites(), resume=True, progress=False)
+
+
+def test_settings_compare_at_any_depth_and_a_setting_an_older_run_lacks_is_no_change() -> None:
+    now = {"beta": 0.1, "scorer": {"reward": {"repeat_penalty": 0.5, "repeat_scope": "round"}, "backend": "chgnet"}}
+    older = {"beta": 0.1, "scorer": {"reward": {"repeat_penalty": 0.5}, "backend": "chgnet"}}
+    assert changed_settings(older, now) == []
+    older["scorer"]["reward"]["repeat_penalty"] = 1.0
+    older["scorer"]["backend"] = "sevennet"
+    assert changed_settings(older, now) == ["scorer.backend", "scorer.reward.repeat_penalty"]
 
 
 def test_stability_scorer_rewards_stable_new_crystals_over_repeats_known_and_invalid(shared_data, tmp_path) -> None:
@@ -189,6 +202,23 @@ def test_stability_scorer_rewards_stable_new_crystals_over_repeats_known_and_inv
     assert metrics["novelty"] == pytest.approx(2 / 3)
     assert metrics["metastable_rate"] == pytest.approx(float((e < 0.1).sum()) / 4)
     assert len(pd.read_csv(tmp_path / "stability.csv")) == 3  # only the valid attempts were relaxed
+    assert table["new_to_run"].tolist() == [True, True, True, False] and metrics["new_to_run"] == 1.0
+
+    # The same round as the run's second, after a round that wrote the first crystal (and one that cannot be read):
+    # with repeats counted over the run, the first crystal is a repeat there too.
+    earlier = tmp_path / "round_001" / "samples.csv"
+    earlier.parent.mkdir()
+    SampleWriter(earlier, resume=False).append([attempt_row("s0", "unconditional", {}, texts[0]),
+                                                attempt_row("s1", "unconditional", {}, "garbled")])
+    for scope, s0_penalised in (("round", False), ("run", True)):
+        scorer.reward = RewardConfig(repeat_scope=scope)
+        table, metrics = scorer(samples, tmp_path, [earlier])
+        table = table.set_index("id")
+        assert table["new_to_run"].tolist() == [False, True, False, False]
+        assert metrics["new_to_run"] == pytest.approx(1 / 3) and metrics["uniqueness"] == pytest.approx(2 / 3)
+        penalty = rewards.repeat_penalty if s0_penalised else 0.0
+        assert table.at["s0", "reward"] == pytest.approx(-min(max(e["s0"], 0), 1.0) - penalty)
+        assert table.at["s2", "reward"] == pytest.approx(-min(max(e["s0"], 0), 1.0) - rewards.repeat_penalty)
 
 
 def test_tune_command_runs_rounds_writes_a_report_and_names_bad_settings(model_dir, shared_data, tmp_path,

@@ -9,7 +9,7 @@ from pathlib import Path
 from crystext.errors import flag_message, option_flags
 from crystext.sample import SampleConfig
 from crystext.stability import cli as stability_cli
-from crystext.tune.rounds import RewardConfig, StabilityScorer, TuneConfig, TuneError, tune
+from crystext.tune.rounds import REPEAT_SCOPES, RewardConfig, StabilityScorer, TuneConfig, TuneError, tune
 
 __all__ = ["HELP", "add_arguments", "run"]
 
@@ -17,7 +17,8 @@ HELP = "post-train a model toward stable crystals: rounds of sample, relax and s
 #: Settings fields and the flags that set them, to name the flag when a setting is refused.
 _FLAGS = option_flags(("rounds", "attempts", "min_margin", "pair_size_bin", "beta", "learning_rate", "epochs",
                        "sft_weight", "temperature", "top_p", "max_atoms", "min_distance", "seed", "hull_cap",
-                       "repeat_penalty", "known_penalty", "balance_weight", "invalid"), batch_size="--update-batch")
+                       "repeat_penalty", "repeat_scope", "known_penalty", "balance_weight", "invalid"),
+                      batch_size="--update-batch")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,7 +64,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     reward.add_argument("--hull-cap", type=float, default=RewardConfig.hull_cap,
                         help="eV/atom above hull beyond which a crystal is no worse")
     reward.add_argument("--repeat-penalty", type=float, default=RewardConfig.repeat_penalty,
-                        help="for a crystal that matches an earlier one of its round")
+                        help="for a crystal that matches an earlier one of its round (or run: --repeat-scope)")
+    reward.add_argument("--repeat-scope", choices=REPEAT_SCOPES, default=RewardConfig.repeat_scope,
+                        help="what a repeat is: a match among its round's crystals, or among every round's so far "
+                        "(so a crystal written round after round stops paying)")
     reward.add_argument("--known-penalty", type=float, default=RewardConfig.known_penalty,
                         help="for a crystal that matches a --train structure")
     reward.add_argument("--balance-weight", type=float, default=RewardConfig.balance_weight,
@@ -81,8 +85,8 @@ def run(args: argparse.Namespace) -> int:
         raise TuneError(f"--sample-batch must be at least 1, got {args.sample_batch}")
     try:
         reward = RewardConfig(hull_cap=args.hull_cap, repeat_penalty=args.repeat_penalty,
-                              known_penalty=args.known_penalty, balance_weight=args.balance_weight,
-                              invalid=args.invalid)
+                              repeat_scope=args.repeat_scope, known_penalty=args.known_penalty,
+                              balance_weight=args.balance_weight, invalid=args.invalid)
         sample = SampleConfig(temperature=args.temperature, top_p=args.top_p, max_atoms=args.max_atoms,
                               batch_size=args.sample_batch, min_distance=args.min_distance or None,
                               constrained=not args.no_constraint)

@@ -51,6 +51,8 @@ class TuneError(CrystextError):
 BALANCE_FEATURES = ("sites", "elements")
 #: An over-represented value's log share ratio (round over training) counts up to this: about 7 times the share.
 MAX_EXCESS = 2.0
+#: What a crystal's repeat penalty compares it with: the earlier crystals of its round, or of its whole run.
+REPEAT_SCOPES = ("round", "run")
 
 
 @dataclass(frozen=True)
@@ -58,15 +60,20 @@ class RewardConfig:
     """How `StabilityScorer` turns an attempt into a reward (higher is better; eV/atom scale).
 
     A valid crystal earns minus its energy above hull (capped), less a penalty if it repeats an earlier crystal of
-    its round or matches a training crystal, so the model cannot win by writing one stable crystal again and
-    again; and less `balance_weight` times how over-represented its cell size and its elements are in the round
-    against the training set (`over_representation`), so it cannot win by writing one kind of stable crystal
-    either (left alone, it learns to write 4-atom gold intermetallics: benchmarks/results/tune_pilot.md). An attempt
-    with no valid crystal, or whose relaxation failed, earns `invalid`, below any valid one.
+    its round (`repeat_scope` "run": of its run, earlier rounds included) or matches a training crystal, so the
+    model cannot win by writing one stable crystal again and again; and less `balance_weight` times how
+    over-represented its cell size and its elements are in the round against the training set
+    (`over_representation`), so it cannot win by writing one kind of stable crystal either (left alone, it learns
+    to write 4-atom gold intermetallics: benchmarks/results/tune_pilot.md). An attempt with no valid crystal, or
+    whose relaxation failed, earns `invalid`, below any valid one.
     """
 
     hull_cap: float = 1.0  # eV/atom: an energy above hull beyond this counts as this
     repeat_penalty: float = 0.5
+    # What a repeat is measured against: "round", the earlier crystals of its round; "run", those of every round so
+    # far, so a crystal the model keeps writing round after round stops paying (a round of a few hundred attempts
+    # sees few repeats, a 1,000-sample evaluation many)
+    repeat_scope: str = "round"
     known_penalty: float = 0.5
     # Per feature of BALANCE_FEATURES, times its log share ratio (0 to MAX_EXCESS). Off by default: at 0.5 it kept
     # the crystals diverse but steered the model to kinds it writes badly (benchmarks/results/tune_balanced.md);
@@ -77,6 +84,8 @@ class RewardConfig:
     def __post_init__(self) -> None:
         if not min(self.hull_cap, self.repeat_penalty, self.known_penalty, self.balance_weight) >= 0:
             raise ValueError("hull_cap, repeat_penalty, known_penalty and balance_weight must be >= 0")
+        if self.repeat_scope not in REPEAT_SCOPES:
+            raise ValueError(f"repeat_scope must be one of {', '.join(REPEAT_SCOPES)}, got {self.repeat_scope!r}")
         if not self.invalid < self.lowest_valid:
             raise ValueError(f"invalid ({self.invalid}) must be below every valid crystal's reward "
                              f"({self.lowest_valid:g})")
@@ -168,10 +177,12 @@ class TuneConfig:
 class Scorer(Protocol):
     """Scores a round's samples: a table with one row per attempt (`id`, `reward`, any other columns) and metrics.
 
-    `folder` is the round's folder, for anything the scorer wants to keep and resume (a stability CSV).
+    `folder` is the round's folder, for anything the scorer wants to keep and resume (a stability CSV); `earlier`
+    the samples CSVs of the run's earlier rounds, oldest first (what a crystal may repeat).
     """
 
-    def __call__(self, samples: Path, folder: Path) -> tuple[pd.DataFrame, dict[str, Any]]: ...
+    def __call__(self, samples: Path, folder: Path, earlier: Sequence[Path] = ()) -> tuple[pd.DataFrame,
+                                                                                            dict[str, Any]]: ...
 
 
 class StabilityScorer:
@@ -179,7 +190,8 @@ class StabilityScorer:
 
     Valid (structurally and compositionally) crystals are relaxed through `relax_and_place` (the round's
     stability.csv, resumable); uniqueness and novelty are `crystext.evaluate.sun`'s, on the crystals as
-    generated; the metrics are its rates (metastable, stable and S.U.N. over every attempt).
+    generated; the metrics are its rates (metastable, stable and S.U.N. over every attempt), and `new_to_run`, the
+    share of valid crystals that no earlier round of the run wrote.
     """
 
     def __init__(self, reference: HullReference, training: Sequence, stability: StabilityConfig | None = None,
@@ -201,9 +213,17 @@ class StabilityScorer:
             "reward": asdict(self.reward), "backend": self.stability.backend, "relax": asdict(self.stability.relax),
             "hull": self.reference.summary(), "training_structures": self.n_training}, default=str))
 
-    def __call__(self, samples: Path, folder: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    def __call__(self, samples: Path, folder: Path, earlier: Sequence[Path] = ()) -> tuple[pd.DataFrame,
+                                                                                            dict[str, Any]]:
         from crystext.data import Dataset, Record
-        from crystext.evaluate.sun import RelaxedStructures, novel_flags, stability_rates, stability_table, unique_flags
+        from crystext.evaluate.sun import (
+            KnownStructures,
+            RelaxedStructures,
+            novel_flags,
+            stability_rates,
+            stability_table,
+            unique_flags,
+        )
         from crystext.evaluate.validity import is_valid
         from crystext.sample.samples_csv import parsed_structures
 
@@ -219,9 +239,14 @@ class StabilityScorer:
         table = pd.DataFrame({"id": ids, "valid": [rid in structures for rid in ids]})
         table["e_above_hull"] = [float(relaxed.at[rid, "e_above_hull"]) if rid in structures else math.nan
                                  for rid in ids]
+        written = KnownStructures.from_structures([s for path in earlier for _, s in parsed_structures(path)
+                                                   if is_valid(s)])
         for name, flags in (("unique", unique_flags(generated, formulas)),
-                            ("novel", novel_flags(generated, formulas, self.known))):
+                            ("novel", novel_flags(generated, formulas, self.known)),
+                            ("new_to_run", novel_flags(generated, formulas, written))):
             table[name] = table["id"].map(dict(zip(valid, flags))).eq(True)
+        # The reward's "unique": not a repeat within the scope the reward asks for
+        fresh = table["unique"] & (table["new_to_run"] if self.reward.repeat_scope == "run" else True)
         values = [feature_values(s) for s in generated]
         for feature in BALANCE_FEATURES:
             excess = over_representation([v[feature] for v in values], self.training_shares[feature], self.n_training)
@@ -232,12 +257,13 @@ class StabilityScorer:
         table[["metastable", "stable", "sun"]] = stability[["metastable", "stable", "sun"]].to_numpy()
         table["reward"] = [
             self.reward.reward(e, u, n, x) if v else self.reward.invalid
-            for v, e, u, n, x in table[["valid", "e_above_hull", "unique", "novel", "excess"]].itertuples(False)]
+            for v, e, u, n, x in zip(table["valid"], table["e_above_hull"], fresh, table["novel"], table["excess"])]
         rates = stability_rates(stability)
         n_valid = len(valid)
         metrics = {"valid_rate": n_valid / len(ids) if ids else math.nan,
                    "uniqueness": float(table["unique"].sum() / n_valid) if n_valid else math.nan,
                    "novelty": float(table["novel"].sum() / n_valid) if n_valid else math.nan,
+                   "new_to_run": float(table["new_to_run"].sum() / n_valid) if n_valid else math.nan,
                    **{k: rates[k] for k in ("metastable_rate", "stable_rate", "sun_rate", "msun_rate",
                                              "mean_e_above_hull")},
                    "mean_excess": float(table.loc[table["valid"], "excess"].mean()) if n_valid else math.nan,
@@ -284,8 +310,7 @@ def tune(config: TuneConfig, scorer: Scorer, resume: bool = False, progress: boo
         if not resume:
             raise TuneError(f"{config.out} holds a tuning run: pass --resume to continue it, or choose another --out")
         earlier = json.loads(settings_file.read_text())
-        # A setting the run's tune.json lacks came with a later crystext, whose default keeps the old behaviour.
-        changed = sorted(k for k, v in settings.items() if k != "rounds" and earlier.get(k, v) != v)
+        changed = changed_settings(earlier, {k: v for k, v in settings.items() if k != "rounds"})
         if changed:
             raise TuneError(f"{config.out} was started with other settings ({', '.join(changed)}); "
                             "resume it with the same ones, or choose another --out")
@@ -295,12 +320,30 @@ def tune(config: TuneConfig, scorer: Scorer, resume: bool = False, progress: boo
     write_atomic(settings_file, json.dumps(settings, indent=2) + "\n")
     model = config.model
     for number in range(1, config.rounds + 1):
-        folder = config.out / f"round_{number:03d}"
+        folder = round_folder(config.out, number)
         if not (folder / "metrics.json").is_file():
             run_round(config, number, model, folder, scorer, progress)
             write_atomic(config.out / "report.html", tune_report(read_rounds(config.out)))
         model = folder / "model"
     return folder / "model"
+
+
+def round_folder(out: Path, number: int) -> Path:
+    """Where round `number` of the run in `out` keeps its files."""
+    return out / f"round_{number:03d}"
+
+
+def changed_settings(earlier: Mapping[str, Any], now: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """The settings (dotted names, at any depth) whose values differ between a run's tune.json and now; a setting the
+    tune.json lacks came with a later crystext, whose default keeps the old behaviour, so it is not a change."""
+    changed = []
+    for key, value in now.items():
+        old = earlier.get(key, value)
+        if isinstance(old, Mapping) and isinstance(value, Mapping):
+            changed += changed_settings(old, value, f"{prefix}{key}.")
+        elif old != value:
+            changed.append(f"{prefix}{key}")
+    return sorted(changed)
 
 
 def run_round(config: TuneConfig, number: int, model: Path | None, folder: Path, scorer: Scorer,
@@ -311,7 +354,8 @@ def run_round(config: TuneConfig, number: int, model: Path | None, folder: Path,
     sampler = Sampler.from_pretrained(model)
     sampler.sample(config.round_sample_config(number), samples, resume=samples.exists(), progress=progress)
     del sampler
-    table, scored = scorer(samples, folder)
+    earlier = [round_folder(config.out, n) / "samples.csv" for n in range(1, number)]
+    table, scored = scorer(samples, folder, earlier)
     attempts = pd.read_csv(samples, dtype=str, keep_default_na=False)
     table = attempts[["id", "conditions", "raw_text"]].merge(table, on="id", how="left", validate="one_to_one")
     write_atomic(folder / "scores.csv", table.to_csv(index=False))
