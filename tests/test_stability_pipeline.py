@@ -256,3 +256,48 @@ def test_rows_written_before_the_floor_are_read_as_errors(tmp_path: Path) -> Non
     assert frame.loc["edge", "error"] == "" and frame.loc["edge", "e_above_hull"] == 0.02
     energies = read_stability(path)["e_above_hull"]
     assert np.isnan(energies["blown"]) and energies["edge"] == 0.02
+
+
+def test_a_worker_ends_when_the_run_that_made_it_is_killed(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    # A run that starts one worker (watching it, or not), learns its pid, gives it a long task and dies at once.
+    (tmp_path / "run.py").write_text(
+        "import multiprocessing, os, sys, threading, time\n"
+        "from concurrent.futures import ProcessPoolExecutor\n"
+        "from crystext.stability.pipeline import exit_with_parent\n"
+        "def start(parent, watch):\n"
+        "    if watch:\n"
+        "        threading.Thread(target=exit_with_parent, args=(parent, 0.1), daemon=True).start()\n"
+        "if __name__ == '__main__':\n"
+        "    pool = ProcessPoolExecutor(1, multiprocessing.get_context('spawn'), initializer=start,\n"
+        "                               initargs=(os.getpid(), sys.argv[1] == 'watch'))\n"
+        "    print(pool.submit(os.getpid).result(), flush=True)\n"
+        "    pool.submit(time.sleep, 60)\n"
+        "    os._exit(0)\n")
+
+    def alive(pid: int) -> bool:
+        try:
+            return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+        except FileNotFoundError:
+            return False
+
+    def worker_after_its_run(watch: str, wait: float) -> bool:
+        out = tmp_path / f"{watch}.out"  # a file, not a pipe: an orphan holding a pipe would keep run() waiting
+        with out.open("w") as stdout:
+            subprocess.run([sys.executable, str(tmp_path / "run.py"), watch], stdout=stdout, stderr=subprocess.STDOUT,
+                           timeout=120, check=True)
+        worker = int(out.read_text().split()[0])
+        deadline = time.monotonic() + wait
+        while alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if still := alive(worker):
+            os.kill(worker, signal.SIGKILL)
+        return still
+
+    assert not worker_after_its_run("watch", wait=20)
+    assert worker_after_its_run("none", wait=2)  # unwatched, the worker sleeps on: the failure the watch prevents

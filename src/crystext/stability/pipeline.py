@@ -13,6 +13,8 @@ import json
 import math
 import multiprocessing
 import os
+import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -153,6 +155,20 @@ def _init_worker(name: str, relax: RelaxConfig) -> Backend:
     return _WORKER_BACKEND
 
 
+def _init_pool_worker(name: str, relax: RelaxConfig, parent: int) -> None:
+    """A pool worker's start: watch for the end of the process that made the pool, then load the potential."""
+    threading.Thread(target=exit_with_parent, args=(parent,), daemon=True).start()
+    _init_worker(name, relax)
+
+
+def exit_with_parent(parent: int, every: float = 1.0) -> None:
+    """End this process once `parent` is gone (it is then another's child): a killed run leaves no worker relaxing
+    on, taking the cores from whatever runs next."""
+    while os.getppid() == parent:
+        time.sleep(every)
+    os._exit(1)
+
+
 def _relax_chunk(name: str, relax: RelaxConfig, chunk: list[tuple[str, Structure]]) -> list[tuple[str, Relaxation]]:
     """Relax a chunk of structures in a worker process (or Dask worker), with the potential it keeps loaded."""
     return _relax_with(_init_worker(name, relax), chunk)
@@ -205,7 +221,7 @@ def _relaxations(
         return
     context = multiprocessing.get_context("spawn")  # torch and fork do not mix
     with ProcessPoolExecutor(
-        workers, context, initializer=_init_worker, initargs=(config.backend, config.relax)
+        workers, context, initializer=_init_pool_worker, initargs=(config.backend, config.relax, os.getpid())
     ) as pool:
         futures = [pool.submit(_relax_chunk, config.backend, config.relax, chunk) for chunk in chunks]
         for future in as_completed(futures):
