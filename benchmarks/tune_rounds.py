@@ -19,7 +19,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 #: (metrics key, column header) of the table, in order.
 COLUMNS = (("attempts", "attempts"), ("valid_rate", "valid"), ("metastable_rate", "metastable"),
            ("stable_rate", "stable"), ("sun_rate", "S.U.N."), ("uniqueness", "unique (of valid)"),
-           ("new_to_run", "new to the run (of valid)"), ("novelty", "novel (of valid)"), ("mean_e_above_hull", "mean E_hull"), ("reward_mean", "mean reward"),
+           ("new_to_run", "new to the run (of valid)"), ("novelty", "novel (of valid)"),
+           ("mean_e_above_hull", "mean E_hull"), ("reward_mean", "mean reward"),
            ("pairs", "pairs"))
 
 
