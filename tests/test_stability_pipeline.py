@@ -267,12 +267,12 @@ def test_a_worker_ends_when_the_run_that_made_it_is_killed(tmp_path: Path) -> No
 
     # A run that starts one worker (watching it, or not), learns its pid, gives it a long task and dies at once.
     (tmp_path / "run.py").write_text(
-        "import multiprocessing, os, sys, threading, time\n"
+        "import multiprocessing, os, sys, time\n"
         "from concurrent.futures import ProcessPoolExecutor\n"
         "from crystext.stability.pipeline import exit_with_parent\n"
         "def start(parent, watch):\n"
         "    if watch:\n"
-        "        threading.Thread(target=exit_with_parent, args=(parent, 0.1), daemon=True).start()\n"
+        "        exit_with_parent(parent, 0.1)\n"
         "if __name__ == '__main__':\n"
         "    pool = ProcessPoolExecutor(1, multiprocessing.get_context('spawn'), initializer=start,\n"
         "                               initargs=(os.getpid(), sys.argv[1] == 'watch'))\n"

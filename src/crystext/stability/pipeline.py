@@ -157,16 +157,20 @@ def _init_worker(name: str, relax: RelaxConfig) -> Backend:
 
 def _init_pool_worker(name: str, relax: RelaxConfig, parent: int) -> None:
     """A pool worker's start: watch for the end of the process that made the pool, then load the potential."""
-    threading.Thread(target=exit_with_parent, args=(parent,), daemon=True).start()
+    exit_with_parent(parent)
     _init_worker(name, relax)
 
 
 def exit_with_parent(parent: int, every: float = 1.0) -> None:
-    """End this process once `parent` is gone (it is then another's child): a killed run leaves no worker relaxing
-    on, taking the cores from whatever runs next."""
-    while os.getppid() == parent:
-        time.sleep(every)
-    os._exit(1)
+    """From now on, end this process once `parent` is gone (it is then another's child), checking every `every`
+    seconds in a daemon thread: a killed run leaves no worker relaxing on, taking the cores from whatever runs next."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def _relax_chunk(name: str, relax: RelaxConfig, chunk: list[tuple[str, Structure]]) -> list[tuple[str, Relaxation]]:
