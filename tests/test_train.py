@@ -31,6 +31,7 @@ from crystext.train import (
     TrainConfig,
     build_model,
     collate,
+    earlier_recipe,
     make_pair,
     relabel,
     replacing_dir,
@@ -301,3 +302,29 @@ def test_lora_settings_refuse_settings_that_make_no_sense(changes: dict[str, Any
     with pytest.raises(ValueError) as caught:
         LoraSettings(**changes)
     assert str(caught.value) == message
+
+
+def test_continuing_a_crystext_run_keeps_its_recipe_unless_told_otherwise(tiny_data, tmp_path, capsys) -> None:
+    """`crystext train --model DIR` on a directory crystext wrote: all weights and untranslated coordinates, as
+    DIR's own run trained (a pretrained model's defaults, LoRA and translation, would change the task unasked)."""
+    from crystext.cli import main
+
+    first = train(tiny_config(tmp_path / "first", tiny_data, max_steps=1, translate=False))
+    assert earlier_recipe(str(first)) == {"lora": False, "translate": False}
+    assert earlier_recipe("scratch-tiny") == {} and earlier_recipe(str(tiny_pretrained(tmp_path / "hub"))) == {}
+    common = ["train", "--model", str(first), "--data-dir", str(tiny_data), "--splits", "train", "--max-steps", "1",
+              "--batch-size", "4", "--eval-every", "1"]
+    capsys.readouterr()
+
+    assert main([*common, "--out", str(tmp_path / "kept")]) == 0
+    assert (f"continuing the recipe of {first}: all weights, coordinates as written (--[no-]lora, --[no-]translate to "
+            "change)") in capsys.readouterr().err.splitlines()
+    kept = json.loads((tmp_path / "kept" / "crystext.json").read_text())
+    assert kept["model"]["lora"] is None and kept["translate"] is False
+    assert not (tmp_path / "kept" / "adapter_config.json").exists()
+
+    assert main([*common, "--out", str(tmp_path / "changed"), "--lora", "--lora-rank", "2", "--translate"]) == 0
+    assert "continuing the recipe" not in capsys.readouterr().err
+    changed = json.loads((tmp_path / "changed" / "crystext.json").read_text())
+    assert changed["model"]["lora"]["rank"] == 2 and changed["translate"] is True
+    assert earlier_recipe(str(tmp_path / "changed")) == {"lora": True, "translate": True}

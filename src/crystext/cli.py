@@ -33,7 +33,7 @@ from crystext.sample import (
 )
 from crystext.stability import cli as stability_cli
 from crystext.textformat import CrystalText, CrystalTextError, FormatOptions, augment
-from crystext.train import TrainConfig, train
+from crystext.train import TrainConfig, earlier_recipe, train
 from crystext.tune import cli as tune_cli
 
 Handler = Callable[[argparse.Namespace], int]
@@ -133,14 +133,18 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--relabel-rate", type=float, default=TrainConfig.relabel_rate,
                         help="share of the other generation prompts whose crystal has its elements swapped for "
                         "random ones, stating the new formula (teaches copying a formula from the prompt)")
-    parser.add_argument("--no-translate", action="store_true", help="keep the written coordinates (no random shift)")
+    parser.add_argument("--translate", action=argparse.BooleanOptionalAction,
+                        help="shift each crystal's sites by one random vector, or keep the written coordinates "
+                        "(default: translate, or as the run that wrote --model did)")
     parser.add_argument("--permute", action="store_true", help="also shuffle the order of atoms")
     parser.add_argument("--full-sequence-loss", action="store_true", help="train on prompt tokens too")
     parser.add_argument("--lora-rank", type=int, default=LoraSettings.rank)
     parser.add_argument("--lora-alpha", type=int, default=LoraSettings.alpha)
     parser.add_argument("--lora-dropout", type=float, default=LoraSettings.dropout)
     parser.add_argument("--lora-targets", default=",".join(LoraSettings.target_modules))
-    parser.add_argument("--no-lora", action="store_true", help="fine-tune all weights of a pretrained model")
+    parser.add_argument("--lora", action=argparse.BooleanOptionalAction,
+                        help="train LoRA adapters, or all weights, of a pretrained model (default: LoRA, or as the run "
+                        "that wrote --model did)")
     parser.add_argument("--quantization", choices=["4bit", "8bit"], help="load the base model quantized (CUDA only)")
 
 
@@ -415,15 +419,22 @@ def _decode(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     lora = _settings(LoraSettings, _LORA_FLAGS, rank=args.lora_rank, alpha=args.lora_alpha,
                      dropout=args.lora_dropout, target_modules=tuple(args.lora_targets.split(",")))
+    earlier = earlier_recipe(args.model)
+    use_lora = earlier.get("lora", True) if args.lora is None else args.lora
+    translate = earlier.get("translate", True) if args.translate is None else args.translate
+    if earlier and None in (args.lora, args.translate):
+        print(f"continuing the recipe of {args.model}: {'LoRA adapters' if use_lora else 'all weights'}, coordinates "
+              f"{'translated' if translate else 'as written'} (--[no-]lora, --[no-]translate to change)",
+              file=sys.stderr)
     config = _settings(
         TrainConfig,
         _TRAIN_FLAGS,
         out=args.out,
         data_dir=args.data_dir,
-        model=ModelSpec(args.model, None if args.no_lora else lora, args.quantization),
+        model=ModelSpec(args.model, lora if use_lora else None, args.quantization),
         splits=tuple(args.splits.split(",")),
         holdout=args.holdout,
-        translate=not args.no_translate,
+        translate=translate,
         permute=args.permute,
         completion_only=not args.full_sequence_loss,
         attribute_rate=args.attribute_rate,

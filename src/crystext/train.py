@@ -28,6 +28,8 @@ from crystext.data import Dataset, Record, training_set
 from crystext.files import atomic_path, write_atomic
 from crystext.grammar import element_volumes
 from crystext.model import (
+    CRYSTEXT_CONFIG,
+    SCRATCH_PRESETS,
     ModelSpec,
     build_scratch_model,
     load_model,
@@ -336,6 +338,20 @@ def restore_checkpoint(folder: Path, optimizer: Stateful, scheduler: Stateful, b
     torch.set_rng_state(saved["torch_rng"])
     random.setstate(saved["python_rng"])
     return TrainState(**saved["state"])
+
+
+def earlier_recipe(model: str) -> dict[str, bool]:
+    """Whether the run that wrote `model` trained LoRA adapters and translated coordinates, when `model` is a
+    `crystext train` directory: continuing a run keeps its recipe unless told otherwise (a pretrained hub model's
+    defaults, LoRA and translation, would silently change the task). Empty for a scratch preset or any other model.
+    """
+    info_file = Path(model) / CRYSTEXT_CONFIG
+    if model in SCRATCH_PRESETS or not info_file.is_file():
+        return {}
+    info = json.loads(info_file.read_text())
+    spec = info.get("model", {})
+    return {"lora": spec.get("lora") is not None and spec.get("name") not in SCRATCH_PRESETS,
+            "translate": bool(info.get("translate", True))}
 
 
 def load_examples(config: TrainConfig) -> tuple[list[Example], list[Example]]:
