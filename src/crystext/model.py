@@ -240,8 +240,7 @@ def load_model(
     path = Path(path)
     if not path.is_dir():
         raise ModelError(f"{path}: no such model directory")
-    info_file = path / CRYSTEXT_CONFIG
-    info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+    info = model_info(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
     dtype = "auto" if torch.cuda.is_available() else torch.float32
     if (path / "adapter_config.json").is_file():
@@ -251,6 +250,12 @@ def load_model(
     else:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     return model, tokenizer, info
+
+
+def model_info(path: str | Path) -> dict[str, Any]:
+    """The settings `crystext train` recorded in a model directory (its crystext.json); empty for any other model."""
+    info_file = Path(path) / CRYSTEXT_CONFIG
+    return json.loads(info_file.read_text()) if info_file.is_file() else {}
 
 
 def export_model(source: str | Path, target: str | Path, dtype: torch.dtype = torch.float16) -> Path:

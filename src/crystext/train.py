@@ -28,12 +28,12 @@ from crystext.data import Dataset, Record, training_set
 from crystext.files import atomic_path, write_atomic
 from crystext.grammar import element_volumes
 from crystext.model import (
-    CRYSTEXT_CONFIG,
     SCRATCH_PRESETS,
     ModelSpec,
     build_scratch_model,
     load_model,
     load_pretrained,
+    model_info,
     save_model,
     train_scratch_tokenizer,
 )
@@ -345,10 +345,9 @@ def earlier_recipe(model: str) -> dict[str, bool]:
     `crystext train` directory: continuing a run keeps its recipe unless told otherwise (a pretrained hub model's
     defaults, LoRA and translation, would silently change the task). Empty for a scratch preset or any other model.
     """
-    info_file = Path(model) / CRYSTEXT_CONFIG
-    if model in SCRATCH_PRESETS or not info_file.is_file():
+    info = {} if model in SCRATCH_PRESETS else model_info(model)
+    if not info:
         return {}
-    info = json.loads(info_file.read_text())
     spec = info.get("model", {})
     return {"lora": spec.get("lora") is not None and spec.get("name") not in SCRATCH_PRESETS,
             "translate": bool(info.get("translate", True))}
