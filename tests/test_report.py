@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -53,6 +54,13 @@ def test_html_report_is_self_contained_with_every_plot(result: Evaluation) -> No
     assert "http" not in page.replace("http-equiv", "")
     assert "paper: crystal-text-llm basic_eval.py" in page
     assert "Energy above hull" in page
+    assert "Space groups (symprec 0.1; 0 = not determined)" in page
+
+
+def test_html_report_names_the_space_group_tolerance_used(result: Evaluation) -> None:
+    settings = {**result.info["settings"], "fingerprint": {**result.info["settings"]["fingerprint"], "symprec": 0.01}}
+    page = html_report(replace(result, info={**result.info, "settings": settings}))
+    assert "Space groups (symprec 0.01; 0 = not determined)" in page
 
 
 def test_write_report_writes_both_files_atomically(result: Evaluation, tmp_path: Path) -> None:

@@ -31,6 +31,10 @@ STABLE_E_HULL = 0.0
 #: Materials Project formation energies in matbench's mp_e_form is above -4.61 (La2Th8O19).
 MIN_FORMATION_ENERGY = -5.0
 
+#: Space groups (reported, and matched against a requested one): spglib's tolerance (Angstrom), as CDVAE's
+#: evaluation and the paper's space-group statistics use.
+SPACEGROUP_SYMPREC = 0.1
+
 #: COV-R / COV-P cut-offs per dataset: (structure fingerprint, composition fingerprint).
 COVERAGE_CUTOFFS: dict[str, tuple[float, float]] = {
     "mp_20": (0.4, 10.0),

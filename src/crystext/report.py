@@ -148,7 +148,7 @@ def _plots(result: Evaluation) -> list[tuple[str, str]]:
         ("Density (g/cm³)", _png(_histogram(d["density"], "density (g/cm³)", integer=False))),
         ("Number of elements", _png(_histogram(d["n_elements"], "number of elements", integer=True))),
         ("Atoms per cell", _png(_histogram(d["n_atoms"], "atoms per cell", integer=True))),
-        ("Space groups (symprec 0.1; 0 = not determined)",
+        (f"Space groups (symprec {result.info['settings']['fingerprint']['symprec']:g}; 0 = not determined)",
          _png(_bars(d["spacegroup"], d["n_structures"], "space group", TOP_SPACEGROUPS), 9.6)),
         ("Element frequencies (structures containing the element)",
          _png(_bars(d["elements"], d["n_structures"], "element", TOP_ELEMENTS), 9.6)),

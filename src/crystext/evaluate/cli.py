@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from crystext.constants import COVERAGE_CUTOFFS
+from crystext.constants import COVERAGE_CUTOFFS, SPACEGROUP_SYMPREC
 from crystext.errors import flag_message, option_flags
 from crystext.evaluate.evaluation import EvaluateConfig, IptSettings, evaluate
 from crystext.evaluate.fingerprints import PAPER_FINGERPRINT_TIME_LIMIT, FingerprintSettings
@@ -49,7 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fingerprint-time-limit", type=float, default=PAPER_FINGERPRINT_TIME_LIMIT,
                         help="CPU seconds per structure fingerprint, 0 for none "
                         f"(default {PAPER_FINGERPRINT_TIME_LIMIT:g}, as the paper)")
-    parser.add_argument("--symprec", type=float, default=0.1, help="space-group tolerance (default 0.1)")
+    parser.add_argument("--symprec", type=float, default=SPACEGROUP_SYMPREC,
+                        help=f"space-group tolerance (default {SPACEGROUP_SYMPREC})")
     parser.add_argument("--max-atoms", type=int, help="treat structures with more atoms as unreadable")
     parser.add_argument("--structure-column", metavar="NAME",
                         help="the samples CSV's structure column (CIF or pymatgen JSON; default: cif, structure, "

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from pymatgen.core import Composition, Structure
 
+from crystext.constants import SPACEGROUP_SYMPREC
 from crystext.evaluate.cdvae_constants import COMPOSITION_MEANS, COMPOSITION_STDS
 
 __all__ = [
@@ -51,7 +52,7 @@ class FingerprintSettings:
     """
 
     time_limit: float | None = PAPER_FINGERPRINT_TIME_LIMIT
-    symprec: float = 0.1
+    symprec: float = SPACEGROUP_SYMPREC
 
     def __post_init__(self) -> None:
         if self.time_limit is not None and not self.time_limit > 0:
