@@ -37,6 +37,7 @@ from crystext.train import (
     replacing_dir,
     tokenize_pair,
     train,
+    weighted_loss,
 )
 
 NACL_TEXT = "5.6 5.6 5.6\n90 90 90\nNa\n0.00 0.00 0.00\nCl\n0.50 0.50 0.50"
@@ -110,11 +111,55 @@ def test_relabelled_crystals_state_the_formula_of_their_new_elements() -> None:
                          relabel_rate=0.5)
     example = Example("nacl", CrystalText.from_str(NACL_TEXT), Attributes("NaCl", 225))
     pairs = [make_pair(example, rng, config) for _ in range(1000)]
-    relabelled = [(p, c) for p, c in pairs if c != NACL_TEXT]
+    relabelled = [pair for pair in pairs if pair.completion != NACL_TEXT]
     assert len(relabelled) / len(pairs) == pytest.approx(0.5, abs=0.05)
-    for prompt, completion in relabelled:
+    for prompt, completion, states_formula in relabelled:
         species = CrystalText.from_str(completion).species
         assert prompt == Attributes(formula="".join(species)).to_prompt() and species[0] != species[1]
+        assert states_formula
+    assert not any(pair.states_formula for pair in pairs if pair.completion == NACL_TEXT)  # attribute_rate 0
+
+
+def test_element_tokens_weigh_more_only_where_the_prompt_states_a_formula() -> None:
+    tokenizer = train_scratch_tokenizer([NACL_TEXT])
+    examples = [Example("nacl", CrystalText.from_str(NACL_TEXT), Attributes("NaCl", 225))]
+    stated = TrainConfig(Path("x"), Path("x"), batch_size=1, infill_fraction=0.0, attribute_rate=1.0,
+                         translate=False, formula_element_weight=5.0)
+    batch = next(Batches(examples, tokenizer, stated))
+    labels, weights = batch["labels"][0], batch["loss_weights"][0]
+    elements = labels == tokenizer.convert_tokens_to_ids("Na")
+    elements |= labels == tokenizer.convert_tokens_to_ids("Cl")
+    assert int(elements.sum()) == 2  # the completion's Na and Cl; the prompt's formula is not in the loss
+    assert weights[elements].tolist() == [5.0, 5.0] and set(weights[~elements].tolist()) == {1.0}
+    silent = dataclasses.replace(stated, attribute_rate=0.0)  # no formula stated: every token weighs 1
+    assert set(next(Batches(examples, tokenizer, silent))["loss_weights"][0].tolist()) == {1.0}
+    unweighted = dataclasses.replace(stated, formula_element_weight=1.0)
+    assert "loss_weights" not in next(Batches(examples, tokenizer, unweighted))
+
+
+def test_weighted_loss_is_the_weighted_mean_of_the_models_own_token_losses() -> None:
+    tokenizer = train_scratch_tokenizer([NACL_TEXT])
+    model = build_scratch_model("scratch-tiny", tokenizer, seed=0)
+    ids, labels = tokenize_pair(tokenizer, Attributes("NaCl").to_prompt(), NACL_TEXT, True, 1024)
+    element_ids = {tokenizer.convert_tokens_to_ids("Na"), tokenizer.convert_tokens_to_ids("Cl")}
+    weights = [3.0 if label in element_ids else 1.0 for label in labels]
+
+    def mean_loss(keep: Any) -> tuple[float, int]:
+        kept = [label if keep(label) else IGNORE for label in labels]
+        batch = collate([(ids, kept)], tokenizer.pad_token_id)
+        return float(model(**batch).loss), sum(label != IGNORE for label in kept[1:])
+
+    with torch.no_grad():
+        (on_elements, n_elements), (on_rest, n_rest) = (
+            mean_loss(lambda label: label in element_ids),
+            mean_loss(lambda label: label != IGNORE and label not in element_ids),
+        )
+        plain = float(weighted_loss(model, collate([(ids, labels)], tokenizer.pad_token_id)))
+        weighted = float(weighted_loss(model, collate([(ids, labels)], tokenizer.pad_token_id, [weights])))
+    assert n_elements == 2
+    assert plain == pytest.approx((on_elements * 2 + on_rest * n_rest) / (2 + n_rest), rel=1e-5)
+    assert weighted == pytest.approx((3 * on_elements * 2 + on_rest * n_rest) / (3 * 2 + n_rest), rel=1e-5)
+    assert abs(weighted - plain) > 1e-3
 
 
 def test_labels_cover_only_the_completion_by_default() -> None:
@@ -280,6 +325,7 @@ def test_new_lora_adapters_follow_the_runs_seed(tiny_data, tmp_path) -> None:
         ({"attribute_rate": 1.5}, "attribute_rate must be between 0 and 1, got 1.5"),
         ({"unconditional_rate": -0.1}, "unconditional_rate must be between 0 and 1, got -0.1"),
         ({"relabel_rate": 1.5}, "relabel_rate must be between 0 and 1, got 1.5"),
+        ({"formula_element_weight": 0.0}, "formula_element_weight must be positive, got 0.0"),
         ({"max_atoms": 0}, "max_atoms must be at least 1, got 0"),
     ],
 )

@@ -17,10 +17,11 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_cosine_schedule_with_warmup
 
@@ -38,7 +39,7 @@ from crystext.model import (
     train_scratch_tokenizer,
 )
 from crystext.prompts import Attributes, generation_example, infill_example
-from crystext.textformat import CrystalText, CrystalTextError, FormatOptions, augment
+from crystext.textformat import ELEMENT_SYMBOLS, CrystalText, CrystalTextError, FormatOptions, augment
 
 IGNORE = -100  # label value the loss skips
 CHECKPOINT = Path("checkpoints") / "last"  # in the output directory: the latest checkpoint, which --resume continues
@@ -75,6 +76,9 @@ class TrainConfig:
     # Generation examples whose elements are swapped for random others and the new formula stated: a formula the
     # model can only meet by copying it from the prompt, not from the chemistry it has learnt.
     relabel_rate: float = 0.0
+    # Loss weight of the element tokens of generation examples that state a formula (every other token weighs 1):
+    # whether the model copies the formula is decided at those few tokens, a small share of an example's loss.
+    formula_element_weight: float = 1.0
     translate: bool = True  # the paper's augmentation; a small scratch model learns faster without it
     permute: bool = False
     completion_only: bool = True
@@ -94,7 +98,7 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < least:
                 raise ValueError(f"{name} must be at least {least}, got {value}")
-        for name in ("epochs", "learning_rate", "grad_clip"):
+        for name in ("epochs", "learning_rate", "grad_clip", "formula_element_weight"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be positive, got {value}")
@@ -143,18 +147,28 @@ def to_examples(dataset: Dataset) -> tuple[list[Example], list[tuple[str, str]]]
     return examples, skipped
 
 
-def make_pair(example: Example, rng: np.random.Generator, config: TrainConfig) -> tuple[str, str]:
+class Pair(NamedTuple):
+    """One training example as text, and whether its prompt states a formula (see `formula_element_weight`)."""
+
+    prompt: str
+    completion: str
+    states_formula: bool = False
+
+
+def make_pair(example: Example, rng: np.random.Generator, config: TrainConfig) -> Pair:
     """One fresh (prompt, completion): the augmentations asked for, then infill, or generation with random attributes
     (none, or only the formula of the crystal relabelled, at their rates)."""
     crystal = augment(example.crystal, rng, translate=config.translate, permute=config.permute)
     if rng.random() < config.infill_fraction:
-        return infill_example(crystal, rng, config.text_format)
+        return Pair(*infill_example(crystal, rng, config.text_format))
     if config.unconditional_rate and rng.random() < config.unconditional_rate:
-        return generation_example(crystal, Attributes(), config.text_format)
-    if config.relabel_rate and rng.random() < config.relabel_rate:
+        attributes = Attributes()
+    elif config.relabel_rate and rng.random() < config.relabel_rate:
         crystal, formula = relabel(crystal, rng)
-        return generation_example(crystal, Attributes(formula=formula), config.text_format)
-    return generation_example(crystal, example.attributes.subset(rng, config.attribute_rate), config.text_format)
+        attributes = Attributes(formula=formula)
+    else:
+        attributes = example.attributes.subset(rng, config.attribute_rate)
+    return Pair(*generation_example(crystal, attributes, config.text_format), attributes.formula is not None)
 
 
 def relabel(crystal: CrystalText, rng: np.random.Generator) -> tuple[CrystalText, str]:
@@ -183,8 +197,11 @@ def tokenize_pair(
     return ids, labels[:max_length]
 
 
-def collate(rows: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a batch; padding is masked out of attention and loss."""
+def collate(
+    rows: Sequence[tuple[list[int], list[int]]], pad_id: int, weights: Sequence[list[float]] | None = None
+) -> dict[str, torch.Tensor]:
+    """Right-pad a batch; padding is masked out of attention and loss. With per-token loss `weights` (one list per
+    row, as long as its labels) the batch carries them as `loss_weights`, for `weighted_loss`."""
     width = max(len(ids) for ids, _ in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
@@ -193,7 +210,31 @@ def collate(rows: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[st
         ids[i, : len(row_ids)] = torch.tensor(row_ids)
         labels[i, : len(row_labels)] = torch.tensor(row_labels)
         mask[i, : len(row_ids)] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    if weights is not None:
+        batch["loss_weights"] = torch.zeros((len(rows), width))
+        for i, row in enumerate(weights):
+            batch["loss_weights"][i, : len(row)] = torch.tensor(row)
+    return batch
+
+
+def element_token_ids(tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
+    """The ids of the tokens that are a whole element symbol (all of them in the scratch tokenizer; in a pretrained
+    one, those it happens to have)."""
+    vocab = tokenizer.get_vocab()
+    return frozenset(vocab[symbol] for symbol in ELEMENT_SYMBOLS if symbol in vocab)
+
+
+def weighted_loss(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The next-token loss of the labelled tokens: their mean, or with `loss_weights` in the batch their weighted
+    mean (each token's weight read at its label's position)."""
+    if "loss_weights" not in batch:
+        return model(**batch).loss
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    labels = batch["labels"][:, 1:]
+    losses = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE, reduction="none")
+    weights = batch["loss_weights"][:, 1:] * (labels != IGNORE)
+    return (losses * weights).sum() / weights.sum()
 
 
 def validation_batches(
@@ -254,10 +295,11 @@ class Batches:
         self.rank, self.processes = rank, processes
         self.epoch, self.position = 0, 0
         self.rng = np.random.default_rng(config.seed)  # draws each example's augmentation and prompt
+        self.element_ids = element_token_ids(tokenizer) if config.formula_element_weight != 1 else frozenset()
 
     def __next__(self) -> dict[str, torch.Tensor]:
         """The next batch, right-padded, on the CPU; each process takes every `processes`-th example from `rank` on."""
-        rows = []
+        rows, weights = [], []
         order = self._order()
         for _ in range(self.config.batch_size):
             if self.position >= len(self.examples):
@@ -265,11 +307,14 @@ class Batches:
                 order = self._order()
             example = self.examples[int(order[(self.position + self.rank) % len(self.examples)])]
             self.position += self.processes
-            prompt, completion = make_pair(example, self.rng, self.config)
-            rows.append(
-                tokenize_pair(self.tokenizer, prompt, completion, self.config.completion_only, self.config.max_length)
+            pair = make_pair(example, self.rng, self.config)
+            ids, labels = tokenize_pair(
+                self.tokenizer, pair.prompt, pair.completion, self.config.completion_only, self.config.max_length
             )
-        return collate(rows, self.tokenizer.pad_token_id)
+            rows.append((ids, labels))
+            weight = self.config.formula_element_weight if pair.states_formula else 1.0
+            weights.append([weight if label in self.element_ids else 1.0 for label in labels])
+        return collate(rows, self.tokenizer.pad_token_id, weights if self.element_ids else None)
 
     def _order(self) -> np.ndarray:
         """This epoch's permutation of the examples: the same on every process and after a resume."""
@@ -437,7 +482,7 @@ def train(config: TrainConfig, resume: bool = False, on_step: Callable[[int, flo
                 batch = {k: v.to(accelerator.device) for k, v in next(batches).items()}
                 state.tokens_seen += int(batch["attention_mask"].sum()) * accelerator.num_processes
                 with accelerator.autocast():
-                    loss = model(**batch).loss / config.grad_accum
+                    loss = weighted_loss(model, batch) / config.grad_accum
                 accelerator.backward(loss)
                 step_loss += loss.detach().item()
             accelerator.clip_grad_norm_(trainable, config.grad_clip)
@@ -495,6 +540,9 @@ def write_model_card(out: Path, config: TrainConfig, state: TrainState, n_train:
     if config.relabel_rate:
         stated += (f"; {config.relabel_rate:.0%} of the others state only the formula of the crystal with its "
                    "elements swapped for random ones (to teach copying the formula)")
+    if config.formula_element_weight != 1:
+        stated += (f"; the element tokens of examples stating a formula weigh {config.formula_element_weight:g} "
+                   "in the loss")
     shuffles = [name for name, on in (("random translation", config.translate), ("random atom order", config.permute))
                 if on]
     augmentations = (f"; {' and '.join(shuffles)} of every example" if shuffles
