@@ -120,7 +120,7 @@ def test_relabelled_crystals_state_the_formula_of_their_new_elements() -> None:
     assert not any(pair.states_formula for pair in pairs if pair.completion == NACL_TEXT)  # attribute_rate 0
 
 
-def test_element_tokens_weigh_more_only_where_the_prompt_states_a_formula() -> None:
+def test_element_and_end_tokens_weigh_more_only_where_the_prompt_states_a_formula() -> None:
     tokenizer = train_scratch_tokenizer([NACL_TEXT])
     examples = [Example("nacl", CrystalText.from_str(NACL_TEXT), Attributes("NaCl", 225))]
     stated = TrainConfig(Path("x"), Path("x"), batch_size=1, infill_fraction=0.0, attribute_rate=1.0,
@@ -129,8 +129,9 @@ def test_element_tokens_weigh_more_only_where_the_prompt_states_a_formula() -> N
     labels, weights = batch["labels"][0], batch["loss_weights"][0]
     elements = labels == tokenizer.convert_tokens_to_ids("Na")
     elements |= labels == tokenizer.convert_tokens_to_ids("Cl")
-    assert int(elements.sum()) == 2  # the completion's Na and Cl; the prompt's formula is not in the loss
-    assert weights[elements].tolist() == [5.0, 5.0] and set(weights[~elements].tolist()) == {1.0}
+    elements |= labels == tokenizer.eos_token_id
+    assert int(elements.sum()) == 3  # the completion's Na, Cl and end; the prompt's formula is not in the loss
+    assert weights[elements].tolist() == [5.0, 5.0, 5.0] and set(weights[~elements].tolist()) == {1.0}
     silent = dataclasses.replace(stated, attribute_rate=0.0)  # no formula stated: every token weighs 1
     assert set(next(Batches(examples, tokenizer, silent))["loss_weights"][0].tolist()) == {1.0}
     unweighted = dataclasses.replace(stated, formula_element_weight=1.0)

@@ -135,8 +135,8 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="share of the other generation prompts whose crystal has its elements swapped for "
                         "random ones, stating the new formula (teaches copying a formula from the prompt)")
     parser.add_argument("--formula-element-weight", type=float, default=TrainConfig.formula_element_weight,
-                        help="loss weight of the element tokens in examples whose prompt states a formula, every "
-                        "other token weighing 1 (copying the formula is decided there; default 1)")
+                        help="loss weight of the element and end tokens in examples whose prompt states a formula, "
+                        "every other token weighing 1 (copying the formula is decided there; default 1)")
     parser.add_argument("--translate", action=argparse.BooleanOptionalAction,
                         help="shift each crystal's sites by one random vector, or keep the written coordinates "
                         "(default: translate, or as the run that wrote --model did)")

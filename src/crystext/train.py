@@ -76,8 +76,10 @@ class TrainConfig:
     # Generation examples whose elements are swapped for random others and the new formula stated: a formula the
     # model can only meet by copying it from the prompt, not from the chemistry it has learnt.
     relabel_rate: float = 0.0
-    # Loss weight of the element tokens of generation examples that state a formula (every other token weighs 1):
-    # whether the model copies the formula is decided at those few tokens, a small share of an example's loss.
+    # Loss weight of the element tokens and the end token of generation examples that state a formula (every other
+    # token weighs 1): whether the model copies the formula, elements and counts, is decided at those few tokens, a
+    # small share of an example's loss. The end token decides the last element's count: left at 1, it would lose
+    # against the weighted "one more atom".
     formula_element_weight: float = 1.0
     translate: bool = True  # the paper's augmentation; a small scratch model learns faster without it
     permute: bool = False
@@ -218,11 +220,11 @@ def collate(
     return batch
 
 
-def element_token_ids(tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
-    """The ids of the tokens that are a whole element symbol (all of them in the scratch tokenizer; in a pretrained
-    one, those it happens to have)."""
+def composition_token_ids(tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
+    """The ids of the tokens that decide a crystal's composition: the end token, and each token that is a whole
+    element symbol (all of them in the scratch tokenizer; in a pretrained one, those it happens to have)."""
     vocab = tokenizer.get_vocab()
-    return frozenset(vocab[symbol] for symbol in ELEMENT_SYMBOLS if symbol in vocab)
+    return frozenset({tokenizer.eos_token_id, *(vocab[symbol] for symbol in ELEMENT_SYMBOLS if symbol in vocab)})
 
 
 def weighted_loss(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -295,7 +297,7 @@ class Batches:
         self.rank, self.processes = rank, processes
         self.epoch, self.position = 0, 0
         self.rng = np.random.default_rng(config.seed)  # draws each example's augmentation and prompt
-        self.element_ids = element_token_ids(tokenizer) if config.formula_element_weight != 1 else frozenset()
+        self.weighted_ids = composition_token_ids(tokenizer) if config.formula_element_weight != 1 else frozenset()
 
     def __next__(self) -> dict[str, torch.Tensor]:
         """The next batch, right-padded, on the CPU; each process takes every `processes`-th example from `rank` on."""
@@ -313,8 +315,8 @@ class Batches:
             )
             rows.append((ids, labels))
             weight = self.config.formula_element_weight if pair.states_formula else 1.0
-            weights.append([weight if label in self.element_ids else 1.0 for label in labels])
-        return collate(rows, self.tokenizer.pad_token_id, weights if self.element_ids else None)
+            weights.append([weight if label in self.weighted_ids else 1.0 for label in labels])
+        return collate(rows, self.tokenizer.pad_token_id, weights if self.weighted_ids else None)
 
     def _order(self) -> np.ndarray:
         """This epoch's permutation of the examples: the same on every process and after a resume."""
@@ -541,8 +543,8 @@ def write_model_card(out: Path, config: TrainConfig, state: TrainState, n_train:
         stated += (f"; {config.relabel_rate:.0%} of the others state only the formula of the crystal with its "
                    "elements swapped for random ones (to teach copying the formula)")
     if config.formula_element_weight != 1:
-        stated += (f"; the element tokens of examples stating a formula weigh {config.formula_element_weight:g} "
-                   "in the loss")
+        stated += (f"; the element and end tokens of examples stating a formula weigh "
+                   f"{config.formula_element_weight:g} in the loss")
     shuffles = [name for name, on in (("random translation", config.translate), ("random atom order", config.permute))
                 if on]
     augmentations = (f"; {' and '.join(shuffles)} of every example" if shuffles
