@@ -314,9 +314,10 @@ class Batches:
                 self.tokenizer, pair.prompt, pair.completion, self.config.completion_only, self.config.max_length
             )
             rows.append((ids, labels))
-            weight = self.config.formula_element_weight if pair.states_formula else 1.0
-            weights.append([weight if label in self.weighted_ids else 1.0 for label in labels])
-        return collate(rows, self.tokenizer.pad_token_id, weights if self.weighted_ids else None)
+            if self.weighted_ids:
+                weight = self.config.formula_element_weight if pair.states_formula else 1.0
+                weights.append([weight if label in self.weighted_ids else 1.0 for label in labels])
+        return collate(rows, self.tokenizer.pad_token_id, weights or None)
 
     def _order(self) -> np.ndarray:
         """This epoch's permutation of the examples: the same on every process and after a resume."""
