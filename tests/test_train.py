@@ -113,28 +113,28 @@ def test_relabelled_crystals_state_the_formula_of_their_new_elements() -> None:
     pairs = [make_pair(example, rng, config) for _ in range(1000)]
     relabelled = [pair for pair in pairs if pair.completion != NACL_TEXT]
     assert len(relabelled) / len(pairs) == pytest.approx(0.5, abs=0.05)
-    for prompt, completion, states_formula in relabelled:
+    for prompt, completion, generation in relabelled:
         species = CrystalText.from_str(completion).species
         assert prompt == Attributes(formula="".join(species)).to_prompt() and species[0] != species[1]
-        assert states_formula
-    assert not any(pair.states_formula for pair in pairs if pair.completion == NACL_TEXT)  # attribute_rate 0
+        assert generation
 
 
-def test_element_and_end_tokens_weigh_more_only_where_the_prompt_states_a_formula() -> None:
+@pytest.mark.parametrize("attribute_rate", [1.0, 0.0])
+def test_element_and_end_tokens_of_generation_examples_weigh_more(attribute_rate: float) -> None:
     tokenizer = train_scratch_tokenizer([NACL_TEXT])
     examples = [Example("nacl", CrystalText.from_str(NACL_TEXT), Attributes("NaCl", 225))]
-    stated = TrainConfig(Path("x"), Path("x"), batch_size=1, infill_fraction=0.0, attribute_rate=1.0,
-                         translate=False, formula_element_weight=5.0)
-    batch = next(Batches(examples, tokenizer, stated))
+    config = TrainConfig(Path("x"), Path("x"), batch_size=1, infill_fraction=0.0, attribute_rate=attribute_rate,
+                         translate=False, element_weight=5.0)
+    batch = next(Batches(examples, tokenizer, config))
     labels, weights = batch["labels"][0], batch["loss_weights"][0]
     elements = labels == tokenizer.convert_tokens_to_ids("Na")
     elements |= labels == tokenizer.convert_tokens_to_ids("Cl")
     elements |= labels == tokenizer.eos_token_id
     assert int(elements.sum()) == 3  # the completion's Na, Cl and end; the prompt's formula is not in the loss
     assert weights[elements].tolist() == [5.0, 5.0, 5.0] and set(weights[~elements].tolist()) == {1.0}
-    silent = dataclasses.replace(stated, attribute_rate=0.0)  # no formula stated: every token weighs 1
-    assert set(next(Batches(examples, tokenizer, silent))["loss_weights"][0].tolist()) == {1.0}
-    unweighted = dataclasses.replace(stated, formula_element_weight=1.0)
+    infill = dataclasses.replace(config, infill_fraction=1.0)  # the infill answer is one element: weighs 1
+    assert set(next(Batches(examples, tokenizer, infill))["loss_weights"][0].tolist()) == {1.0}
+    unweighted = dataclasses.replace(config, element_weight=1.0)
     assert "loss_weights" not in next(Batches(examples, tokenizer, unweighted))
 
 
@@ -326,7 +326,7 @@ def test_new_lora_adapters_follow_the_runs_seed(tiny_data, tmp_path) -> None:
         ({"attribute_rate": 1.5}, "attribute_rate must be between 0 and 1, got 1.5"),
         ({"unconditional_rate": -0.1}, "unconditional_rate must be between 0 and 1, got -0.1"),
         ({"relabel_rate": 1.5}, "relabel_rate must be between 0 and 1, got 1.5"),
-        ({"formula_element_weight": 0.0}, "formula_element_weight must be positive, got 0.0"),
+        ({"element_weight": 0.0}, "element_weight must be positive, got 0.0"),
         ({"max_atoms": 0}, "max_atoms must be at least 1, got 0"),
     ],
 )

@@ -44,7 +44,7 @@ _TRAIN_NUMBERS = ("epochs", "max_steps", "batch_size", "grad_accum", "learning_r
                   "max_atoms", "seed")
 #: Settings fields and the flags that set them, to name the flag when a setting is refused.
 _TRAIN_FLAGS = option_flags((*_TRAIN_NUMBERS, "holdout", "attribute_rate", "unconditional_rate", "relabel_rate",
-                             "formula_element_weight"))
+                             "element_weight"))
 _LORA_FLAGS = option_flags(("rank", "alpha", "dropout", "target_modules"), rank="--lora-rank", alpha="--lora-alpha",
                            dropout="--lora-dropout", target_modules="--lora-targets")
 _FORMAT_FLAGS = option_flags(("length_decimals", "angle_decimals", "coord_decimals"))
@@ -134,9 +134,9 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--relabel-rate", type=float, default=TrainConfig.relabel_rate,
                         help="share of the other generation prompts whose crystal has its elements swapped for "
                         "random ones, stating the new formula (teaches copying a formula from the prompt)")
-    parser.add_argument("--formula-element-weight", type=float, default=TrainConfig.formula_element_weight,
-                        help="loss weight of the element and end tokens in examples whose prompt states a formula, "
-                        "every other token weighing 1 (copying the formula is decided there; default 1)")
+    parser.add_argument("--element-weight", type=float, default=TrainConfig.element_weight,
+                        help="loss weight of the element and end tokens of generation examples, every other token "
+                        "weighing 1 (which elements and how many are decided there: copying a formula; default 1)")
     parser.add_argument("--translate", action=argparse.BooleanOptionalAction,
                         help="shift each crystal's sites by one random vector, or keep the written coordinates "
                         "(default: translate, or as the run that wrote --model did)")
@@ -444,7 +444,7 @@ def _train(args: argparse.Namespace) -> int:
         attribute_rate=args.attribute_rate,
         unconditional_rate=args.unconditional_rate,
         relabel_rate=args.relabel_rate,
-        formula_element_weight=args.formula_element_weight,
+        element_weight=args.element_weight,
         **{name: getattr(args, name) for name in _TRAIN_NUMBERS},
     )
     try:
