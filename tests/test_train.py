@@ -14,6 +14,7 @@ import torch
 from tokenizers import Tokenizer, models
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from crystext.grammar import element_volumes
 from crystext.model import (
     LoraSettings,
     ModelSpec,
@@ -103,7 +104,11 @@ def test_relabelled_crystals_state_the_formula_of_their_new_elements() -> None:
     assert len(new) == 3
     assert formula == f"{new[0]}2{new[1]}{new[2]}6"  # Sr2TiO6 reduced by the gcd 1, in the text's order
     assert swapped.species == (new[0],) * 2 + (new[1],) + (new[2],) * 6
-    assert swapped.frac_coords == crystal.frac_coords and swapped.lengths == crystal.lengths
+    assert swapped.frac_coords == crystal.frac_coords and swapped.angles == crystal.angles
+    volumes = element_volumes()  # the cell holds the new atoms as the old one held its own: 9 atoms' volumes
+    old_volume, new_volume = (sum(volumes[e] for e in c.species) for c in (crystal, swapped))
+    assert np.prod(swapped.lengths) / 125.0 == pytest.approx(new_volume / old_volume)
+    assert swapped.lengths[0] == swapped.lengths[1] == swapped.lengths[2]
     na2cl2 = NACL_TEXT + "\nNa\n0.50 0.50 0.00\nCl\n0.00 0.00 0.50"  # Na Cl Na Cl: listed in first-seen order
     nacl, nacl_formula = relabel(CrystalText.from_str(na2cl2), rng)
     assert nacl_formula == "".join(dict.fromkeys(nacl.species))  # Na2Cl2 -> one unit of each

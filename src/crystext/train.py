@@ -176,15 +176,21 @@ def make_pair(example: Example, rng: np.random.Generator, config: TrainConfig) -
 
 def relabel(crystal: CrystalText, rng: np.random.Generator) -> tuple[CrystalText, str]:
     """The crystal with each element swapped for a distinct random one of MP-20's, and its reduced formula in the
-    order the text lists the elements (as `plain_formula` writes a real crystal's)."""
+    order the text lists the elements (as `plain_formula` writes a real crystal's).
+
+    The cell is scaled to the new atoms' sizes (volume in proportion to the summed volumes per atom of MP-20's
+    elements), so a stated formula still tells the model how large a cell to write.
+    """
+    volumes = element_volumes()
     elements = list(dict.fromkeys(crystal.species))
-    pool = sorted(element_volumes())
-    swap = dict(zip(elements, rng.choice(pool, size=len(elements), replace=False).tolist()))
+    swap = dict(zip(elements, rng.choice(sorted(volumes), size=len(elements), replace=False).tolist()))
     counts = [crystal.species.count(element) for element in elements]
     unit = math.gcd(*counts)
     formula = "".join(f"{swap[e]}{'' if n == unit else n // unit}" for e, n in zip(elements, counts))
     species = tuple(swap[element] for element in crystal.species)
-    return CrystalText(crystal.lengths, crystal.angles, species, crystal.frac_coords), formula
+    scale = (sum(volumes[e] for e in species) / sum(volumes[e] for e in crystal.species)) ** (1 / 3)
+    lengths = tuple(length * scale for length in crystal.lengths)
+    return CrystalText(lengths, crystal.angles, species, crystal.frac_coords), formula
 
 
 def tokenize_pair(
