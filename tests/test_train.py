@@ -32,6 +32,7 @@ from crystext.train import (
     TrainConfig,
     build_model,
     collate,
+    composition_weights,
     earlier_recipe,
     make_pair,
     relabel,
@@ -132,15 +133,21 @@ def test_element_and_end_tokens_of_generation_examples_weigh_more(attribute_rate
                          translate=False, element_weight=5.0)
     batch = next(Batches(examples, tokenizer, config))
     labels, weights = batch["labels"][0], batch["loss_weights"][0]
-    elements = labels == tokenizer.convert_tokens_to_ids("Na")
-    elements |= labels == tokenizer.convert_tokens_to_ids("Cl")
-    elements |= labels == tokenizer.eos_token_id
-    assert int(elements.sum()) == 3  # the completion's Na, Cl and end; the prompt's formula is not in the loss
-    assert weights[elements].tolist() == [5.0, 5.0, 5.0] and set(weights[~elements].tolist()) == {1.0}
+    elements = (labels == tokenizer.convert_tokens_to_ids("Na")) | (labels == tokenizer.convert_tokens_to_ids("Cl"))
+    decides = elements | (labels == tokenizer.eos_token_id) | torch.cat([elements[1:], torch.tensor([False])])
+    assert int(elements.sum()) == 2  # the completion's Na and Cl; the prompt's formula is not in the loss
+    assert [tokenizer.convert_ids_to_tokens(int(i)) for i in labels[decides]] == ["\n", "Na", "\n", "Cl", "</s>"]
+    assert set(weights[decides].tolist()) == {5.0} and set(weights[~decides].tolist()) == {1.0}
     infill = dataclasses.replace(config, infill_fraction=1.0)  # the infill answer is one element: weighs 1
     assert set(next(Batches(examples, tokenizer, infill))["loss_weights"][0].tolist()) == {1.0}
     unweighted = dataclasses.replace(config, element_weight=1.0)
     assert "loss_weights" not in next(Batches(examples, tokenizer, unweighted))
+
+
+def test_composition_weights_weigh_the_end_as_much_as_its_alternative() -> None:
+    # labels: prompt (ignored), "Na", "\n", x, "\n", "Cl", "\n", x, end; 11 and 17 are elements, 2 the end
+    labels = [IGNORE, 11, 5, 7, 5, 17, 5, 7, 2]
+    assert composition_weights(labels, frozenset({11, 17}), 2, 4.0) == [4.0, 4.0, 1.0, 1.0, 4.0, 4.0, 1.0, 1.0, 4.0]
 
 
 def test_weighted_loss_is_the_weighted_mean_of_the_models_own_token_losses() -> None:

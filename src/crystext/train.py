@@ -76,11 +76,11 @@ class TrainConfig:
     # Generation examples whose elements are swapped for random others and the new formula stated: a formula the
     # model can only meet by copying it from the prompt, not from the chemistry it has learnt.
     relabel_rate: float = 0.0
-    # Loss weight of the element tokens and the end token of generation examples (every other token weighs 1): which
-    # elements, and how many of each, are decided at those few tokens, a small share of an example's loss, so a
-    # formula in the prompt is slow to be copied. The end token decides the last element's count: left at 1, it
-    # would lose against the weighted "one more atom". Unprompted examples weigh them too, or their chemistry loses
-    # its share of the gradient to the prompted ones (measured: fewer elements per crystal, lower Table 1).
+    # Loss weight of the places in a generation example where its composition is decided (every other token weighs
+    # 1; see `composition_weights`): which elements, and how many of each, are decided at a few tokens, a small share
+    # of an example's loss, so a formula in the prompt is slow to be copied. Unprompted examples weigh them too, or
+    # their chemistry loses its share of the gradient to the prompted ones (measured: fewer elements per crystal,
+    # lower Table 1).
     element_weight: float = 1.0
     translate: bool = True  # the paper's augmentation; a small scratch model learns faster without it
     permute: bool = False
@@ -227,11 +227,22 @@ def collate(
     return batch
 
 
-def composition_token_ids(tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
-    """The ids of the tokens that decide a crystal's composition: the end token, and each token that is a whole
-    element symbol (all of them in the scratch tokenizer; in a pretrained one, those it happens to have)."""
+def element_token_ids(tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
+    """The ids of the tokens that are a whole element symbol (all of them in the scratch tokenizer; in a pretrained
+    one, those it happens to have)."""
     vocab = tokenizer.get_vocab()
-    return frozenset({tokenizer.eos_token_id, *(vocab[symbol] for symbol in ELEMENT_SYMBOLS if symbol in vocab)})
+    return frozenset(vocab[symbol] for symbol in ELEMENT_SYMBOLS if symbol in vocab)
+
+
+def composition_weights(labels: list[int], element_ids: frozenset[int], end_id: int, weight: float) -> list[float]:
+    """Loss weights that give `weight` to every place where the composition is decided: the element tokens, the end
+    token, and the token before each element, whose alternative is the end (weighing the end alone would make
+    ending `weight` times likelier: crystals cut short of their formula); 1 elsewhere."""
+    weights = [weight if label in element_ids or label == end_id else 1.0 for label in labels]
+    for i, label in enumerate(labels[1:]):
+        if label in element_ids:
+            weights[i] = weight
+    return weights
 
 
 def weighted_loss(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -304,7 +315,7 @@ class Batches:
         self.rank, self.processes = rank, processes
         self.epoch, self.position = 0, 0
         self.rng = np.random.default_rng(config.seed)  # draws each example's augmentation and prompt
-        self.weighted_ids = composition_token_ids(tokenizer) if config.element_weight != 1 else frozenset()
+        self.element_ids = element_token_ids(tokenizer) if config.element_weight != 1 else frozenset()
 
     def __next__(self) -> dict[str, torch.Tensor]:
         """The next batch, right-padded, on the CPU; each process takes every `processes`-th example from `rank` on."""
@@ -321,9 +332,9 @@ class Batches:
                 self.tokenizer, pair.prompt, pair.completion, self.config.completion_only, self.config.max_length
             )
             rows.append((ids, labels))
-            if self.weighted_ids:
+            if self.element_ids:
                 weight = self.config.element_weight if pair.generation else 1.0
-                weights.append([weight if label in self.weighted_ids else 1.0 for label in labels])
+                weights.append(composition_weights(labels, self.element_ids, self.tokenizer.eos_token_id, weight))
         return collate(rows, self.tokenizer.pad_token_id, weights or None)
 
     def _order(self) -> np.ndarray:
@@ -551,7 +562,8 @@ def write_model_card(out: Path, config: TrainConfig, state: TrainState, n_train:
         stated += (f"; {config.relabel_rate:.0%} of the others state only the formula of the crystal with its "
                    "elements swapped for random ones (to teach copying the formula)")
     if config.element_weight != 1:
-        stated += f"; the element and end tokens of generation examples weigh {config.element_weight:g} in the loss"
+        stated += (f"; the tokens that decide the composition of generation examples (element, end, and the line "
+                   f"break before an element) weigh {config.element_weight:g} in the loss")
     shuffles = [name for name, on in (("random translation", config.translate), ("random atom order", config.permute))
                 if on]
     augmentations = (f"; {' and '.join(shuffles)} of every example" if shuffles
