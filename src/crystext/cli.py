@@ -135,8 +135,9 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="share of the other generation prompts whose crystal has its elements swapped for "
                         "random ones, stating the new formula (teaches copying a formula from the prompt)")
     parser.add_argument("--element-weight", type=float, default=TrainConfig.element_weight,
-                        help="loss weight of the element and end tokens of generation examples, every other token "
-                        "weighing 1 (which elements and how many are decided there: copying a formula; default 1)")
+                        help="loss weight of the tokens where a generation example's composition is decided (each "
+                        "element, the end, and the line break before an element), every other token weighing 1 "
+                        "(copying a formula is decided there; default 1)")
     parser.add_argument("--translate", action=argparse.BooleanOptionalAction,
                         help="shift each crystal's sites by one random vector, or keep the written coordinates "
                         "(default: translate, or as the run that wrote --model did)")
