@@ -190,6 +190,8 @@ def test_encode_says_why_nothing_was_encoded_and_counts_the_skipped(tmp_path, ca
          "formulas"),
         (["--formula", "NaCl", "--force-composition", "--no-constraint"], "--force-composition works through the "
          "grammar: it cannot be used with --no-constraint"),
+        (["--only-matching", "--band-gap", "1"], "--only-matching checks a formula or space group: give --formula, "
+         "--spacegroup, or a --conditions CSV with them"),
         (["--infill", "x.cif", "--formula", "NaCl"], "--infill ranks replacements in one given structure: it takes "
          "no conditions"),
     ],

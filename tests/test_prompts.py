@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from pymatgen.core import Lattice, Structure
 from transformers import AutoTokenizer
 
 from crystext.model import DEFAULT_MODEL_DIR
@@ -66,3 +67,15 @@ def test_infill_masks_whole_element_lines_only() -> None:
 )
 def test_attributes_no_crystal_can_meet_say_why(attributes: Attributes, problem: str | None) -> None:
     assert attributes.problem() == problem
+
+
+def test_a_structure_meets_the_formula_and_space_group_it_has_and_says_what_it_wrote_otherwise() -> None:
+    """Rock salt (conventional cell, 4 NaCl) is NaCl in Fm-3m (225); the CsCl arrangement of NaCl is Pm-3m (221)."""
+    rock_salt = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    cesium_chloride = Structure(Lattice.cubic(3.3), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    assert len(rock_salt) == 8
+    assert Attributes(formula="NaCl", spacegroup=225, band_gap=9.9).unmet(rock_salt) == ""
+    assert Attributes(formula="Na4Cl4").unmet(rock_salt) == ""  # the reduced formula is what counts
+    assert Attributes(formula="NaCl", spacegroup=225).unmet(cesium_chloride) == "space group 221, asked 225"
+    assert Attributes(formula="NaCl3", spacegroup=221).unmet(rock_salt) == (
+        "formula NaCl, asked NaCl3; space group 225, asked 221")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -224,6 +225,30 @@ def test_an_attempt_the_grammar_found_no_room_for_is_not_counted(sampler, tmp_pa
     assert crowded == {"id": "s0000000", "mode": "unconditional", "conditions": "{}", "raw_text": CROWDED, "cif": "",
                        "error": "atoms 0 and 1 are 0.00 A apart (< 0.5 A): no room left in the cell"}
     assert written["error"] == "" and Structure.from_str(written["cif"], fmt="cif").num_sites == 2
+
+
+def test_only_matching_keeps_the_crystals_that_have_the_prompted_formula_and_space_group(
+    sampler, tmp_path, monkeypatch
+) -> None:
+    """Asked for NaCl in Fm-3m (225): rock salt is kept; the CsCl arrangement (Pm-3m, 221) and NaCl2 are rows
+    saying what they wrote; without the option all three count."""
+    rock_salt = "5.6 5.6 5.6\n90 90 90\n" + "".join(
+        f"{el}\n{x} {y} {z}\n" for el, (x, y, z) in
+        [("Na", (0, 0, 0)), ("Na", (0, 0.5, 0.5)), ("Na", (0.5, 0, 0.5)), ("Na", (0.5, 0.5, 0)),
+         ("Cl", (0.5, 0.5, 0.5)), ("Cl", (0.5, 0, 0)), ("Cl", (0, 0.5, 0)), ("Cl", (0, 0, 0.5))]).rstrip()
+    cesium_chloride = "3.3 3.3 3.3\n90 90 90\nNa\n0.00 0.00 0.00\nCl\n0.50 0.50 0.50"
+    two_chlorines = "4.0 4.0 6.0\n90 90 90\nNa\n0.00 0.00 0.00\nCl\n0.50 0.50 0.25\nCl\n0.50 0.50 0.75"
+    texts = [rock_salt, cesium_chloride, two_chlorines]
+    monkeypatch.setattr(sampler, "generate", lambda prompts, *rest: [Completion(t) for t in texts])
+    asked = [Attributes(formula="NaCl", spacegroup=225)]
+    config = small(n=3, batch_size=3, max_attempts=3, max_atoms=8)
+    kept = sampler.sample(replace(config, only_matching=True), tmp_path / "kept.csv", asked, progress=False)
+    assert (kept.valid, kept.attempts, kept.refused) == (1, 3, 2)
+    assert [r["error"] for r in rows(tmp_path / "kept.csv")] == [
+        "", "not what the prompt asked: space group 221, asked 225",
+        "not what the prompt asked: formula NaCl2, asked NaCl; space group 123, asked 225"]
+    every = sampler.sample(config, tmp_path / "every.csv", asked, progress=False)
+    assert (every.valid, every.refused) == (3, 0)
 
 
 def test_the_shipped_model_counts_the_nacl_that_read_back(tmp_path, capsys) -> None:

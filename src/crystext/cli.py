@@ -185,6 +185,10 @@ def _sample_arguments(parser: argparse.ArgumentParser) -> None:
     conditions.add_argument("--force-composition", action="store_true",
                             help="cells hold whole formula units only, as many as the written cell holds at "
                             "MP-20's volume for those elements")
+    conditions.add_argument("--only-matching", action="store_true",
+                            help="keep only crystals with the stated formula and space group (pymatgen's reduced "
+                            "formula, spglib at symprec 0.1); the others stay in -o as rows saying what they wrote. "
+                            "Energies are not checked. Raise --max-attempts for a prompt the model rarely meets")
     infill = parser.add_argument_group("infill (element substitution)")
     infill.add_argument("--infill", type=Path, help="a structure file (CIF, or CSV/extxyz: first record); "
                         "into an existing -o only with --resume (answers already there are not repeated)")
@@ -463,7 +467,7 @@ def _sample(args: argparse.Namespace) -> int:
         constrained=not args.no_constraint, force_composition=args.force_composition, max_atoms=args.max_atoms,
         min_distance=args.min_distance or None,
         max_new_tokens=args.max_new_tokens, max_attempts=args.max_attempts, seed=args.seed,
-        guidance_scale=args.guidance_scale,
+        guidance_scale=args.guidance_scale, only_matching=args.only_matching,
     )
     # Everything the arguments alone can refuse is refused before the model loads.
     given = Attributes(args.formula, args.spacegroup, args.e_above_hull, args.formation_energy, args.band_gap)
@@ -474,6 +478,9 @@ def _sample(args: argparse.Namespace) -> int:
         raise CliError("--infill ranks replacements in one given structure: it takes no conditions")
     if config.force_composition:
         _check_forced_compositions(config, conditions or [])
+    if config.only_matching and not any(c.formula or c.spacegroup for c in conditions or []):
+        raise CliError("--only-matching checks a formula or space group: give --formula, --spacegroup, or a "
+                       "--conditions CSV with them")
     CsvLog.check_output(args.out, COLUMNS, args.resume)
     try:
         sampler = Sampler.from_pretrained(args.model)
@@ -485,8 +492,9 @@ def _sample(args: argparse.Namespace) -> int:
         summary = sampler.sample(config, args.out, conditions, resume=args.resume)
     except (FileExistsError, ValueError) as err:
         raise CliError(str(err)) from None
+    refused = f", {summary.refused} refused as not what the prompt asked" if config.only_matching else ""
     print(
-        f"{summary.valid} valid structures from {summary.attempts} attempts in {args.out} "
+        f"{summary.valid} valid structures from {summary.attempts} attempts in {args.out}{refused} "
         f"({summary.valid_per_second:.2f} per second this run)",
         file=sys.stderr,
     )

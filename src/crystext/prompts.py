@@ -14,7 +14,10 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
+from pymatgen.core import Composition, Structure
 
+from crystext.constants import SPACEGROUP_SYMPREC
+from crystext.geometry import spacegroup_number
 from crystext.textformat import ELEMENT_SYMBOLS, CrystalText, FormatOptions
 
 MASK = "[MASK]"
@@ -87,11 +90,24 @@ class Attributes:
             return f"space group {self.spacegroup} does not exist ({SPACEGROUPS[0]}-{SPACEGROUPS[-1]})"
         return None
 
+    def unmet(self, structure: Structure, symprec: float = SPACEGROUP_SYMPREC) -> str:
+        """How `structure` differs from the formula and space group stated here ("" if it has both), judged as
+        conditional accuracy judges it: the same reduced formula, the space group spglib finds at `symprec`.
+        Energies and band gaps are not checked: they need a relaxation or a calculation."""
+        misses = []
+        if self.formula is not None:
+            wrote = structure.composition.reduced_formula
+            if wrote != Composition(self.formula).reduced_formula:
+                misses.append(f"formula {wrote}, asked {self.formula}")
+        if self.spacegroup is not None:
+            group = spacegroup_number(structure, symprec)
+            if group != self.spacegroup:
+                misses.append(f"space group {group or 'none found'}, asked {self.spacegroup}")
+        return "; ".join(misses)
+
 
 def formula_problem(formula: str) -> str | None:
     """Why `formula` is no chemical formula of real elements, or None."""
-    from pymatgen.core import Composition
-
     try:
         composition = Composition(formula)
     except Exception:  # pymatgen raises several types on a formula it cannot read
@@ -130,8 +146,6 @@ def plain_formula(formula: str) -> str:
     Brackets are not in the crystal text a scratch tokenizer learns from (they became unknown tokens), and the
     plain form spells out every element the crystal lists, in the order it lists them.
     """
-    from pymatgen.core import Composition
-
     return "".join(f"{el}{'' if n == 1 else f'{n:g}'}" for el, n in Composition(formula).items())
 
 

@@ -14,7 +14,6 @@ import json
 import multiprocessing
 import os
 import time
-import warnings
 import zipfile
 import zlib
 from collections.abc import Sequence
@@ -40,6 +39,7 @@ from crystext.evaluate.fingerprints import (
 )
 from crystext.evaluate.validity import compositional_validity, structural_problem
 from crystext.files import atomic_path
+from crystext.geometry import spacegroup_number
 from crystext.provenance import file_digest, package_versions
 
 __all__ = ["VERSIONED_PACKAGES", "Profiles", "cache_path", "profile_dataset", "profile_file"]
@@ -189,7 +189,7 @@ def _analyse(task: _Task) -> dict[str, Any]:
         row["comp_problem"] = "" if row["comp_valid"] else _COMPOSITION_INVALID
     except Exception as err:  # an element without SMACT data, or SMACT failing on it
         row["comp_valid"], row["comp_problem"] = False, str(err) if isinstance(err, ValueError) else describe(err)
-    row["spacegroup"] = _spacegroup(structure, task.settings.symprec)
+    row["spacegroup"] = spacegroup_number(structure, task.settings.symprec)
     if task.fingerprint_invalid or (row["struct_valid"] and row["comp_valid"]):
         row["fingerprinted"] = True
         start = time.process_time()
@@ -201,18 +201,6 @@ def _analyse(task: _Task) -> dict[str, Any]:
             row["fp_error"] = str(err)
         row["fp_seconds"] = time.process_time() - start
     return row
-
-
-def _spacegroup(structure: Structure, symprec: float) -> int:
-    """The space-group number spglib finds at `symprec`, or 0 when it finds none."""
-    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return int(SpacegroupAnalyzer(structure, symprec=symprec).get_space_group_number())
-    except Exception:  # spglib gives up on degenerate cells
-        return 0
 
 
 # --------------------------------------------------------------------------- a whole set

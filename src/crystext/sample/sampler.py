@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,8 @@ LAST_BATCH_SPARE = 0.1
 #: A batch's seed is seed * SEED_STRIDE + its first attempt's number: a prime larger than any run's attempt count,
 #: so no two (seed, batch) pairs share a generator seed.
 SEED_STRIDE = 1_000_003
+#: How the error of a crystal refused by `only_matching` starts.
+UNMET_PROMPT = "not what the prompt asked: "
 
 
 @dataclass
@@ -52,6 +54,10 @@ class SampleConfig:
     top_p: float = 0.9
     constrained: bool = True
     force_composition: bool = False
+    # Keep only the crystals that have the formula and space group their prompt states (`Attributes.unmet`); the
+    # others are rows whose error says what they wrote instead. Rejection sampling: the model's own accuracy
+    # decides how many attempts a wanted crystal costs.
+    only_matching: bool = False
     max_atoms: int = DEFAULT_MAX_ATOMS
     # Constrained only: keep each new atom this far (A) from the earlier ones; None turns the check off.
     min_distance: float | None = MIN_INTERATOMIC_DISTANCE
@@ -92,11 +98,13 @@ class Completion:
 
 @dataclass
 class SampleSummary:
-    """What a sampling run produced: valid structures (their CIF reads back: `attempt_row`), attempts, wall time."""
+    """What a sampling run produced: valid structures (their CIF reads back: `attempt_row`), attempts, wall time,
+    and the attempts `only_matching` refused (of the whole file, as valid and attempts are)."""
 
     valid: int
     attempts: int
     seconds: float
+    refused: int = 0
 
     @property
     def valid_per_second(self) -> float:
@@ -218,7 +226,8 @@ class Sampler:
         """Sample until `config.n` valid structures are in `out` (or attempts run out); every attempt is a row.
 
         Valid: its CIF reads back and, constrained, no two atoms are closer than `config.min_distance`
-        (`attempt_row`); an attempt where the grammar found no room for an atom is an error row.
+        (`attempt_row`), and with `config.only_matching` it has the prompt's formula and space group; an attempt
+        where the grammar found no room for an atom is an error row.
         """
         writer = SampleWriter(out, resume)
         mode = "conditional" if conditions else "unconditional"
@@ -247,7 +256,7 @@ class Sampler:
                 if writer.valid + sum(1 for r in rows if r["cif"]) >= config.n:
                     break
                 rows.append(attempt_row(f"s{first + i:07d}", mode, attributes.to_dict(), done.text, done.error,
-                                        min_distance))
+                                        min_distance, _requirement(attributes) if config.only_matching else None))
             writer.append(rows)
             added = sum(1 for r in rows if r["cif"])
             new_valid += added
@@ -255,7 +264,8 @@ class Sampler:
             speed = new_valid / (time.perf_counter() - started)
             bar.set_postfix(valid=f"{writer.valid}/{len(writer.rows)}", per_s=f"{speed:.2f}")
         bar.close()
-        return SampleSummary(writer.valid, len(writer.rows), time.perf_counter() - started)
+        refused = sum(1 for r in writer.rows if r["error"].startswith(UNMET_PROMPT))
+        return SampleSummary(writer.valid, len(writer.rows), time.perf_counter() - started, refused)
 
     def _grammar(self, attributes: Attributes, config: SampleConfig) -> Grammar:
         if config.force_composition and attributes.formula:
@@ -272,3 +282,13 @@ class Sampler:
     ) -> list[Substitution]:
         """Rank replacements for every site of `element` (see `crystext.sample.infill.rank_substitutions`)."""
         return rank_substitutions(self, structure, element, candidates, text_format)
+
+
+def _requirement(attributes: Attributes) -> Callable[[Structure], str]:
+    """The check `only_matching` puts on each crystal: the message says what it wrote instead of what was asked."""
+
+    def unmet(structure: Structure) -> str:
+        miss = attributes.unmet(structure)
+        return f"{UNMET_PROMPT}{miss}" if miss else ""
+
+    return unmet

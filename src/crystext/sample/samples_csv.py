@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,17 +39,20 @@ def attempt_row(
     text: str,
     error: str = "",
     min_distance: float | None = None,
+    requirement: Callable[[Structure], str] | None = None,
 ) -> dict[str, str]:
     """One output row: the raw text and its CIF, or why it has none (`error`: the sampler's own reason, if any).
 
     A CIF only where it reads back, and, with `min_distance` (A), where no two atoms are closer: atoms closer
-    than that are where the grammar's distance constraint gave way, finding no room for an atom.
+    than that are where the grammar's distance constraint gave way, finding no room for an atom. A
+    `requirement` is one more reason to refuse the structure (its message, or "" to keep it).
     """
     cif = ""
     if not error:
         try:
             structure = CrystalText.from_str(text).to_structure()
             error = _crowded(structure, min_distance) if min_distance else ""
+            error = error or (requirement(structure) if requirement else "")
             cif = "" if error else structure.to(fmt="cif")
             error = error or _unreadable(cif)
         except CrystalTextError as err:
