@@ -67,7 +67,8 @@ CRYSTAL_SYSTEMS = (("triclinic", 2), ("monoclinic", 15), ("orthorhombic", 74), (
 #: The per-row columns of the infill log (one row per masked structure).
 INFILL_COLUMNS = ("id", "formula", "masked", "original_rank", "replacement", "log_prob", "struct_valid",
                   "comp_valid", "cif")
-COLUMNS = ("prompts", "attempts", "readable", "formula acc.", "element set", "volume/atom ratio",
+COLUMNS = ("prompts", "attempts", "readable", "formula acc.", "element set", "missing elements", "foreign element",
+           "volume/atom ratio",
            "space group acc.", "space group base rate", "relaxed", "metastable", "mean E_hull", "E_hull MAE")
 
 
@@ -118,9 +119,17 @@ def by_crystal_system(requested: Sequence[int], met: Sequence[bool], background:
             for name, _ in CRYSTAL_SYSTEMS if name in groups}
 
 
-def same_elements(requested: str, sample: str) -> bool:
-    """Whether a sample's formula ('' when it did not read) has exactly the elements of the requested formula."""
-    return bool(sample) and set(Composition(sample).elements) == set(Composition(requested).elements)
+def formula_outcome(requested: str, sample: str) -> str:
+    """How a sample's formula ('' when it did not read) meets the requested one: the same reduced formula; exactly
+    its elements in other counts; only some of them (it stopped early); an element not asked for; unreadable."""
+    if not sample:
+        return "unreadable"
+    wrote, asked = Composition(sample), Composition(requested)
+    if wrote.reduced_formula == asked.reduced_formula:
+        return "formula"
+    if set(wrote.elements) == set(asked.elements):
+        return "counts"
+    return "missing" if set(wrote.elements) < set(asked.elements) else "foreign"
 
 
 def mean(values: Sequence[float]) -> float | None:
@@ -184,11 +193,14 @@ def kind_row(kind: str, prompts: int, metrics: dict, per_sample: pd.DataFrame, b
     asked = requests(per_sample)
     parsed = (per_sample["parsed"] == "True").tolist()
     formulas = per_sample["formula"].tolist()
-    elements = [same_elements(a["formula"], f if ok else "") for a, f, ok in zip(asked, formulas, parsed)
+    outcomes = [formula_outcome(a["formula"], f if ok else "") for a, f, ok in zip(asked, formulas, parsed)
                 if "formula" in a]
     groups = [int(a["spacegroup"]) for a in asked if "spacegroup" in a]
     return {"kind": kind, "prompts": prompts, "attempts": len(per_sample), "readable": mean(parsed),
-            "formula_accuracy": metrics.get("formula_accuracy"), "element_set_match": mean(elements),
+            "formula_accuracy": metrics.get("formula_accuracy"),
+            "element_set_match": mean([o in ("formula", "counts") for o in outcomes]),
+            "missing_elements": mean([o == "missing" for o in outcomes]),
+            "foreign_element": mean([o == "foreign" for o in outcomes]),
             "spacegroup_accuracy": metrics.get("spacegroup_accuracy"),
             "spacegroup_base_rate": mean(base_rates(groups, background))}
 
@@ -342,7 +354,8 @@ def write_results(args: argparse.Namespace, rows: list[dict], systems: dict[str,
          f"{'grammar and 0.5 A minimum distance' if not args.no_constraint else 'no constraint'}"
          f"{', forced composition' if args.force_composition else ''}, guidance {args.guidance}. Rates are over "
          "every attempt that asked (an unreadable attempt misses). Element set: the sample has exactly the "
-         "requested elements. Volume/atom ratio: the median, over readable attempts of a formula prompt, of the "
+         "requested elements (the formula, or other counts); missing elements: only some of them (it stopped early); "
+         "foreign element: one not requested. Volume/atom ratio: the median, over readable attempts of a formula prompt, of the "
          "sample's volume per atom over the prompted test crystal's. Space group: spglib at symprec 0.1; its base "
          "rate is how often the samples of the prompts that ask for no group (formula, stability) have the "
          "requested group. Stability: a seeded "
@@ -353,7 +366,8 @@ def write_results(args: argparse.Namespace, rows: list[dict], systems: dict[str,
         "| Prompt kind | " + " | ".join(COLUMNS) + " |",
         "|---|" + "---:|" * len(COLUMNS),
         *(f"| {r['kind']} | " + cells([r["prompts"], r["attempts"], r["readable"], r["formula_accuracy"],
-                                       r["element_set_match"], r.get("volume_ratio"), r["spacegroup_accuracy"],
+                                       r["element_set_match"], r.get("missing_elements"),
+                                       r.get("foreign_element"), r.get("volume_ratio"), r["spacegroup_accuracy"],
                                        r["spacegroup_base_rate"],
                                        r.get("relaxed"), r.get("metastable"), r.get("mean_e_above_hull"),
                                        r.get("e_above_hull_mae")]) + " |" for r in rows),

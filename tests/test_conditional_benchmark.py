@@ -73,10 +73,13 @@ def test_accuracy_and_base_rate_by_crystal_system() -> None:
     assert table["cubic"] == {"n": 2, "accuracy": 0.5, "base_rate": 0.5}
 
 
-def test_element_set_match() -> None:
-    assert conditional.same_elements("Fe2O3", "FeO")
-    assert not conditional.same_elements("Fe2O3", "FeO2Li")
-    assert not conditional.same_elements("Fe2O3", "")
+def test_formula_outcome_says_how_a_formula_is_missed() -> None:
+    assert conditional.formula_outcome("Fe2O3", "Fe4O6") == "formula"
+    assert conditional.formula_outcome("Fe2O3", "FeO") == "counts"
+    assert conditional.formula_outcome("LiFePO4", "LiFeO2") == "missing"
+    assert conditional.formula_outcome("Fe2O3", "FeO2Li") == "foreign"
+    assert conditional.formula_outcome("Fe2O3", "CoO") == "foreign"
+    assert conditional.formula_outcome("Fe2O3", "") == "unreadable"
 
 
 def test_volume_ratio_compares_each_attempt_with_its_prompts_crystal() -> None:
