@@ -9,7 +9,8 @@ the row's formula alone, its space group alone, both, and its energy above hull 
 distance as `crystext sample` does). Each kind is scored with `crystext.evaluate` (paper protocol, no structure
 matcher; the prompted rows are its reference set, so only they are fingerprinted): formula accuracy (reduced
 formula), element-set match, space-group accuracy (spglib, symprec 0.1), over every attempt (an unreadable one
-misses), the volume per atom of formula prompts' samples over the prompted crystal's (median), and space-group
+misses), how the others miss (other counts, missing elements, a foreign element; also by the prompted crystal's
+formula units), the volume per atom of formula prompts' samples over the prompted crystal's (median), and space-group
 accuracy per crystal system of the requested group beside its base rate (how often the model writes that group
 when no group is asked). A seeded --stability-n of the stability-prompt attempts is relaxed
 (CHGNet, offline hull). Infill: --infill-n seeded test structures, one seeded element masked, every replacement
@@ -67,6 +68,9 @@ CRYSTAL_SYSTEMS = (("triclinic", 2), ("monoclinic", 15), ("orthorhombic", 74), (
 #: The per-row columns of the infill log (one row per masked structure).
 INFILL_COLUMNS = ("id", "formula", "masked", "original_rank", "replacement", "log_prob", "struct_valid",
                   "comp_valid", "cif")
+#: How a formula-prompted attempt meets its request (`formula_outcome`), and the groups `outcomes_by_units` forms.
+OUTCOMES = ("formula", "counts", "missing", "foreign", "unreadable")
+UNIT_GROUPS = ("1 formula unit", "2 formula units", "3 or more")
 COLUMNS = ("prompts", "attempts", "readable", "formula acc.", "element set", "missing elements", "foreign element",
            "volume/atom ratio",
            "space group acc.", "space group base rate", "relaxed", "metastable", "mean E_hull", "E_hull MAE")
@@ -186,6 +190,27 @@ def volume_ratio(
               for row in per_sample.to_dict("records") if row["parsed"] == "True"
               for i in [int(row["id"][1:]) // per_prompt]]
     return float(np.median(ratios)) if ratios else None
+
+
+def outcomes_by_units(
+    per_sample: Sequence[pd.DataFrame], prompts: Sequence[list[Prompt]], test: pd.DataFrame, per_prompt: int
+) -> dict[str, dict[str, float]]:
+    """How formula-prompted attempts (of every formula kind) end, grouped by the formula units of the prompted
+    crystal, and for formulas whose counts are all 1: whether a cell of several units, or counting past one, is
+    what the model misses."""
+    groups: dict[str, list[str]] = {}
+    for rows, kind_prompts in zip(per_sample, prompts):
+        for row in rows.to_dict("records"):
+            prompt = kind_prompts[int(row["id"][1:]) // per_prompt]
+            formula = str(prompt.attributes.formula)
+            cell = Structure.from_str(test.iloc[prompt.row]["cif"], fmt="cif").composition
+            units = int(cell.get_reduced_composition_and_factor()[1])
+            outcome = formula_outcome(formula, row["formula"] if row["parsed"] == "True" else "")
+            groups.setdefault(UNIT_GROUPS[min(units, 3) - 1], []).append(outcome)
+            if all(count == 1 for count in Composition(formula).values()):
+                groups.setdefault("counts all 1", []).append(outcome)
+    return {name: {"n": len(groups[name]), **{o: mean([x == o for x in groups[name]]) for o in OUTCOMES}}
+            for name in (*UNIT_GROUPS, "counts all 1") if name in groups}
 
 
 def kind_row(kind: str, prompts: int, metrics: dict, per_sample: pd.DataFrame, background: list[int]) -> dict:
@@ -334,14 +359,17 @@ def cells(values: Sequence[Any]) -> str:
     return " | ".join("–" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v) for v in values)
 
 
-def write_results(args: argparse.Namespace, rows: list[dict], systems: dict[str, dict], infilled: dict) -> str:
+def write_results(
+    args: argparse.Namespace, rows: list[dict], systems: dict[str, dict], by_units: dict[str, dict], infilled: dict
+) -> str:
     """Write conditional_NAME.json/.md into --results-dir; return the Markdown."""
     from _machine import describe, machine
 
     settings = {**sampling_settings(args), "stability_n": args.stability_n, "infill_n": args.infill_n,
                 "budget": args.budget, "work": str(args.work)}
     result = {"machine": machine(), "command": command(), "settings": settings, "kinds": rows,
-              "crystal_systems": systems, "infill": infilled}
+              "crystal_systems": systems,
+              "formula_outcomes_by_units": by_units, "infill": infilled}
     args.results_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(args.results_dir / f"conditional_{args.name}.json", json.dumps(result, indent=2) + "\n")
     sg_kinds = list(systems)
@@ -354,11 +382,11 @@ def write_results(args: argparse.Namespace, rows: list[dict], systems: dict[str,
          f"{'grammar and 0.5 A minimum distance' if not args.no_constraint else 'no constraint'}"
          f"{', forced composition' if args.force_composition else ''}, guidance {args.guidance}. Rates are over "
          "every attempt that asked (an unreadable attempt misses). Element set: the sample has exactly the "
-         "requested elements (the formula, or other counts); missing elements: only some of them (it stopped early); "
-         "foreign element: one not requested. Volume/atom ratio: the median, over readable attempts of a formula prompt, of the "
-         "sample's volume per atom over the prompted test crystal's. Space group: spglib at symprec 0.1; its base "
-         "rate is how often the samples of the prompts that ask for no group (formula, stability) have the "
-         "requested group. Stability: a seeded "
+         "requested elements (the formula, or other counts); missing elements: only some of them (it stopped "
+         "early); foreign element: one not requested. Volume/atom ratio: the median, over readable attempts of a "
+         "formula prompt, of the sample's volume per atom over the prompted test crystal's. Space group: spglib at "
+         "symprec 0.1; its base rate is how often the samples of the prompts that ask for no group (formula, "
+         "stability) have the requested group. Stability: a seeded "
          f"{args.stability_n} of the stability-prompt attempts relaxed with CHGNet ('{args.budget}' budget, offline "
          "hull); metastable over those attempts, mean E_hull and its MAE against the requested value over those "
          "that reached the hull."),
@@ -379,6 +407,14 @@ def write_results(args: argparse.Namespace, rows: list[dict], systems: dict[str,
         *(f"| {name} | " + " | ".join(cells([s.get("n"), s.get("accuracy"), s.get("base_rate")])
                                       for s in (systems[k].get(name, {}) for k in sg_kinds)) + " |"
           for name, _ in CRYSTAL_SYSTEMS),
+        "",
+        ("How the formula prompts (both kinds) end, by the formula units of the prompted crystal (its counts over "
+         "the formula's), and for formulas whose counts are all 1 (shares of the attempts: the formula met, its "
+         "elements in other counts, some elements missing, a foreign element, unreadable):"),
+        "",
+        "| prompted crystal | attempts | " + " | ".join(OUTCOMES) + " |",
+        "|---|---:|" + "---:|" * len(OUTCOMES),
+        *(f"| {name} | " + cells([g["n"], *(g[o] for o in OUTCOMES)]) + " |" for name, g in by_units.items()),
         "",
         (f"Infill: {infilled['structures']} seeded test structures, one seeded element masked, all elements up to Pu "
          "ranked by the model. Recovery: the masked element ranked first. The best other element is substituted "
@@ -445,8 +481,11 @@ def main() -> int:
             rows[kind].update(stability_metrics(args.work / kind, reference, hull, args))
     systems = {kind: system_table(evaluations[kind][1], background) for kind, stated in KINDS.items()
                if "spacegroup" in stated}
+    formula_kinds = [kind for kind, stated in KINDS.items() if "formula" in stated]
+    by_units = outcomes_by_units([evaluations[k][1] for k in formula_kinds], [prompts[k] for k in formula_kinds],
+                                 test, args.per_prompt)
     infilled = infill(sampler, test, args.work / "infill", hull, args) if args.infill_n else {"structures": 0}
-    print(write_results(args, list(rows.values()), systems, infilled))
+    print(write_results(args, list(rows.values()), systems, by_units, infilled))
     return 0
 
 

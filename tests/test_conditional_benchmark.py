@@ -96,3 +96,28 @@ def test_volume_ratio_compares_each_attempt_with_its_prompts_crystal() -> None:
     assert conditional.volume_ratio(per_sample, prompts, test, per_prompt=2) == pytest.approx(1.0)
     assert conditional.volume_ratio(per_sample.iloc[2:], prompts, test, per_prompt=2) == pytest.approx(1.25)
     assert conditional.volume_ratio(per_sample.iloc[1:2], prompts, test, per_prompt=2) is None  # none readable
+
+
+def test_outcomes_by_units_groups_attempts_by_the_prompted_cell() -> None:
+    """CsCl from a one-unit cell and from a two-unit supercell; Fe2O3 (counts not all 1) from a one-unit cell."""
+    from pymatgen.core import Lattice, Structure
+
+    one = Structure(Lattice.cubic(4.0), ["Cs", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    two = one.copy()
+    two.make_supercell([2, 1, 1])
+    oxide = Structure(Lattice.cubic(5.0), ["Fe", "Fe", "O", "O", "O"],
+                      [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0, 0], [0, 0.5, 0], [0, 0, 0.5]])
+    test = pd.DataFrame({"cif": [s.to(fmt="cif") for s in (one, two, oxide)]})
+    formula = [conditional.Prompt(0, conditional.Attributes(formula="CsCl")),
+               conditional.Prompt(2, conditional.Attributes(formula="Fe2O3"))]
+    both = [conditional.Prompt(1, conditional.Attributes(formula="CsCl", spacegroup=221))]
+    per_formula = pd.DataFrame({"id": ["s0000000", "s0000001"], "parsed": ["True", "True"],
+                                "formula": ["Cs2Cl2", "FeO"]})
+    per_both = pd.DataFrame({"id": ["s0000000"], "parsed": ["False"], "formula": [""]})
+    groups = conditional.outcomes_by_units([per_formula, per_both], [formula, both], test, per_prompt=1)
+    assert groups["1 formula unit"] == {"n": 2, "formula": 0.5, "counts": 0.5, "missing": 0.0, "foreign": 0.0,
+                                        "unreadable": 0.0}
+    assert groups["2 formula units"]["n"] == 1 and groups["2 formula units"]["unreadable"] == 1.0
+    assert "3 or more" not in groups
+    assert groups["counts all 1"] == {"n": 2, "formula": 0.5, "counts": 0.0, "missing": 0.0, "foreign": 0.0,
+                                      "unreadable": 0.5}
