@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pymatgen.core import Element
+from pymatgen.core import Composition, Element
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CRYSTEXT_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -37,6 +37,9 @@ PROMPTS = (("none", None, True), ("formula", "formula", True), ("wrong formula",
 #: The copy test: the crystal with its elements swapped for random ones (`crystext.train.relabel`), without and
 #: with its new formula. Chemistry cannot tell which element comes next there; only the prompt can.
 RELABELLED = ("relabelled, none", "relabelled, formula")
+#: The count test: the crystal's own elements with other counts (`other_counts`). A model that reads the counts
+#: scores the atoms after a crystal's first element (repeated elements, when) worse under it than under the formula.
+OTHER_COUNTS = "formula, other counts"
 #: Parts of the completion whose NLL is summed apart: every token; the first atom's element; an element token that
 #: starts an element not written before (which element comes next: what copying the formula decides); an element
 #: token repeating one already written (how many atoms of it: what the formula decides only with the cell).
@@ -100,6 +103,15 @@ def element_parts(tokens: list[str]) -> dict[str, list[int]]:
     return parts
 
 
+def other_counts(formula: str) -> str:
+    """The formula's elements, in its order, with its counts moved one element on (Fe2O3 -> Fe3O2, LiFePO4 ->
+    Li4FePO); a formula whose counts are all equal gets its first doubled (NaCl -> Na2Cl)."""
+    composition = Composition(formula)
+    elements, counts = list(composition), list(composition.values())
+    moved = counts[-1:] + counts[:-1] if len(set(counts)) > 1 else [2 * counts[0], *counts[1:]]
+    return Composition(dict(zip(elements, moved))).formula.replace(" ", "")
+
+
 def measure(model, tokenizer, split: str, rows: int, seed: int) -> dict[str, dict[str, float]]:
     """Mean NLL per prompt kind and part over `rows` seeded crystals of one MP-20 split."""
     from crystext.data import read_split
@@ -115,6 +127,8 @@ def measure(model, tokenizer, split: str, rows: int, seed: int) -> dict[str, dic
         cases = [(name, example.crystal, Attributes(**(
                   {attribute: getattr(example.attributes if own else other, attribute)} if attribute else {})))
                  for name, attribute, own in PROMPTS]
+        if len(Composition(example.attributes.formula)) > 1:  # one element has no other counts
+            cases.append((OTHER_COUNTS, example.crystal, Attributes(formula=other_counts(example.attributes.formula))))
         swapped, formula = relabel(example.crystal, rng)
         cases += [(RELABELLED[0], swapped, Attributes()), (RELABELLED[1], swapped, Attributes(formula=formula))]
         for name, crystal, attributes in cases:
@@ -154,7 +168,10 @@ def main() -> int:
              "the element tokens of the atoms after that. New: when + new: which = new elements; which is the NLL "
              "of the element among those not yet written, what copying the formula decides; when is that a new one "
              "starts there, which needs the number of atoms too. Relabelled: the crystal with its elements swapped for "
-             "random ones, without and with its new formula (the copy test: only copying helps which there).", ""]
+             "random ones, without and with its new formula (the copy test: only copying helps which there). "
+             "Other counts: the crystal's own elements, counts moved one element on (Fe2O3 -> Fe3O2; NaCl -> "
+             "Na2Cl; crystals of one element left out): a model that reads counts scores repeated elements and "
+             "when worse there than under the formula.", ""]
     for split, table in results.items():
         columns = PARTS + WHEN_WHICH
         lines += [f"## MP-20 {split}", "", "| prompt | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]

@@ -32,3 +32,15 @@ def test_which_new_element_is_its_share_among_the_unwritten_elements() -> None:
     which = prompt_use.which_new_nll(probs.log(), ["Na", "Cl", "O"], elements)
     assert math.isclose(which, -math.log(0.2 / 0.3), rel_tol=1e-5)
     assert prompt_use.which_new_nll(probs.log(), ["Na", "Na", "\n"], elements) == 0.0
+
+
+def test_other_counts_keeps_the_elements_and_changes_the_reduced_formula() -> None:
+    from pymatgen.core import Composition
+
+    assert prompt_use.other_counts("Fe2O3") == "Fe3O2"
+    assert prompt_use.other_counts("NaCl") == "Na2Cl1"
+    assert Composition(prompt_use.other_counts("LiFePO4")) == Composition("Li4FePO")
+    for formula in ("Fe2O3", "NaCl", "LiFePO4", "RbAl(SO4)2", "Bi2Se3"):
+        moved = Composition(prompt_use.other_counts(formula))
+        assert list(moved) == list(Composition(formula))
+        assert moved.reduced_formula != Composition(formula).reduced_formula
