@@ -200,11 +200,11 @@ def outcomes_by_units(
     what the model misses."""
     groups: dict[str, list[str]] = {}
     for rows, kind_prompts in zip(per_sample, prompts):
+        cells_of = [Structure.from_str(test.iloc[p.row]["cif"], fmt="cif").composition for p in kind_prompts]
         for row in rows.to_dict("records"):
-            prompt = kind_prompts[int(row["id"][1:]) // per_prompt]
-            formula = str(prompt.attributes.formula)
-            cell = Structure.from_str(test.iloc[prompt.row]["cif"], fmt="cif").composition
-            units = int(cell.get_reduced_composition_and_factor()[1])
+            i = int(row["id"][1:]) // per_prompt
+            formula = str(kind_prompts[i].attributes.formula)
+            units = int(cells_of[i].get_reduced_composition_and_factor()[1])
             outcome = formula_outcome(formula, row["formula"] if row["parsed"] == "True" else "")
             groups.setdefault(UNIT_GROUPS[min(units, 3) - 1], []).append(outcome)
             if all(count == 1 for count in Composition(formula).values()):
@@ -368,8 +368,7 @@ def write_results(
     settings = {**sampling_settings(args), "stability_n": args.stability_n, "infill_n": args.infill_n,
                 "budget": args.budget, "work": str(args.work)}
     result = {"machine": machine(), "command": command(), "settings": settings, "kinds": rows,
-              "crystal_systems": systems,
-              "formula_outcomes_by_units": by_units, "infill": infilled}
+              "crystal_systems": systems, "formula_outcomes_by_units": by_units, "infill": infilled}
     args.results_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(args.results_dir / f"conditional_{args.name}.json", json.dumps(result, indent=2) + "\n")
     sg_kinds = list(systems)

@@ -105,7 +105,7 @@ def element_parts(tokens: list[str]) -> dict[str, list[int]]:
 
 def other_counts(formula: str) -> str:
     """The formula's elements, in its order, with its counts moved one element on (Fe2O3 -> Fe3O2, LiFePO4 ->
-    Li4FePO); a formula whose counts are all equal gets its first doubled (NaCl -> Na2Cl)."""
+    Li4Fe1P1O1, stated Li4FePO); a formula whose counts are all equal gets its first doubled (NaCl -> Na2Cl1)."""
     composition = Composition(formula)
     elements, counts = list(composition), list(composition.values())
     moved = counts[-1:] + counts[:-1] if len(set(counts)) > 1 else [2 * counts[0], *counts[1:]]
