@@ -112,8 +112,9 @@ def other_counts(formula: str) -> str:
     return Composition(dict(zip(elements, moved))).formula.replace(" ", "")
 
 
-def measure(model, tokenizer, split: str, rows: int, seed: int) -> dict[str, dict[str, float]]:
-    """Mean NLL per prompt kind and part over `rows` seeded crystals of one MP-20 split."""
+def measure(model, tokenizer, split: str, rows: int, seed: int, options=None) -> dict[str, dict[str, float]]:
+    """Mean NLL per prompt kind and part over `rows` seeded crystals of one MP-20 split, written in the model's text
+    format `options` (the paper's if None)."""
     from crystext.data import read_split
     from crystext.prompts import Attributes
     from crystext.train import relabel, to_examples
@@ -132,7 +133,7 @@ def measure(model, tokenizer, split: str, rows: int, seed: int) -> dict[str, dic
         swapped, formula = relabel(example.crystal, rng)
         cases += [(RELABELLED[0], swapped, Attributes()), (RELABELLED[1], swapped, Attributes(formula=formula))]
         for name, crystal, attributes in cases:
-            scored = completion_nll(model, tokenizer, attributes.to_prompt(), crystal.to_str())
+            scored = completion_nll(model, tokenizer, attributes.to_prompt(), crystal.to_str(options))
             for part in PARTS + WHEN_WHICH:
                 totals.setdefault(name, {}).setdefault(part, []).append(scored.nll[part])
     return {name: {part: round(float(np.mean(v)), 3) for part, v in parts.items()} for name, parts in totals.items()}
@@ -148,12 +149,13 @@ def main() -> int:
     from _machine import describe, machine
 
     from crystext.files import write_atomic
-    from crystext.model import load_model
+    from crystext.model import load_model, model_format
 
     torch.set_num_threads(1)
-    model, tokenizer, _ = load_model(args.model)
+    model, tokenizer, info = load_model(args.model)
     model.eval()
-    results = {split: measure(model, tokenizer, split, args.rows, args.seed) for split in ("train", "test")}
+    options = model_format(info)
+    results = {split: measure(model, tokenizer, split, args.rows, args.seed, options) for split in ("train", "test")}
     command = " ".join(["python", *sys.argv])
     out = ROOT / "benchmarks" / "results"
     record = {"machine": machine(), "command": command, "model": str(args.model or "shipped"),

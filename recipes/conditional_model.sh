@@ -6,7 +6,7 @@
 # decided weighed 20 times (README "conditional generation" has the measurements behind each setting).
 # One cosine schedule: the early high learning rate teaches copying, the late low one restores chemistry.
 #
-#   bash recipes/conditional_model.sh [FROM] [OUT] [DATA_DIR]    # start, or continue after a kill
+#   bash recipes/conditional_model.sh [FROM] [OUT] [DATA_DIR] [TRAIN FLAGS...]    # start, or continue after a kill
 #
 # 3,000 steps of batch 16 (STEPS to change); 77 minutes on 2 CPU cores. Too few from the shipped model to copy more
 # than a formula's first element: recipes/conditional_part3 is 7,500 (three runs), to continue from (FROM).
@@ -20,4 +20,4 @@ resume=()
 crystext train --model "$from" --data-dir "$data" --splits train,val --holdout 0.05 \
     --max-steps "${STEPS:-3000}" --batch-size 16 --learning-rate 1e-3 --warmup-steps 50 \
     --attribute-rate 0.8 --unconditional-rate 0.15 --relabel-rate 0.3 --element-weight 20 \
-    --eval-every 250 --save-every 50 --seed 0 --out "$out" "${resume[@]}"
+    --eval-every 250 --save-every 50 --seed 0 --out "$out" "${resume[@]}" "${@:4}"

@@ -370,6 +370,39 @@ def test_can_end_only_after_a_complete_atom(text: str, options: FormatOptions, e
     assert can_end(advance(State(), text, grammar), grammar) is expected
 
 
+COUNTED = Grammar(FormatOptions(site_counts=True), max_atoms=6)
+O_SITES = "O 3\n0.00 0.00 0.00\nO 2\n0.50 0.00 0.00\nO 1\n0.00 0.00 0.50"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (CUBE + O_SITES + "\nFe 2\n0.50 0.50 0.50\nFe 1\n0.00 0.50 0.50", True),
+        (CUBE + "O 6", True),  # as many as the cap leaves room for
+        (CUBE + "O 7", False),
+        (CUBE + "O 3\n0.00 0.00 0.00\nFe 4", False),  # "Fe 4" would take the cell to 7 atoms
+        (CUBE + "O 0", False),
+        (CUBE + "O 03", False),
+        (CUBE + "O\n", False),  # the count is part of the line
+        (CUBE + "O 3\n0.00 0.00 0.00\nFe", False),  # two more O are due
+        (CUBE + "O 3\n0.00 0.00 0.00\nO 1", False),  # the count goes down by one
+        (CUBE + "O 3\n0.00 0.00 0.00\nO 2\n0.50 0.00 0.00\nO 1\n0.00 0.00 0.50\nO ", False),  # O is done (Os may come)
+    ],
+)
+def test_site_counts_count_each_element_down_by_one(text: str, expected: bool) -> None:
+    assert accepts(text, COUNTED) is expected
+
+
+@pytest.mark.parametrize(("sites", "expected"), [(O_SITES, True), ("O 3\n0.00 0.00 0.00", False)])
+def test_a_site_count_text_ends_only_when_its_last_element_is_done(sites: str, expected: bool) -> None:
+    assert can_end(advance(State(), CUBE + sites, COUNTED), COUNTED) is expected
+
+
+def test_the_site_count_format_leaves_the_counts_to_the_model() -> None:
+    with pytest.raises(ValueError, match="not available in the site-count text format"):
+        Grammar(FormatOptions(site_counts=True), composition={"Na": 1, "Cl": 1})
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # The minimum distance
 
@@ -466,6 +499,10 @@ def test_digit_by_digit_coordinates_are_checked_as_they_complete() -> None:
         (CUBE + ATOM + "\n" + ATOM, Grammar(max_atoms=2), {"</s>"}),  # the same place as after the first atom
         (CUBE + ATOM, Grammar.for_formula("NaCl"), {"\n"}),
         (CUBE + "Na\n0.00 0.00", Grammar(), {" "}),
+        (CUBE + "Na 2\n" + ATOM[3:] + "\n", COUNTED, {"Na"}),
+        (CUBE + "Na 2\n" + ATOM[3:] + "\nNa ", COUNTED, {"1"}),
+        (CUBE + "Na 1\n" + ATOM[3:] + "\nCl ", COUNTED, {str(n) for n in range(1, 6)}),
+        (CUBE + "Na 1\n" + ATOM[3:], COUNTED, {"\n", "</s>"}),
     ],
 )
 def test_processor_allows_what_the_grammar_allows(text: str, grammar: Grammar, expected: set[str]) -> None:

@@ -51,6 +51,8 @@ def test_infill_masks_whole_element_lines_only() -> None:
     assert answer in (" C", " Cl")
     with pytest.raises(ValueError, match="element Fe is not in the crystal"):
         infill_prompt(crystal, "Fe", FormatOptions())
+    counted = infill_prompt(crystal, "C", FormatOptions(site_counts=True))
+    assert "\n[MASK] 2\n0.00 0.00 0.00\n[MASK] 1\n0.25 0.25 0.25\nCl 1\n0.50 0.50 0.50\n" in counted
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -98,9 +99,33 @@ def test_last_batch_is_sized_to_the_structures_still_wanted(sampler, tmp_path, m
 
 def test_token_budget_counts_whole_number_tokens(sampler) -> None:
     # widest lattice "88.9 88.9 88.9\n119 119 119\n" is 12 tokens, an atom "Og\n0.89 0.89 0.89\n" 8
-    assert sampler.token_budget(FormatOptions(), 10) == math.ceil(1.1 * (12 + 8 * 10)) + 1
+    assert sampler.token_budget(10) == math.ceil(1.1 * (12 + 8 * 10)) + 1
     # three-decimal coordinates are not whole-number tokens: "0", ".", "8", "8", "9" each
-    assert sampler.token_budget(FormatOptions(coord_decimals=3), 10) == math.ceil(1.1 * (12 + 20 * 10)) + 1
+    finer = Sampler(sampler.model, sampler.tokenizer, FormatOptions(coord_decimals=3))
+    assert finer.token_budget(10) == math.ceil(1.1 * (12 + 20 * 10)) + 1
+    # the site-count format adds " 10" to every element line
+    counted = Sampler(sampler.model, sampler.tokenizer, FormatOptions(site_counts=True))
+    assert counted.token_budget(10) == math.ceil(1.1 * (12 + 10 * 10)) + 1
+
+
+def test_a_model_trained_on_site_counts_samples_in_its_own_format(model_dir, tmp_path, capsys) -> None:
+    """The format a model was trained on comes from its directory: an untrained site-count model still writes
+    grammatical site-count text, each element's atoms counted down, and refuses a forced composition."""
+    counted = tmp_path / "counted"
+    shutil.copytree(model_dir, counted)
+    info = json.loads((counted / "crystext.json").read_text())
+    info["text_format"]["site_counts"] = True
+    (counted / "crystext.json").write_text(json.dumps(info))
+    out = tmp_path / "s.csv"
+    Sampler.from_pretrained(counted).sample(small(), out, progress=False)
+    for row in rows(out):
+        element_lines = row["raw_text"].split("\n")[2::2]
+        species, counts = zip(*(line.split(" ") for line in element_lines))
+        assert [int(n) for n in counts] == [species[i:].count(s) for i, s in enumerate(species)]
+        assert [site.specie.symbol for site in decode(row["raw_text"])] == list(species)
+    forced = ["sample", "--model", str(counted), "--formula", "NaCl", "--force-composition", "-o", str(tmp_path / "f")]
+    assert main(forced) == 1
+    assert "--force-composition is not available for" in capsys.readouterr().err
 
 
 def test_forced_composition_is_exact(sampler, tmp_path) -> None:

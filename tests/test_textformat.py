@@ -42,6 +42,24 @@ def test_precision_is_configurable() -> None:
     assert text.split("\n")[:4] == ["4.135 4.135 18.426", "90.0 90.0 120.0", "Ga", "0.3333 0.6667 0.1830"]
 
 
+def test_site_counts_group_each_element_and_count_its_atoms_down() -> None:
+    interleaved = Structure(Lattice.cubic(4.1), ["O", "Fe", "O", "Fe", "O"],
+                            [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0, 0], [0, 0.5, 0.5], [0, 0, 0.5]])
+    lines = encode(interleaved, FormatOptions(site_counts=True)).split("\n")
+    assert lines[2::2] == ["O 3", "O 2", "O 1", "Fe 2", "Fe 1"]
+    assert lines[3::2] == ["0.00 0.00 0.00", "0.50 0.00 0.00", "0.00 0.00 0.50", "0.50 0.50 0.50", "0.00 0.50 0.50"]
+    back = decode("\n".join(lines))
+    assert [site.specie.symbol for site in back] == ["O", "O", "O", "Fe", "Fe"]
+    assert StructureMatcher().fit(back, interleaved)
+
+
+def test_a_count_that_is_no_whole_number_is_an_error_naming_its_line() -> None:
+    with pytest.raises(CrystalTextError, match="line 3: expected an element symbol, got 'Na x'"):
+        CrystalText.from_str("5.6 5.6 5.6\n90 90 90\nNa x\n0.00 0.00 0.00")
+    with pytest.raises(CrystalTextError, match="line 3: expected an element symbol, got 'Na 0'"):
+        CrystalText.from_str("5.6 5.6 5.6\n90 90 90\nNa 0\n0.00 0.00 0.00")
+
+
 def test_coordinates_are_wrapped_after_rounding() -> None:
     structure = Structure(Lattice.cubic(3.0), ["Fe", "Fe"], [[0.999, -0.25, 1.5], [0.004, 0.5, 0.996]])
     assert encode(structure).split("\n")[3::2] == ["0.00 0.75 0.50", "0.00 0.50 0.00"]

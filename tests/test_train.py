@@ -150,6 +150,13 @@ def test_composition_weights_weigh_the_end_as_much_as_its_alternative() -> None:
     assert composition_weights(labels, frozenset({11, 17}), 2, 4.0) == [4.0, 4.0, 1.0, 1.0, 4.0, 4.0, 1.0, 1.0, 4.0]
 
 
+def test_composition_weights_weigh_each_elements_count_in_the_site_count_format() -> None:
+    # labels: prompt (ignored), "Na", " ", "2", "\n", x, "\n", "Na", " ", "1", "\n", x, end; 5 ends a line
+    labels = [IGNORE, 11, 3, 9, 5, 7, 5, 11, 3, 8, 5, 7, 2]
+    expected = [4.0, 4.0, 4.0, 4.0, 1.0, 1.0, 4.0, 4.0, 4.0, 4.0, 1.0, 1.0, 4.0]
+    assert composition_weights(labels, frozenset({11}), 2, 4.0, line_end_id=5) == expected
+
+
 def test_weighted_loss_is_the_weighted_mean_of_the_models_own_token_losses() -> None:
     tokenizer = train_scratch_tokenizer([NACL_TEXT])
     model = build_scratch_model("scratch-tiny", tokenizer, seed=0)
@@ -369,7 +376,7 @@ def test_continuing_a_crystext_run_keeps_its_recipe_unless_told_otherwise(tiny_d
     from crystext.cli import main
 
     first = train(tiny_config(tmp_path / "first", tiny_data, max_steps=1, translate=False))
-    assert earlier_recipe(str(first)) == {"lora": False, "translate": False}
+    assert earlier_recipe(str(first)) == {"lora": False, "translate": False, "site_counts": False}
     assert earlier_recipe("scratch-tiny") == {} and earlier_recipe(str(tiny_pretrained(tmp_path / "hub"))) == {}
     common = ["train", "--model", str(first), "--data-dir", str(tiny_data), "--splits", "train", "--max-steps", "1",
               "--batch-size", "4", "--eval-every", "1"]
@@ -382,8 +389,10 @@ def test_continuing_a_crystext_run_keeps_its_recipe_unless_told_otherwise(tiny_d
     assert kept["model"]["lora"] is None and kept["translate"] is False
     assert not (tmp_path / "kept" / "adapter_config.json").exists()
 
-    assert main([*common, "--out", str(tmp_path / "changed"), "--lora", "--lora-rank", "2", "--translate"]) == 0
+    assert main([*common, "--out", str(tmp_path / "changed"), "--lora", "--lora-rank", "2", "--translate",
+                 "--site-counts"]) == 0
     assert "continuing the recipe" not in capsys.readouterr().err
     changed = json.loads((tmp_path / "changed" / "crystext.json").read_text())
     assert changed["model"]["lora"]["rank"] == 2 and changed["translate"] is True
-    assert earlier_recipe(str(tmp_path / "changed")) == {"lora": True, "translate": True}
+    assert changed["text_format"]["site_counts"] is True and kept["text_format"]["site_counts"] is False
+    assert earlier_recipe(str(tmp_path / "changed")) == {"lora": True, "translate": True, "site_counts": True}

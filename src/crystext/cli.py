@@ -142,6 +142,10 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="shift each crystal's sites by one random vector, or keep the written coordinates "
                         "(default: translate, or as the run that wrote --model did)")
     parser.add_argument("--permute", action="store_true", help="also shuffle the order of atoms")
+    parser.add_argument("--site-counts", action=argparse.BooleanOptionalAction,
+                        help="write each element line with the atoms of that element still to come, 'Fe 2', 'Fe 1' "
+                        "(sites grouped by element), so the model states each element's count as it starts it "
+                        "(default: off, or as the run that wrote --model did)")
     parser.add_argument("--full-sequence-loss", action="store_true", help="train on prompt tokens too")
     parser.add_argument("--lora-rank", type=int, default=LoraSettings.rank)
     parser.add_argument("--lora-alpha", type=int, default=LoraSettings.alpha)
@@ -431,6 +435,7 @@ def _train(args: argparse.Namespace) -> int:
     earlier = earlier_recipe(args.model)
     use_lora = earlier.get("lora", True) if args.lora is None else args.lora
     translate = earlier.get("translate", True) if args.translate is None else args.translate
+    site_counts = earlier.get("site_counts", False) if args.site_counts is None else args.site_counts
     if earlier and None in (args.lora, args.translate):
         print(f"continuing the recipe of {args.model}: {'LoRA adapters' if use_lora else 'all weights'}, coordinates "
               f"{'translated' if translate else 'as written'} (--[no-]lora, --[no-]translate to change)",
@@ -450,6 +455,7 @@ def _train(args: argparse.Namespace) -> int:
         unconditional_rate=args.unconditional_rate,
         relabel_rate=args.relabel_rate,
         element_weight=args.element_weight,
+        text_format=FormatOptions(site_counts=site_counts),
         **{name: getattr(args, name) for name in _TRAIN_NUMBERS},
     )
     try:
@@ -486,6 +492,9 @@ def _sample(args: argparse.Namespace) -> int:
         sampler = Sampler.from_pretrained(args.model)
     except (OSError, ModelError) as err:
         raise CliError(f"cannot load model {args.model or '(default)'}: {str(err).splitlines()[0]}") from None
+    if config.force_composition and sampler.text_format.site_counts:
+        raise CliError(f"--force-composition is not available for {args.model}: it writes the site-count text format, "
+                       "whose counts are the model's to write")
     if args.infill:
         return _infill(args, config, sampler)
     try:
@@ -528,7 +537,7 @@ def _check_forced_compositions(config: SampleConfig, conditions: Sequence[Attrib
         raise CliError("--force-composition works through the grammar: it cannot be used with --no-constraint")
     for formula in formulas:
         try:
-            Grammar.for_formula(formula, config.text_format, config.max_atoms)
+            Grammar.for_formula(formula, max_atoms=config.max_atoms)
         except ValueError as err:
             raise CliError(flag_message(err, _SAMPLE_FLAGS)) from None
 

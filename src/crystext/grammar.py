@@ -60,6 +60,9 @@ class Grammar:
     min_distance: float | None = None  # Angstrom, nearest periodic image included; kept by the logits processor
 
     def __post_init__(self) -> None:
+        if self.composition is not None and self.options.site_counts:
+            raise ValueError("a forced composition is not available in the site-count text format (yet): its "
+                             "counts are the model's to write")
         if self.composition is not None:
             atoms = sum(self.composition.values())
             if atoms < 1 or min(self.composition.values()) < 1:
@@ -101,6 +104,7 @@ class Section(enum.Enum):
     LENGTHS = "lengths"  # "a b c"
     ANGLES = "angles"  # "alpha beta gamma"
     ELEMENT = "element"  # an element symbol
+    COUNT = "count"  # site-count form: the count after the element symbol, "Fe 3"
     COORDS = "coords"  # "x y z", fractional
 
 
@@ -118,6 +122,9 @@ class State:
     element_counts: ElementCounts = ()  # (element, atoms written), sorted by element
     lattice: tuple[float, ...] = ()  # the lattice parameters written so far: the lengths, then also the angles
     sites: tuple[tuple[float, float, float], ...] = ()  # fractional coordinates of the complete atoms
+    # Site-count form: the element and count of the latest element line; while its count is open, (element, 0)
+    # for a new element and (element, due) for one more of the same element
+    countdown: tuple[str, int] | None = None
 
     @property
     def atom_count(self) -> int:
@@ -149,6 +156,8 @@ def can_end(state: State, grammar: Grammar) -> bool:
         return False
     if not _number_done(state.partial, grammar.options.coord_decimals):
         return False
+    if grammar.options.site_counts and state.countdown and state.countdown[1] != 1:
+        return False  # atoms of the current element still due
     unit = grammar.composition
     if unit is None:
         return True
@@ -164,6 +173,8 @@ def _step(state: State, char: str, grammar: Grammar) -> State | None:
         return _step_angles(state, char, grammar)
     if state.section is Section.ELEMENT:
         return _step_element(state, char, grammar)
+    if state.section is Section.COUNT:
+        return _step_count(state, char, grammar)
     return _step_coords(state, char, grammar)
 
 
@@ -198,15 +209,34 @@ def _step_angles(state: State, char: str, grammar: Grammar) -> State | None:
 
 
 def _step_element(state: State, char: str, grammar: Grammar) -> State | None:
-    """An element line: a real symbol the composition and atom cap allow; its newline starts the coordinates."""
-    if char == "\n":
+    """An element line: a real symbol the composition and atom cap allow; its newline starts the coordinates (in
+    the site-count form a space starts its count)."""
+    if char == ("\n" if not grammar.options.site_counts else " "):
         symbol = state.partial
         if symbol not in ELEMENT_SYMBOLS or not _element_allowed(symbol, state, grammar, exact=True):
             return None
         counts = _with_one_more(state.element_counts, symbol)
+        if grammar.options.site_counts:
+            due = state.countdown[1] - 1 if _continuing(state) else 0
+            return replace(state, section=Section.COUNT, partial="", element_counts=counts, countdown=(symbol, due))
         return State(section=Section.COORDS, element_counts=counts, lattice=state.lattice, sites=state.sites)
     partial = state.partial + char
     if partial not in _ELEMENT_PREFIXES or not _element_allowed(partial, state, grammar):
+        return None
+    return replace(state, partial=partial)
+
+
+def _step_count(state: State, char: str, grammar: Grammar) -> State | None:
+    """The count of a site-count element line: one less than the line before while an element's atoms last, else
+    any count from 1 that the atom cap leaves room for; its newline starts the coordinates."""
+    symbol, due = state.countdown
+    room = grammar.max_atoms - state.atom_count + 1  # this atom and those still to come
+    if char == "\n":
+        if not state.partial or not (int(state.partial) == due if due else int(state.partial) <= room):
+            return None
+        return replace(state, section=Section.COORDS, partial="", countdown=(symbol, int(state.partial)))
+    partial = state.partial + char
+    if not char.isdigit() or partial[0] == "0" or not (str(due).startswith(partial) if due else int(partial) <= room):
         return None
     return replace(state, partial=partial)
 
@@ -228,7 +258,8 @@ def _step_coords(state: State, char: str, grammar: Grammar) -> State | None:
         return None  # no further atom fits (the atom cap, or no room for another whole formula unit)
     site = (numbers[0], numbers[1], numbers[2])
     return State(
-        section=Section.ELEMENT, element_counts=state.element_counts, lattice=state.lattice, sites=state.sites + (site,)
+        section=Section.ELEMENT, element_counts=state.element_counts, lattice=state.lattice,
+        sites=state.sites + (site,), countdown=state.countdown,
     )
 
 
@@ -326,6 +357,11 @@ def _element_allowed(prefix: str, state: State, grammar: Grammar, *, exact: bool
     below the atom cap, and, with a composition, one of its elements whose whole formula units the cell holds."""
     if state.atom_count >= grammar.max_atoms:
         return False
+    if grammar.options.site_counts:  # more of the current element while its atoms last, else an element not yet used
+        if _continuing(state):
+            return state.countdown[0] == prefix if exact else state.countdown[0].startswith(prefix)
+        used = {element for element, _ in state.element_counts}
+        return prefix not in used if exact else any(e.startswith(prefix) and e not in used for e in ELEMENT_SYMBOLS)
     unit = grammar.composition
     if unit is None:
         return True
@@ -337,6 +373,11 @@ def _element_allowed(prefix: str, state: State, grammar: Grammar, *, exact: bool
         if _units({**written, element: written.get(element, 0) + 1}, unit) <= held:
             return True
     return False
+
+
+def _continuing(state: State) -> bool:
+    """Site-count form: whether the next element line must be one more atom of the latest line's element."""
+    return state.countdown is not None and state.countdown[1] > 1
 
 
 def _units(counts: Mapping[str, int], unit: Mapping[str, int]) -> int:
@@ -408,6 +449,18 @@ def _proportional(counts: dict[str, int], unit: Mapping[str, int]) -> bool:
         return False
     ratios = {counts[e] / n for e, n in unit.items()}
     return len(ratios) == 1 and next(iter(ratios)).is_integer()
+
+
+def _countdown_key(state: State, grammar: Grammar) -> tuple | None:
+    """What else decides an element or count line's tokens in the site-count form: the element whose atoms are due
+    (or the elements already used), and the count due (or the room under the atom cap)."""
+    if not grammar.options.site_counts:
+        return None
+    if state.section is Section.ELEMENT:
+        return ("due", state.countdown[0]) if _continuing(state) else tuple(e for e, _ in state.element_counts)
+    if state.section is Section.COUNT:
+        return state.countdown[1] or -(grammar.max_atoms - state.atom_count)
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -565,7 +618,7 @@ class GrammarLogitsProcessor(LogitsProcessor):
         else:  # what may follow depends on the atoms written and, once the cell is, on the units it holds
             lattice_done = state.section in (Section.ELEMENT, Section.COORDS)
             counted = (state.element_counts, _units_held(state, grammar) if lattice_done else None)
-        key = (grammar.options, grammar.max_atoms, unit, state.shape_key(), counted)
+        key = (grammar.options, grammar.max_atoms, unit, state.shape_key(), counted, _countdown_key(state, grammar))
         cached = self._masks.get(key)
         if cached is None:
             mask = torch.tensor([self._token_allowed(state, text, grammar) for text in self.texts], dtype=torch.bool)

@@ -28,7 +28,7 @@ from transformers import (
 from crystext import constants
 from crystext.errors import CrystextError
 from crystext.prompts import INFILL_HEADER, INFILL_REQUEST, MASK, Attributes
-from crystext.textformat import ELEMENT_SYMBOLS
+from crystext.textformat import ELEMENT_SYMBOLS, FormatOptions
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 #: Whole-number tokens for the numbers a default-format crystal text is made of: lengths 0.0-99.9,
@@ -256,6 +256,11 @@ def model_info(path: str | Path) -> dict[str, Any]:
     """The settings `crystext train` recorded in a model directory (its crystext.json); empty for any other model."""
     info_file = Path(path) / CRYSTEXT_CONFIG
     return json.loads(info_file.read_text()) if info_file.is_file() else {}
+
+
+def model_format(info: dict[str, Any]) -> FormatOptions:
+    """The text format a model was trained on, from its recorded settings (`model_info`); the paper's by default."""
+    return FormatOptions(**info.get("text_format", {}))
 
 
 def export_model(source: str | Path, target: str | Path, dtype: torch.dtype = torch.float16) -> Path:

@@ -126,11 +126,15 @@ def generation_example(crystal: CrystalText, attributes: Attributes, options: Fo
 
 
 def infill_prompt(crystal: CrystalText, element: str, options: FormatOptions) -> str:
-    """The infill prompt: the crystal text with every site of `element` written as [MASK]."""
+    """The infill prompt: the crystal text with every site of `element` written as [MASK] (its count, in the
+    site-count form, kept)."""
     if element not in crystal.species:
         raise ValueError(f"element {element} is not in the crystal ({' '.join(sorted(set(crystal.species)))})")
     text = crystal.to_str(options).split("\n")
-    masked = [MASK if i >= 2 and i % 2 == 0 and line == element else line for i, line in enumerate(text)]
+    masked = [
+        MASK + line[len(element):] if i >= 2 and i % 2 == 0 and line.split(" ")[0] == element else line
+        for i, line in enumerate(text)
+    ]
     return INFILL_HEADER + "\n".join(masked) + INFILL_REQUEST
 
 

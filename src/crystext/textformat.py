@@ -10,6 +10,11 @@ of lines per site, its element and its fractional coordinates::
     Te
     0.67 0.33 0.89
 
+With `FormatOptions(site_counts=True)` the sites are grouped by element and each element line also
+counts down that element's atoms still to write, this one included (``Te 2``, ``Te 1``), so a model
+states each element's count where it starts writing it, a copy of the prompt's formula rather than a
+tally kept over many lines. Reading accepts both forms.
+
 This module is the one place that writes and reads that text. `CrystalText` is the plain data
 object in between; `encode` and `decode` are the short way from and to a pymatgen `Structure`.
 """
@@ -38,19 +43,22 @@ __all__ = [
 ELEMENT_SYMBOLS: frozenset[str] = frozenset(e.symbol for e in Element)
 
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
-# A line that is meant as an element symbol: one capital and at most one lower-case letter.
-_ELEMENT_LIKE = re.compile(r"[A-Z][a-z]?")
+# A line that is meant as an element symbol: one capital and at most one lower-case letter, then in the site-count
+# form a space and the atoms of that element still to write.
+_ELEMENT_LIKE = re.compile(r"([A-Z][a-z]?)(?: ([1-9]\d*))?")
 
 Vector = tuple[float, float, float]
 
 
 @dataclass(frozen=True)
 class FormatOptions:
-    """Decimal places written for each kind of number; the defaults are the paper's."""
+    """Decimal places written for each kind of number, and whether element lines count their atoms down (the module
+    docstring); the defaults are the paper's."""
 
     length_decimals: int = 1
     angle_decimals: int = 0
     coord_decimals: int = 2
+    site_counts: bool = False
 
     def __post_init__(self) -> None:
         for name in ("length_decimals", "angle_decimals", "coord_decimals"):
@@ -119,11 +127,12 @@ class CrystalText:
         coords: list[Vector] = []
         index = 2
         while index < len(lines):
-            number, token = lines[index]
-            if not _ELEMENT_LIKE.fullmatch(token):
+            number, line = lines[index]
+            token = _element_symbol(line)
+            if token is None:
                 if species and not _is_atom_part(lines, index) and not _has_atom_from(lines, index + 1):
                     break  # trailing junk after the last complete atom (prose, an unfinished line)
-                raise CrystalTextError(f"expected an element symbol, got {_quote(token)}", number)
+                raise CrystalTextError(f"expected an element symbol, got {_quote(line)}", number)
             if token not in ELEMENT_SYMBOLS:
                 raise CrystalTextError(f'unknown element "{token}"', number)
             if index + 1 >= len(lines):
@@ -142,10 +151,17 @@ class CrystalText:
             " ".join(f"{x:.{opts.length_decimals}f}" for x in self.lengths),
             " ".join(f"{x:.{opts.angle_decimals}f}" for x in self.angles),
         ]
+        pairs = list(zip(self.species, self.frac_coords))
+        if opts.site_counts:  # each element's sites together, the elements in the order they first appear
+            first = {symbol: i for i, symbol in reversed(list(enumerate(self.species)))}
+            pairs.sort(key=lambda pair: first[pair[0]])
+        left = {symbol: self.species.count(symbol) for symbol in self.species}
         sites = []
-        for symbol, xyz in zip(self.species, self.frac_coords):
+        for symbol, xyz in pairs:
+            label = f"{symbol} {left[symbol]}" if opts.site_counts else symbol
+            left[symbol] -= 1
             wrapped = (round(x % 1.0, opts.coord_decimals) % 1.0 for x in xyz)
-            sites.append(symbol + "\n" + " ".join(f"{x:.{opts.coord_decimals}f}" for x in wrapped))
+            sites.append(label + "\n" + " ".join(f"{x:.{opts.coord_decimals}f}" for x in wrapped))
         return "\n".join(cell + sites)
 
     def to_structure(self) -> Structure:
@@ -208,6 +224,12 @@ def _parse_numbers(line: tuple[int, str], what: str) -> Vector:
     return _vector([float(f) for f in fields])
 
 
+def _element_symbol(content: str) -> str | None:
+    """The symbol of a line meant as an element line ("Fe", or "Fe 3" in the site-count form), else None."""
+    match = _ELEMENT_LIKE.fullmatch(content)
+    return match.group(1) if match else None
+
+
 def _is_numbers_line(content: str) -> bool:
     fields = content.split()
     return len(fields) == 3 and all(_NUMBER.fullmatch(f) for f in fields)
@@ -227,7 +249,8 @@ def _is_atom_part(lines: list[tuple[int, str]], index: int) -> bool:
 def _has_atom_from(lines: list[tuple[int, str]], start: int) -> bool:
     """Whether an element line followed by a coordinates line appears anywhere from `start` on."""
     return any(
-        lines[i][1] in ELEMENT_SYMBOLS and _is_numbers_line(lines[i + 1][1]) for i in range(start, len(lines) - 1)
+        _element_symbol(lines[i][1]) in ELEMENT_SYMBOLS and _is_numbers_line(lines[i + 1][1])
+        for i in range(start, len(lines) - 1)
     )
 
 

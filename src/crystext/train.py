@@ -234,14 +234,29 @@ def element_token_ids(tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
     return frozenset(vocab[symbol] for symbol in ELEMENT_SYMBOLS if symbol in vocab)
 
 
-def composition_weights(labels: list[int], element_ids: frozenset[int], end_id: int, weight: float) -> list[float]:
+def line_end_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id of the token that ends a line of crystal text."""
+    return tokenizer("\n", add_special_tokens=False)["input_ids"][-1]
+
+
+def composition_weights(
+    labels: list[int], element_ids: frozenset[int], end_id: int, weight: float, line_end_id: int | None = None
+) -> list[float]:
     """Loss weights that give `weight` to every place where the composition is decided: the element tokens, the end
     token, and the token before each element, whose alternative is the end (weighing the end alone would make
-    ending `weight` times likelier: crystals cut short of their formula); 1 elsewhere."""
+    ending `weight` times likelier: crystals cut short of their formula); 1 elsewhere. With `line_end_id` (the
+    site-count format), also the rest of each element line up to its line break: the element's count."""
     weights = [weight if label in element_ids or label == end_id else 1.0 for label in labels]
     for i, label in enumerate(labels[1:]):
         if label in element_ids:
             weights[i] = weight
+    if line_end_id is not None:
+        for i, label in enumerate(labels):
+            if label in element_ids:
+                for j in range(i + 1, len(labels)):
+                    if labels[j] == line_end_id:
+                        break
+                    weights[j] = weight
     return weights
 
 
@@ -316,6 +331,7 @@ class Batches:
         self.epoch, self.position = 0, 0
         self.rng = np.random.default_rng(config.seed)  # draws each example's augmentation and prompt
         self.element_ids = element_token_ids(tokenizer) if config.element_weight != 1 else frozenset()
+        self.line_end_id = line_end_token_id(tokenizer) if config.text_format.site_counts else None
 
     def __next__(self) -> dict[str, torch.Tensor]:
         """The next batch, right-padded, on the CPU; each process takes every `processes`-th example from `rank` on."""
@@ -334,7 +350,9 @@ class Batches:
             rows.append((ids, labels))
             if self.element_ids:
                 weight = self.config.element_weight if pair.generation else 1.0
-                weights.append(composition_weights(labels, self.element_ids, self.tokenizer.eos_token_id, weight))
+                weights.append(composition_weights(
+                    labels, self.element_ids, self.tokenizer.eos_token_id, weight, self.line_end_id
+                ))
         return collate(rows, self.tokenizer.pad_token_id, weights or None)
 
     def _order(self) -> np.ndarray:
@@ -407,7 +425,8 @@ def restore_checkpoint(folder: Path, optimizer: Stateful, scheduler: Stateful, b
 
 
 def earlier_recipe(model: str) -> dict[str, bool]:
-    """Whether the run that wrote `model` trained LoRA adapters and translated coordinates, when `model` is a
+    """Whether the run that wrote `model` trained LoRA adapters, translated coordinates and wrote site counts, when
+    `model` is a
     `crystext train` directory: continuing a run keeps its recipe unless told otherwise (a pretrained hub model's
     defaults, LoRA and translation, would silently change the task). Empty for a scratch preset or any other model.
     """
@@ -416,7 +435,8 @@ def earlier_recipe(model: str) -> dict[str, bool]:
         return {}
     spec = info.get("model", {})
     return {"lora": spec.get("lora") is not None and spec.get("name") not in SCRATCH_PRESETS,
-            "translate": bool(info.get("translate", True))}
+            "translate": bool(info.get("translate", True)),
+            "site_counts": bool(info.get("text_format", {}).get("site_counts", False))}
 
 
 def load_examples(config: TrainConfig) -> tuple[list[Example], list[Example]]:
@@ -568,6 +588,7 @@ def write_model_card(out: Path, config: TrainConfig, state: TrainState, n_train:
                 if on]
     augmentations = (f"; {' and '.join(shuffles)} of every example" if shuffles
                      else "; coordinates as written (no augmentation)")
+    counted = "; each element line counting down its atoms, `Fe 2`, `Fe 1`" if config.text_format.site_counts else ""
     card = f"""---
 library_name: transformers
 tags: [crystext, crystal-generation, materials]
@@ -575,7 +596,7 @@ tags: [crystext, crystal-generation, materials]
 # crystext model
 
 {kind}, on crystals written as text (crystext format: lengths 1 decimal, integer angles, fractional
-coordinates {config.text_format.coord_decimals} decimals).
+coordinates {config.text_format.coord_decimals} decimals{counted}).
 
 ## Data
 - source: `{config.data_dir}`, splits {', '.join(config.splits)}, {config.holdout:.0%} held out for validation loss

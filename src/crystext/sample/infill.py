@@ -11,7 +11,7 @@ from pymatgen.core import Element, Structure
 
 from crystext.prompts import infill_prompt
 from crystext.sample.samples_csv import attempt_row
-from crystext.textformat import CrystalText, FormatOptions
+from crystext.textformat import CrystalText
 
 if TYPE_CHECKING:
     from crystext.sample.sampler import Sampler
@@ -39,12 +39,11 @@ def rank_substitutions(
     structure: Structure,
     element: str,
     candidates: Sequence[str] | None = None,
-    text_format: FormatOptions | None = None,
 ) -> list[Substitution]:
     """Every candidate for the sites of `element`, most probable first (log-probability of the answer + end)."""
     tokenizer, model = sampler.tokenizer, sampler.model
     crystal = CrystalText.from_structure(structure)
-    prompt_ids = sampler.prompt_ids(infill_prompt(crystal, element, text_format or FormatOptions()))
+    prompt_ids = sampler.prompt_ids(infill_prompt(crystal, element, sampler.text_format))
     names = list(candidates) if candidates is not None else sorted(e.symbol for e in Element if e.Z <= MAX_CANDIDATE_Z)
     scores = []
     for start in range(0, len(names), CANDIDATES_PER_PASS):

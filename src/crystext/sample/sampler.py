@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from transformers import LogitsProcessorList, PreTrainedModel, PreTrainedTokeniz
 
 from crystext.constants import MIN_INTERATOMIC_DISTANCE
 from crystext.grammar import DEFAULT_MAX_ATOMS, Grammar, GrammarLogitsProcessor
-from crystext.model import device, load_model
+from crystext.model import device, load_model, model_format
 from crystext.prompts import Attributes
 from crystext.sample.infill import Substitution, rank_substitutions
 from crystext.sample.samples_csv import SampleWriter, attempt_row
@@ -67,7 +67,6 @@ class SampleConfig:
     # Classifier-free guidance for conditional prompts: next-token log-probabilities pushed this far from the
     # unconditional prompt's, log p(x|c) + (s - 1)(log p(x|c) - log p(x)); 1 is plain sampling.
     guidance_scale: float = 1.0
-    text_format: FormatOptions = field(default_factory=FormatOptions)
 
     def __post_init__(self) -> None:
         """Refuse settings that make no sense; the message starts with the field's name."""
@@ -114,8 +113,11 @@ class SampleSummary:
 class Sampler:
     """A loaded model ready to write crystals."""
 
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    def __init__(
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, text_format: FormatOptions | None = None
+    ) -> None:
         self.device = device()
+        self.text_format = text_format or FormatOptions()  # the text the model was trained on: it writes only that
         self.model = model.to(self.device).eval()
         if self.device.type == "cpu":
             # Decoding step by step with a preallocated cache, plain attention beats SDPA on a CPU
@@ -126,19 +128,21 @@ class Sampler:
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None) -> Sampler:
         """Load a `crystext train` model directory; without one, the default model shipped with crystext."""
-        model, tokenizer, _ = load_model(path)
-        return cls(model, tokenizer)
+        model, tokenizer, info = load_model(path)
+        return cls(model, tokenizer, model_format(info))
 
-    def token_budget(self, options: FormatOptions, max_atoms: int) -> int:
+    def token_budget(self, max_atoms: int) -> int:
         """Tokens a crystal of `max_atoms` atoms may take: the count for the widest such text, with a margin.
 
         It sizes the preallocated cache, whose length every decoding step pays for.
         """
+        options = self.text_format
         length = f"{88.8888:.{options.length_decimals}f}"
         angle = f"{118.888:.{options.angle_decimals}f}"
         coord = f"{0.8888:.{options.coord_decimals}f}"
         lattice = f"{length} {length} {length}\n{angle} {angle} {angle}\n"
-        widest = lattice + f"Og\n{coord} {coord} {coord}\n" * max_atoms
+        element = f"Og {max_atoms}" if options.site_counts else "Og"
+        widest = lattice + f"{element}\n{coord} {coord} {coord}\n" * max_atoms
         return math.ceil(TOKEN_MARGIN * len(self.tokenizer(widest, add_special_tokens=False)["input_ids"])) + 1
 
     def auto_batch_size(self, tokens: int) -> int:
@@ -159,7 +163,7 @@ class Sampler:
 
     def _new_tokens(self, config: SampleConfig) -> int:
         """Tokens a completion may add: --max-new-tokens, else enough for the widest allowed crystal."""
-        return config.max_new_tokens or self.token_budget(config.text_format, config.max_atoms)
+        return config.max_new_tokens or self.token_budget(config.max_atoms)
 
     def prompt_ids(self, prompt: str) -> list[int]:
         """The token ids the model reads for `prompt`, after its begin-of-sequence token if it has one."""
@@ -269,19 +273,18 @@ class Sampler:
 
     def _grammar(self, attributes: Attributes, config: SampleConfig) -> Grammar:
         if config.force_composition and attributes.formula:
-            grammar = Grammar.for_formula(attributes.formula, config.text_format, config.max_atoms)
+            grammar = Grammar.for_formula(attributes.formula, self.text_format, config.max_atoms)
             return replace(grammar, min_distance=config.min_distance)
-        return Grammar(config.text_format, config.max_atoms, min_distance=config.min_distance)
+        return Grammar(self.text_format, config.max_atoms, min_distance=config.min_distance)
 
     def infill(
         self,
         structure: Structure,
         element: str,
         candidates: Sequence[str] | None = None,
-        text_format: FormatOptions | None = None,
     ) -> list[Substitution]:
         """Rank replacements for every site of `element` (see `crystext.sample.infill.rank_substitutions`)."""
-        return rank_substitutions(self, structure, element, candidates, text_format)
+        return rank_substitutions(self, structure, element, candidates)
 
 
 def _requirement(attributes: Attributes) -> Callable[[Structure], str]:
