@@ -100,6 +100,8 @@ def _encode_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--length-decimals", type=int, default=FormatOptions.length_decimals)
     parser.add_argument("--angle-decimals", type=int, default=FormatOptions.angle_decimals)
     parser.add_argument("--coord-decimals", type=int, default=FormatOptions.coord_decimals)
+    parser.add_argument("--site-counts", action="store_true",
+                        help="element lines count their atoms down, 'Fe 2', 'Fe 1' (sites grouped by element)")
     parser.add_argument("--translate", action="store_true", help="shift all sites by one random vector")
     parser.add_argument("--permute", action="store_true", help="shuffle the order of sites")
     parser.add_argument("--seed", type=int, default=0, help="seed for --translate/--permute")
@@ -281,7 +283,8 @@ def _shown(rid: str, limit: int = 60) -> str:
 
 def _encode(args: argparse.Namespace) -> int:
     options = _settings(FormatOptions, _FORMAT_FLAGS, length_decimals=args.length_decimals,
-                        angle_decimals=args.angle_decimals, coord_decimals=args.coord_decimals)
+                        angle_decimals=args.angle_decimals, coord_decimals=args.coord_decimals,
+                        site_counts=args.site_counts)
     _check_output_file(args.output)
     dataset = read_structures(args.input, structure_column=args.structure_column, progress=args.output is not None)
     for rid, reason in dataset.skipped:
@@ -436,9 +439,10 @@ def _train(args: argparse.Namespace) -> int:
     use_lora = earlier.get("lora", True) if args.lora is None else args.lora
     translate = earlier.get("translate", True) if args.translate is None else args.translate
     site_counts = earlier.get("site_counts", False) if args.site_counts is None else args.site_counts
-    if earlier and None in (args.lora, args.translate):
+    if earlier and None in (args.lora, args.translate, args.site_counts):
         print(f"continuing the recipe of {args.model}: {'LoRA adapters' if use_lora else 'all weights'}, coordinates "
-              f"{'translated' if translate else 'as written'} (--[no-]lora, --[no-]translate to change)",
+              f"{'translated' if translate else 'as written'}{', site counts' if site_counts else ''} (--[no-]lora, "
+              f"--[no-]translate{', --[no-]site-counts' if site_counts else ''} to change)",
               file=sys.stderr)
     config = _settings(
         TrainConfig,

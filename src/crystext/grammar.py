@@ -459,7 +459,8 @@ def _countdown_key(state: State, grammar: Grammar) -> tuple | None:
     if state.section is Section.ELEMENT:
         return ("due", state.countdown[0]) if _continuing(state) else tuple(e for e, _ in state.element_counts)
     if state.section is Section.COUNT:
-        return state.countdown[1] or -(grammar.max_atoms - state.atom_count)
+        due = state.countdown[1]
+        return ("due", due) if due else ("room", grammar.max_atoms - state.atom_count)
     return None
 
 

@@ -45,7 +45,7 @@ ELEMENT_SYMBOLS: frozenset[str] = frozenset(e.symbol for e in Element)
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
 # A line that is meant as an element symbol: one capital and at most one lower-case letter, then in the site-count
 # form a space and the atoms of that element still to write.
-_ELEMENT_LIKE = re.compile(r"([A-Z][a-z]?)(?: ([1-9]\d*))?")
+_ELEMENT_LINE = re.compile(r"([A-Z][a-z]?)(?: [1-9]\d*)?")
 
 Vector = tuple[float, float, float]
 
@@ -226,7 +226,7 @@ def _parse_numbers(line: tuple[int, str], what: str) -> Vector:
 
 def _element_symbol(content: str) -> str | None:
     """The symbol of a line meant as an element line ("Fe", or "Fe 3" in the site-count form), else None."""
-    match = _ELEMENT_LIKE.fullmatch(content)
+    match = _ELEMENT_LINE.fullmatch(content)
     return match.group(1) if match else None
 
 
