@@ -582,8 +582,9 @@ def write_model_card(out: Path, config: TrainConfig, state: TrainState, n_train:
         stated += (f"; {config.relabel_rate:.0%} of the others state only the formula of the crystal with its "
                    "elements swapped for random ones (to teach copying the formula)")
     if config.element_weight != 1:
-        stated += (f"; the tokens that decide the composition of generation examples (element, end, and the line "
-                   f"break before an element) weigh {config.element_weight:g} in the loss")
+        counts = " and its count" if config.text_format.site_counts else ""
+        stated += (f"; the tokens that decide the composition of generation examples (element{counts}, end, and the "
+                   f"line break before an element) weigh {config.element_weight:g} in the loss")
     shuffles = [name for name, on in (("random translation", config.translate), ("random atom order", config.permute))
                 if on]
     augmentations = (f"; {' and '.join(shuffles)} of every example" if shuffles
