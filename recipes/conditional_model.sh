@@ -10,7 +10,7 @@
 #
 # 3,000 steps of batch 16 (STEPS to change); 77 minutes on 2 CPU cores. Too few from the shipped model to copy more
 # than a formula's first element: recipes/conditional_counted is 7,500 (three runs, in git history as
-# recipes/conditional_part3) + 2,500 in the site-count format (--site-counts, kept when continuing it), to continue
+# recipes/conditional_part3) + 4,000 in the site-count format (--site-counts, kept when continuing it), to continue
 # from (FROM).
 # Seed 0 keeps the shipped model's 5% holdout, so the validation losses of the two compare.
 set -euo pipefail
