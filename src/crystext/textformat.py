@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -155,7 +156,7 @@ class CrystalText:
         if opts.site_counts:  # each element's sites together, the elements in the order they first appear
             first = {symbol: i for i, symbol in reversed(list(enumerate(self.species)))}
             pairs.sort(key=lambda pair: first[pair[0]])
-        left = {symbol: self.species.count(symbol) for symbol in self.species}
+        left = Counter(self.species)  # atoms of each element still to write
         sites = []
         for symbol, xyz in pairs:
             label = f"{symbol} {left[symbol]}" if opts.site_counts else symbol

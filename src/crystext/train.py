@@ -251,12 +251,12 @@ def composition_weights(
         if label in element_ids:
             weights[i] = weight
     if line_end_id is not None:
+        on_element_line = False
         for i, label in enumerate(labels):
-            if label in element_ids:
-                for j in range(i + 1, len(labels)):
-                    if labels[j] == line_end_id:
-                        break
-                    weights[j] = weight
+            if label in element_ids or label == line_end_id:
+                on_element_line = label != line_end_id
+            elif on_element_line:
+                weights[i] = weight
     return weights
 
 
