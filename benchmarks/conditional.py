@@ -12,7 +12,9 @@ formula), element-set match, space-group accuracy (spglib, symprec 0.1), over ev
 misses), how the others miss (other counts, missing elements, a foreign element; also by the prompted crystal's
 formula units), the volume per atom of formula prompts' samples over the prompted crystal's (median), and space-group
 accuracy per crystal system of the requested group beside its base rate (how often the model writes that group
-when no group is asked). A seeded --stability-n of the stability-prompt attempts is relaxed
+when no group is asked). A formula is stated as the row's reduced formula (TiZnO3), or as its whole cell's
+(Ti2Zn2O6) for a model trained to read it so (`crystext train --cell-formula`; --formula-form to choose). A seeded
+--stability-n of the stability-prompt attempts is relaxed
 (CHGNet, offline hull). Infill: --infill-n seeded test structures, one seeded element masked, every replacement
 ranked by the model; the top one that changes the crystal is checked for validity and, valid, relaxed.
 Every step writes into --work and resumes: a killed run is continued by running the same command. Writes
@@ -28,7 +30,7 @@ import os
 import sys
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,8 +39,9 @@ import pandas as pd
 from pymatgen.core import Composition, Structure
 
 from crystext.files import CsvLog, write_atomic
-from crystext.prompts import Attributes
+from crystext.prompts import Attributes, cell_formula
 from crystext.stability.relax import BUDGETS
+from crystext.textformat import CrystalText
 
 if TYPE_CHECKING:
     from crystext.data import Dataset
@@ -96,6 +99,17 @@ def draw_prompts(test: pd.DataFrame, n: int) -> dict[str, list[Prompt]]:
         full = [Attributes.from_properties(test.iloc[row].to_dict()) for row in rows]
         prompts[kind] = [Prompt(row, Attributes(**{f: getattr(a, f) for f in stated})) for row, a in zip(rows, full)]
     return prompts
+
+
+def stated_as_cells(prompts: dict[str, list[Prompt]], test: pd.DataFrame) -> dict[str, list[Prompt]]:
+    """The prompts with each formula stated as the prompted crystal's whole cell (Ti2Zn2O6 for two TiZnO3 units), as
+    a model trained with `--cell-formula` reads it."""
+    def as_cell(prompt: Prompt) -> Prompt:
+        if prompt.attributes.formula is None:
+            return prompt
+        crystal = CrystalText.from_structure(Structure.from_str(test.iloc[prompt.row]["cif"], fmt="cif"))
+        return Prompt(prompt.row, replace(prompt.attributes, formula=cell_formula(crystal)))
+    return {kind: [as_cell(p) for p in kind_prompts] for kind, kind_prompts in prompts.items()}
 
 
 def crystal_system(spacegroup: int) -> str:
@@ -331,7 +345,8 @@ def sampling_settings(args: argparse.Namespace) -> dict:
     return {"model": str(args.model or "shipped"), "prompts": args.prompts, "per_prompt": args.per_prompt,
             "temperature": args.temperature, "top_p": args.top_p, "max_atoms": args.max_atoms,
             "batch_size": args.batch_size, "force_composition": args.force_composition,
-            "constrained": not args.no_constraint, "guidance": args.guidance}
+            "constrained": not args.no_constraint, "guidance": args.guidance,
+            **({"formula_form": "cell"} if args.formula_form == "cell" else {})}
 
 
 def check_work(args: argparse.Namespace) -> None:
@@ -379,7 +394,8 @@ def write_results(
         (f"{args.prompts} prompts per kind from the MP-20 test split (seeded, disjoint rows), {args.per_prompt} "
          f"attempt(s) each, T {args.temperature}, top-p {args.top_p}, at most {args.max_atoms} atoms, "
          f"{'grammar and 0.5 A minimum distance' if not args.no_constraint else 'no constraint'}"
-         f"{', forced composition' if args.force_composition else ''}, guidance {args.guidance}. Rates are over "
+         f"{', forced composition' if args.force_composition else ''}, guidance {args.guidance}, formulas stated "
+         f"{'as the whole cell (Ti2Zn2O6)' if args.formula_form == 'cell' else 'reduced (TiZnO3)'}. Rates are over "
          "every attempt that asked (an unreadable attempt misses). Element set: the sample has exactly the "
          "requested elements (the formula, or other counts); missing elements: only some of them (it stopped "
          "early); foreign element: one not requested. Volume/atom ratio: the median, over readable attempts of a "
@@ -445,6 +461,9 @@ def main() -> int:
                         "requested composition")
     parser.add_argument("--no-constraint", action="store_true", help="sample without the grammar")
     parser.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1: none)")
+    parser.add_argument("--formula-form", choices=("model", "reduced", "cell"), default="model",
+                        help="state formulas reduced (TiZnO3) or as the whole cell (Ti2Zn2O6); default: as the model "
+                        "was trained to read them")
     parser.add_argument("--stability-n", type=int, default=50, help="stability-prompt attempts relaxed; also the "
                         "most infill substitutions relaxed")
     parser.add_argument("--infill-n", type=int, default=50, help="test structures for the infill task")
@@ -457,13 +476,17 @@ def main() -> int:
     from crystext.sample import Sampler
     from crystext.stability import default_reference
 
+    sampler = Sampler.from_pretrained(args.model)
+    if args.formula_form == "model":
+        args.formula_form = "cell" if sampler.cell_formula else "reduced"
     check_work(args)
     test = pd.read_csv(TEST_CSV, keep_default_na=False)
     prompts = draw_prompts(test, args.prompts)
+    if args.formula_form == "cell":
+        prompts = stated_as_cells(prompts, test)
     # The reference set evaluation needs: the prompted rows, so that only they are fingerprinted.
     reference = args.work / "reference.csv"
     write_atomic(reference, test.iloc[sorted(p.row for ps in prompts.values() for p in ps)].to_csv(index=False))
-    sampler = Sampler.from_pretrained(args.model)
     hull = default_reference(SHARED)
     evaluations = {}
     for seed, (kind, kind_prompts) in enumerate(prompts.items()):

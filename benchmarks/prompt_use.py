@@ -19,7 +19,7 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 
@@ -112,16 +112,20 @@ def other_counts(formula: str) -> str:
     return Composition(dict(zip(elements, moved))).formula.replace(" ", "")
 
 
-def measure(model, tokenizer, split: str, rows: int, seed: int, options=None) -> dict[str, dict[str, float]]:
+def measure(
+    model, tokenizer, split: str, rows: int, seed: int, options=None, cell: bool = False
+) -> dict[str, dict[str, float]]:
     """Mean NLL per prompt kind and part over `rows` seeded crystals of one MP-20 split, written in the model's text
-    format `options` (the paper's if None)."""
+    format `options` (the paper's if None), formulas stated as the whole cell's if `cell` (as the model reads them)."""
     from crystext.data import read_split
-    from crystext.prompts import Attributes
+    from crystext.prompts import Attributes, cell_formula
     from crystext.train import relabel, to_examples
 
     examples, _ = to_examples(read_split(SHARED / "mp_20", split))
     rng = np.random.default_rng(seed)
     chosen = [examples[i] for i in rng.permutation(len(examples))[:rows]]
+    if cell:
+        chosen = [replace(e, attributes=replace(e.attributes, formula=cell_formula(e.crystal))) for e in chosen]
     totals: dict[str, dict[str, list[float]]] = {}
     for i, example in enumerate(chosen):
         other = chosen[(i + 1) % len(chosen)].attributes  # a wrong value: the next crystal's
@@ -131,6 +135,7 @@ def measure(model, tokenizer, split: str, rows: int, seed: int, options=None) ->
         if len(Composition(example.attributes.formula)) > 1:  # one element has no other counts
             cases.append((OTHER_COUNTS, example.crystal, Attributes(formula=other_counts(example.attributes.formula))))
         swapped, formula = relabel(example.crystal, rng)
+        formula = cell_formula(swapped) if cell else formula
         cases += [(RELABELLED[0], swapped, Attributes()), (RELABELLED[1], swapped, Attributes(formula=formula))]
         for name, crystal, attributes in cases:
             scored = completion_nll(model, tokenizer, attributes.to_prompt(), crystal.to_str(options))
@@ -155,7 +160,9 @@ def main() -> int:
     model, tokenizer, info = load_model(args.model)
     model.eval()
     options = model_format(info)
-    results = {split: measure(model, tokenizer, split, args.rows, args.seed, options) for split in ("train", "test")}
+    cell = bool(info.get("cell_formula", False))
+    results = {split: measure(model, tokenizer, split, args.rows, args.seed, options, cell)
+               for split in ("train", "test")}
     command = " ".join(["python", *sys.argv])
     out = ROOT / "benchmarks" / "results"
     record = {"machine": machine(), "command": command, "model": str(args.model or "shipped"),

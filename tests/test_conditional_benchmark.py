@@ -121,3 +121,19 @@ def test_outcomes_by_units_groups_attempts_by_the_prompted_cell() -> None:
     assert "3 or more" not in groups
     assert groups["counts all 1"] == {"n": 2, "formula": 0.5, "counts": 0.0, "missing": 0.0, "foreign": 0.0,
                                       "unreadable": 0.5}
+
+
+def test_formulas_stated_as_cells_count_the_prompted_crystals_atoms() -> None:
+    """For a model trained with `--cell-formula` the benchmark states the prompted crystal's whole cell: rock salt's
+    conventional cell asks for Na4Cl4; prompts without a formula are untouched."""
+    from pymatgen.core import Lattice, Structure
+
+    from crystext.prompts import Attributes
+
+    rock_salt = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    test = pd.DataFrame({"pretty_formula": ["NaCl"], "cif": [rock_salt.to(fmt="cif")]})
+    prompts = {"formula": [conditional.Prompt(0, Attributes(formula="NaCl", spacegroup=225))],
+               "spacegroup": [conditional.Prompt(0, Attributes(spacegroup=225))]}
+    cells = conditional.stated_as_cells(prompts, test)
+    assert cells["formula"] == [conditional.Prompt(0, Attributes(formula="Na4Cl4", spacegroup=225))]
+    assert cells["spacegroup"] == prompts["spacegroup"]

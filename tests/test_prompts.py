@@ -8,7 +8,7 @@ from pymatgen.core import Lattice, Structure
 from transformers import AutoTokenizer
 
 from crystext.model import DEFAULT_MODEL_DIR
-from crystext.prompts import Attributes, infill_example, infill_prompt, plain_formula
+from crystext.prompts import Attributes, cell_formula, infill_example, infill_prompt, plain_formula
 from crystext.textformat import CrystalText, FormatOptions
 
 
@@ -28,6 +28,16 @@ def test_attribute_prompts_are_exact_and_sampled_reproducibly() -> None:
     assert subsets[:5] == [attributes.subset(np.random.default_rng(s)) for s in range(5)]
     assert {len(s.to_dict()) for s in subsets} == {0, 1, 2, 3, 4}
     assert all(s.band_gap is None for s in subsets)
+
+
+def test_a_cell_formula_counts_every_atom_in_the_order_the_text_lists_elements() -> None:
+    sites = "Zn Ti O Ti O O Zn O O O".split()  # two TiZnO3 units, Zn listed first
+    crystal = CrystalText.from_str("5.0 5.0 5.0\n90 90 90\n" + "\n".join(f"{el}\n0.{i}0 0.00 0.00"
+                                                                        for i, el in enumerate(sites)))
+    assert cell_formula(crystal) == "Zn2Ti2O6"
+    assert Attributes(formula=cell_formula(crystal)).to_prompt().startswith("bulk crystal. formula Zn2Ti2O6. lattice")
+    assert cell_formula(CrystalText.from_str("5.0 5.0 5.0\n90 90 90\nNa\n0.00 0.00 0.00\nCl\n0.50 0.50 0.50")) \
+        == "NaCl"
 
 
 def test_formulas_are_stated_without_brackets_in_the_crystal_order() -> None:

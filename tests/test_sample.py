@@ -128,6 +128,21 @@ def test_a_model_trained_on_site_counts_samples_in_its_own_format(model_dir, tmp
     assert "--force-composition is not available for" in capsys.readouterr().err
 
 
+def test_a_cell_formula_model_says_how_it_reads_a_formula(model_dir, tmp_path, capsys) -> None:
+    """A model trained with `--cell-formula` is loaded knowing it, and `sample` tells the user that NaCl asks for two
+    atoms; a model trained on reduced formulas says nothing."""
+    cell = tmp_path / "cell"
+    shutil.copytree(model_dir, cell)
+    info = json.loads((cell / "crystext.json").read_text())
+    (cell / "crystext.json").write_text(json.dumps({**info, "cell_formula": True}))
+    assert Sampler.from_pretrained(cell).cell_formula and not Sampler.from_pretrained(model_dir).cell_formula
+    note = f"{cell} reads a formula as the whole cell's: each element's count is the number of its atoms to write"
+    for model, said in ((cell, True), (model_dir, False)):
+        main(["sample", "--model", str(model), "--formula", "NaCl", "-n", "1", "--max-attempts", "1",
+              "--max-atoms", "4", "-o", str(tmp_path / f"{model.name}.csv")])
+        assert (note in capsys.readouterr().err) is said
+
+
 def test_forced_composition_is_exact(sampler, tmp_path) -> None:
     out = tmp_path / "nacl.csv"
     config = small(force_composition=True, max_atoms=8)

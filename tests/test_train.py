@@ -125,6 +125,26 @@ def test_relabelled_crystals_state_the_formula_of_their_new_elements() -> None:
         assert generation
 
 
+def test_cell_formula_prompts_state_every_atom_of_the_crystal_written() -> None:
+    """With `cell_formula` a prompt that states a formula states the written crystal's whole cell (Na2Cl2 for two
+    units), the relabelled crystals' too; other attributes and unprompted examples are untouched."""
+    na2cl2 = CrystalText.from_str(NACL_TEXT + "\nNa\n0.50 0.50 0.00\nCl\n0.00 0.00 0.50")
+    example = Example("nacl", na2cl2, Attributes("NaCl", 225))
+    rng = np.random.default_rng(0)
+    config = TrainConfig(Path("x"), Path("x"), infill_fraction=0.0, translate=False, attribute_rate=0.5,
+                         relabel_rate=0.3, cell_formula=True)
+    pairs = [make_pair(example, rng, config) for _ in range(400)]
+    real = [p.prompt for p in pairs if p.completion == na2cl2.to_str()]
+    assert {p for p in real if "formula" in p} == {Attributes("Na2Cl2", 225).to_prompt(),
+                                                   Attributes("Na2Cl2").to_prompt()}
+    assert Attributes(spacegroup=225).to_prompt() in real and Attributes().to_prompt() in real
+    relabelled = [p for p in pairs if p.completion != na2cl2.to_str()]
+    assert len(relabelled) > 50
+    for prompt, completion, _ in relabelled:
+        first, second = dict.fromkeys(CrystalText.from_str(completion).species)
+        assert prompt == Attributes(formula=f"{first}2{second}2").to_prompt()
+
+
 @pytest.mark.parametrize("attribute_rate", [1.0, 0.0])
 def test_element_and_end_tokens_of_generation_examples_weigh_more(attribute_rate: float) -> None:
     tokenizer = train_scratch_tokenizer([NACL_TEXT])
@@ -376,7 +396,8 @@ def test_continuing_a_crystext_run_keeps_its_recipe_unless_told_otherwise(tiny_d
     from crystext.cli import main
 
     first = train(tiny_config(tmp_path / "first", tiny_data, max_steps=1, translate=False))
-    assert earlier_recipe(str(first)) == {"lora": False, "translate": False, "site_counts": False}
+    assert earlier_recipe(str(first)) == {"lora": False, "translate": False, "site_counts": False,
+                                          "cell_formula": False}
     assert earlier_recipe("scratch-tiny") == {} and earlier_recipe(str(tiny_pretrained(tmp_path / "hub"))) == {}
     common = ["train", "--model", str(first), "--data-dir", str(tiny_data), "--splits", "train", "--max-steps", "1",
               "--batch-size", "4", "--eval-every", "1"]
@@ -390,9 +411,17 @@ def test_continuing_a_crystext_run_keeps_its_recipe_unless_told_otherwise(tiny_d
     assert not (tmp_path / "kept" / "adapter_config.json").exists()
 
     assert main([*common, "--out", str(tmp_path / "changed"), "--lora", "--lora-rank", "2", "--translate",
-                 "--site-counts"]) == 0
+                 "--site-counts", "--cell-formula"]) == 0
     assert "continuing the recipe" not in capsys.readouterr().err
     changed = json.loads((tmp_path / "changed" / "crystext.json").read_text())
     assert changed["model"]["lora"]["rank"] == 2 and changed["translate"] is True
     assert changed["text_format"]["site_counts"] is True and kept["text_format"]["site_counts"] is False
-    assert earlier_recipe(str(tmp_path / "changed")) == {"lora": True, "translate": True, "site_counts": True}
+    assert changed["cell_formula"] is True and kept["cell_formula"] is False
+    assert earlier_recipe(str(tmp_path / "changed")) == {"lora": True, "translate": True, "site_counts": True,
+                                                         "cell_formula": True}
+    assert main([*common[:2], str(tmp_path / "changed"), *common[3:], "--out", str(tmp_path / "again"),
+                 "--lora"]) == 0
+    assert (f"continuing the recipe of {tmp_path / 'changed'}: LoRA adapters, coordinates translated, site counts, "
+            "cell formulas (--[no-]lora, --[no-]translate, --[no-]site-counts, --[no-]cell-formula to change)"
+            ) in capsys.readouterr().err.splitlines()
+    assert json.loads((tmp_path / "again" / "crystext.json").read_text())["cell_formula"] is True

@@ -148,6 +148,10 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write each element line with the atoms of that element still to come, 'Fe 2', 'Fe 1' "
                         "(sites grouped by element), so the model states each element's count as it starts it "
                         "(default: off, or as the run that wrote --model did)")
+    parser.add_argument("--cell-formula", action=argparse.BooleanOptionalAction,
+                        help="prompts state the formula of the whole cell (Ti2Zn2O6), so the model copies each count; "
+                        "sampling then writes as many atoms as the formula asked for says (default: the reduced "
+                        "formula, or as the run that wrote --model did)")
     parser.add_argument("--full-sequence-loss", action="store_true", help="train on prompt tokens too")
     parser.add_argument("--lora-rank", type=int, default=LoraSettings.rank)
     parser.add_argument("--lora-alpha", type=int, default=LoraSettings.alpha)
@@ -439,10 +443,13 @@ def _train(args: argparse.Namespace) -> int:
     use_lora = earlier.get("lora", True) if args.lora is None else args.lora
     translate = earlier.get("translate", True) if args.translate is None else args.translate
     site_counts = earlier.get("site_counts", False) if args.site_counts is None else args.site_counts
-    if earlier and None in (args.lora, args.translate, args.site_counts):
+    cell_formula = earlier.get("cell_formula", False) if args.cell_formula is None else args.cell_formula
+    if earlier and None in (args.lora, args.translate, args.site_counts, args.cell_formula):
+        extras = [(name, flag) for on, name, flag in ((site_counts, "site counts", "site-counts"),
+                                                      (cell_formula, "cell formulas", "cell-formula")) if on]
         print(f"continuing the recipe of {args.model}: {'LoRA adapters' if use_lora else 'all weights'}, coordinates "
-              f"{'translated' if translate else 'as written'}{', site counts' if site_counts else ''} (--[no-]lora, "
-              f"--[no-]translate{', --[no-]site-counts' if site_counts else ''} to change)",
+              f"{'translated' if translate else 'as written'}{''.join(f', {name}' for name, _ in extras)} "
+              f"(--[no-]lora, --[no-]translate{''.join(f', --[no-]{flag}' for _, flag in extras)} to change)",
               file=sys.stderr)
     config = _settings(
         TrainConfig,
@@ -459,6 +466,7 @@ def _train(args: argparse.Namespace) -> int:
         unconditional_rate=args.unconditional_rate,
         relabel_rate=args.relabel_rate,
         element_weight=args.element_weight,
+        cell_formula=cell_formula,
         text_format=FormatOptions(site_counts=site_counts),
         **{name: getattr(args, name) for name in _TRAIN_NUMBERS},
     )
@@ -499,6 +507,9 @@ def _sample(args: argparse.Namespace) -> int:
     if config.force_composition and sampler.text_format.site_counts:
         raise CliError(f"--force-composition is not available for {args.model}: it writes the site-count text format, "
                        "whose counts are the model's to write")
+    if sampler.cell_formula and any(c.formula for c in conditions or []):
+        print(f"{args.model} reads a formula as the whole cell's: each element's count is the number of its atoms to "
+              "write (NaCl asks for 2 atoms, Na4Cl4 for 8)", file=sys.stderr)
     if args.infill:
         return _infill(args, config, sampler)
     try:

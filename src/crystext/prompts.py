@@ -9,6 +9,7 @@ apart from prose.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -151,6 +152,13 @@ def plain_formula(formula: str) -> str:
     plain form spells out every element the crystal lists, in the order it lists them.
     """
     return "".join(f"{el}{'' if n == 1 else f'{n:g}'}" for el, n in Composition(formula).items())
+
+
+def cell_formula(crystal: CrystalText) -> str:
+    """The formula of the whole cell, elements in the order the text lists them: Ti2Zn2O6 for a cell of two TiZnO3
+    units. A prompt stating it asks for exactly the atoms to write (`TrainConfig.cell_formula`), where a reduced
+    formula leaves the number of units to the model."""
+    return "".join(f"{el}{'' if n == 1 else n}" for el, n in Counter(crystal.species).items())
 
 
 def _number(value: float) -> str:

@@ -114,10 +114,12 @@ class Sampler:
     """A loaded model ready to write crystals."""
 
     def __init__(
-        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, text_format: FormatOptions | None = None
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, text_format: FormatOptions | None = None,
+        cell_formula: bool = False,
     ) -> None:
         self.device = device()
         self.text_format = text_format or FormatOptions()  # the text the model was trained on: it writes only that
+        self.cell_formula = cell_formula  # it reads a stated formula as the whole cell's (`TrainConfig.cell_formula`)
         self.model = model.to(self.device).eval()
         if self.device.type == "cpu":
             # Decoding step by step with a preallocated cache, plain attention beats SDPA on a CPU
@@ -129,7 +131,7 @@ class Sampler:
     def from_pretrained(cls, path: str | Path | None = None) -> Sampler:
         """Load a `crystext train` model directory; without one, the default model shipped with crystext."""
         model, tokenizer, info = load_model(path)
-        return cls(model, tokenizer, model_format(info))
+        return cls(model, tokenizer, model_format(info), bool(info.get("cell_formula", False)))
 
     def token_budget(self, max_atoms: int) -> int:
         """Tokens a crystal of `max_atoms` atoms may take: the count for the widest such text, with a margin.
