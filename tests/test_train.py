@@ -419,9 +419,12 @@ def test_continuing_a_crystext_run_keeps_its_recipe_unless_told_otherwise(tiny_d
     assert changed["cell_formula"] is True and kept["cell_formula"] is False
     assert earlier_recipe(str(tmp_path / "changed")) == {"lora": True, "translate": True, "site_counts": True,
                                                          "cell_formula": True}
-    assert main([*common[:2], str(tmp_path / "changed"), *common[3:], "--out", str(tmp_path / "again"),
-                 "--lora"]) == 0
-    assert (f"continuing the recipe of {tmp_path / 'changed'}: LoRA adapters, coordinates translated, site counts, "
+    # The LoRA run continued: its own adapters, or every weight with them merged in.
+    for lora, out in (("--lora", "adapters"), ("--no-lora", "merged")):
+        assert main([*common[:2], str(tmp_path / "changed"), *common[3:], "--out", str(tmp_path / out), lora]) == 0
+        assert json.loads((tmp_path / out / "crystext.json").read_text())["cell_formula"] is True
+    assert (f"continuing the recipe of {tmp_path / 'changed'}: all weights, coordinates translated, site counts, "
             "cell formulas (--[no-]lora, --[no-]translate, --[no-]site-counts, --[no-]cell-formula to change)"
             ) in capsys.readouterr().err.splitlines()
-    assert json.loads((tmp_path / "again" / "crystext.json").read_text())["cell_formula"] is True
+    adapter = json.loads((tmp_path / "adapters" / "adapter_config.json").read_text())
+    assert adapter["r"] == 2 and not (tmp_path / "merged" / "adapter_config.json").exists()

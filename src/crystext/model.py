@@ -151,8 +151,16 @@ def build_scratch_model(preset: str, tokenizer: PreTrainedTokenizerBase, seed: i
 
 
 def load_pretrained(spec: ModelSpec) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A pretrained causal LM and its tokenizer, with pad/eos tokens ensured and LoRA adapters attached."""
+    """A pretrained causal LM and its tokenizer, with pad/eos tokens ensured and LoRA adapters attached.
+
+    A LoRA run crystext wrote goes on training its own adapters, or, without `spec.lora`, every weight of the model
+    with them merged in (not a second set of adapters, nor a frozen model with nothing to train)."""
     load_kwargs = _quantization_kwargs(spec.quantization)  # fail before any download
+    if (Path(spec.name) / "adapter_config.json").is_file() and model_info(spec.name):
+        model, tokenizer, _ = load_model(spec.name, trainable=spec.lora is not None)
+        if spec.lora is None:
+            model = model.merge_and_unload().requires_grad_(True)
+        return model, tokenizer
     tokenizer = AutoTokenizer.from_pretrained(spec.name)
     added = {}
     if tokenizer.eos_token is None:
