@@ -504,9 +504,6 @@ def _sample(args: argparse.Namespace) -> int:
         sampler = Sampler.from_pretrained(args.model)
     except (OSError, ModelError) as err:
         raise CliError(f"cannot load model {args.model or '(default)'}: {str(err).splitlines()[0]}") from None
-    if config.force_composition and sampler.text_format.site_counts:
-        raise CliError(f"--force-composition is not available for {args.model}: it writes the site-count text format, "
-                       "whose counts are the model's to write")
     if sampler.cell_formula and any(c.formula for c in conditions or []):
         print(f"{args.model} reads a formula as the whole cell's: each element's count is the number of its atoms to "
               "write (NaCl asks for 2 atoms, Na4Cl4 for 8)", file=sys.stderr)

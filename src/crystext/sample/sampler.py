@@ -235,9 +235,11 @@ class Sampler:
         (`attempt_row`), and with `config.only_matching` it has the prompt's formula and space group; an attempt
         where the grammar found no room for an atom is an error row.
         """
-        writer = SampleWriter(out, resume)
         mode = "conditional" if conditions else "unconditional"
         conditions = list(conditions) if conditions else [Attributes()]
+        if config.constrained:
+            self._grammar(conditions[0], config)  # settings the grammar cannot keep are refused before any output
+        writer = SampleWriter(out, resume)
         max_attempts = config.max_attempts or 10 * config.n
         batch_size = config.batch_size or self.auto_batch_size(
             max(len(self.prompt_ids(a.to_prompt())) for a in conditions)
