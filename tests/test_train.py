@@ -428,3 +428,4 @@ def test_continuing_a_crystext_run_keeps_its_recipe_unless_told_otherwise(tiny_d
             ) in capsys.readouterr().err.splitlines()
     adapter = json.loads((tmp_path / "adapters" / "adapter_config.json").read_text())
     assert adapter["r"] == 2 and not (tmp_path / "merged" / "adapter_config.json").exists()
+    assert json.loads((tmp_path / "adapters" / "crystext.json").read_text())["model"]["lora"]["rank"] == 2

@@ -19,7 +19,7 @@ from crystext.errors import CrystextError, flag_message, option_flags
 from crystext.evaluate import cli as evaluate_cli
 from crystext.files import CsvLog
 from crystext.grammar import Grammar
-from crystext.model import SCRATCH_PRESETS, LoraSettings, ModelError, ModelSpec
+from crystext.model import SCRATCH_PRESETS, LoraSettings, ModelError, ModelSpec, model_info
 from crystext.prompts import Attributes, formula_problem
 from crystext.sample import (
     COLUMNS,
@@ -159,7 +159,8 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora-targets", default=",".join(LoraSettings.target_modules))
     parser.add_argument("--lora", action=argparse.BooleanOptionalAction,
                         help="train LoRA adapters, or all weights, of a pretrained model (default: LoRA, or as the run "
-                        "that wrote --model did)")
+                        "that wrote --model did; a LoRA run continued goes on training its own adapters, or with "
+                        "--no-lora every weight with them merged in)")
     parser.add_argument("--quantization", choices=["4bit", "8bit"], help="load the base model quantized (CUDA only)")
 
 
@@ -441,6 +442,8 @@ def _train(args: argparse.Namespace) -> int:
                      dropout=args.lora_dropout, target_modules=tuple(args.lora_targets.split(",")))
     earlier = earlier_recipe(args.model)
     use_lora = earlier.get("lora", True) if args.lora is None else args.lora
+    if use_lora and earlier.get("lora"):  # a LoRA run goes on training its own adapters (`load_pretrained`)
+        lora = LoraSettings(**model_info(args.model)["model"]["lora"])
     translate = earlier.get("translate", True) if args.translate is None else args.translate
     site_counts = earlier.get("site_counts", False) if args.site_counts is None else args.site_counts
     cell_formula = earlier.get("cell_formula", False) if args.cell_formula is None else args.cell_formula
