@@ -298,6 +298,19 @@ def test_forced_composition_holds_the_formula_units_its_cell_holds(
     assert advance(State(), cell + "\n".join(unit * units) + "\n", grammar) is None  # no room for another
 
 
+def test_fixed_units_hold_whatever_the_cell_volume_says() -> None:
+    """A whole cell's formula (`units=1`, as a `--cell-formula` model reads it): Na2Cl2 in a 1000 A^3 cell, which
+    would hold 19 NaCl by volume, ends after exactly its four atoms."""
+    grammar = Grammar.for_formula("Na2Cl2", max_atoms=52, units=1)
+    cell = "10.0 10.0 10.0\n90 90 90\n"
+    atoms = ["Na\n0.00 0.00 0.00", "Cl\n0.50 0.50 0.50", "Na\n0.50 0.00 0.00", "Cl\n0.00 0.50 0.50"]
+    assert not can_end(advance(State(), cell + "\n".join(atoms[:2]), grammar), grammar)
+    assert can_end(advance(State(), cell + "\n".join(atoms), grammar), grammar)
+    assert advance(State(), cell + "\n".join(atoms) + "\nNa", grammar) is None
+    with pytest.raises(ValueError, match="3 units of composition"):
+        Grammar.for_formula("Na2Cl2", max_atoms=8, units=3)
+
+
 @pytest.mark.parametrize(
     ("composition", "max_atoms", "message"),
     [

@@ -123,7 +123,10 @@ def test_a_model_trained_on_site_counts_samples_in_its_own_format(model_dir, tmp
         species, counts = zip(*(line.split(" ") for line in element_lines))
         assert [int(n) for n in counts] == [species[i:].count(s) for i, s in enumerate(species)]
         assert [site.specie.symbol for site in decode(row["raw_text"])] == list(species)
-    forced = ["sample", "--model", str(counted), "--formula", "NaCl", "--force-composition", "-o", str(tmp_path / "f")]
+    conditions = tmp_path / "conditions.csv"  # the first asks no formula: the second is refused all the same
+    conditions.write_text("pretty_formula,spacegroup.number\n,225\nNaCl,225\n")
+    forced = ["sample", "--model", str(counted), "--conditions", str(conditions), "--force-composition", "-o",
+              str(tmp_path / "f")]
     assert main(forced) == 1
     assert ("crystext sample: error: a forced composition is not available in the site-count text format (yet): its "
             "counts are the model's to write") in capsys.readouterr().err.splitlines()
@@ -143,6 +146,16 @@ def test_a_cell_formula_model_says_how_it_reads_a_formula(model_dir, tmp_path, c
         main(["sample", "--model", str(model), "--formula", "NaCl", "-n", "1", "--max-attempts", "1",
               "--max-atoms", "4", "-o", str(tmp_path / f"{model.name}.csv")])
         assert (note in capsys.readouterr().err) is said
+
+
+def test_a_cell_formula_model_forced_writes_exactly_the_cell_asked(sampler, tmp_path) -> None:
+    """Forced, a `--cell-formula` model writes the stated atoms, not as many units as the cell's volume holds."""
+    cell = Sampler(sampler.model, sampler.tokenizer, cell_formula=True)
+    out = tmp_path / "na2cl2.csv"
+    cell.sample(small(force_composition=True, max_atoms=12), out, conditions=[Attributes(formula="Na2Cl2")],
+                progress=False)
+    written = [decode(row["raw_text"]).composition for row in rows(out) if row["cif"]]
+    assert written and all(c == Composition("Na2Cl2") for c in written)
 
 
 def test_forced_composition_is_exact(sampler, tmp_path) -> None:

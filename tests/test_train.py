@@ -277,14 +277,16 @@ def test_scratch_training_writes_a_loadable_model_directory(tiny_data, tmp_path)
     assert f"best {min(r['val_loss'] for r in log if r.get('val_loss')):.4f}" in card
 
 
-def test_resume_after_an_interruption_reproduces_the_uninterrupted_run(tiny_data, tmp_path) -> None:
-    straight = train(tiny_config(tmp_path / "straight", tiny_data))
+@pytest.mark.parametrize("lora", [False, True])
+def test_resume_after_an_interruption_reproduces_the_uninterrupted_run(tiny_data, tmp_path, lora: bool) -> None:
+    changes = {"model": ModelSpec(str(tiny_pretrained(tmp_path / "hub")), LoraSettings(rank=2))} if lora else {}
+    straight = train(tiny_config(tmp_path / "straight", tiny_data, **changes))
 
     def stop_at_three(step: int, loss: float) -> None:
         if step == 3:
             raise KeyboardInterrupt
 
-    config = tiny_config(tmp_path / "interrupted", tiny_data)
+    config = tiny_config(tmp_path / "interrupted", tiny_data, **changes)
     with pytest.raises(KeyboardInterrupt):
         train(config, on_step=stop_at_three)
     with pytest.raises(FileExistsError, match="pass --resume"):

@@ -57,6 +57,7 @@ class Grammar:
     options: FormatOptions = field(default_factory=FormatOptions)
     max_atoms: int = DEFAULT_MAX_ATOMS
     composition: Mapping[str, int] | None = None  # element -> count in one formula unit; units: see _formula_units
+    units: int | None = None  # formula units a cell holds: fixed (1 for a whole cell's formula), or None: its volume's
     min_distance: float | None = None  # Angstrom, nearest periodic image included; kept by the logits processor
 
     def __post_init__(self) -> None:
@@ -70,13 +71,17 @@ class Grammar:
             if atoms > self.max_atoms:
                 raise ValueError(f"composition {dict(self.composition)} has more than max_atoms={self.max_atoms} "
                                  "atoms in one formula unit")
+            if self.units is not None and not 1 <= self.units * atoms <= self.max_atoms:
+                raise ValueError(f"{self.units} units of composition {dict(self.composition)} are not 1 to "
+                                 f"max_atoms={self.max_atoms} atoms")
 
     @classmethod
     def for_formula(
-        cls, formula: str, options: FormatOptions | None = None, max_atoms: int = DEFAULT_MAX_ATOMS
+        cls, formula: str, options: FormatOptions | None = None, max_atoms: int = DEFAULT_MAX_ATOMS,
+        units: int | None = None,
     ) -> Grammar:
         """A grammar whose cells hold a whole number of `formula` units (as written, e.g. NaCl or Na4Cl4), as many
-        as the cell's volume holds (`_formula_units`).
+        as the cell's volume holds (`_formula_units`), or exactly `units` of them.
 
         A formula with fractional amounts (Na0.5Cl) is refused rather than scaled: the prompt states the formula
         as written, so the whole-number formula (NaCl2) is for the user to write.
@@ -91,7 +96,7 @@ class Grammar:
             raise ValueError(f"formula {formula!r} has no atoms")
         if sum(unit.values()) > max_atoms:
             raise ValueError(f"formula {formula} has more than max_atoms={max_atoms} atoms")
-        return cls(options=options or FormatOptions(), max_atoms=max_atoms, composition=unit)
+        return cls(options=options or FormatOptions(), max_atoms=max_atoms, composition=unit, units=units)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -387,7 +392,9 @@ def _units(counts: Mapping[str, int], unit: Mapping[str, int]) -> int:
 
 def _units_held(state: State, grammar: Grammar) -> int:
     """The whole formula units of the grammar's composition that the cell written in `state` (all six parameters)
-    holds."""
+    holds, unless the grammar fixes them."""
+    if grammar.units is not None:
+        return grammar.units
     unit = tuple(grammar.composition.items())
     return _formula_units(state.lattice, _unit_volumes(unit), sum(n for _, n in unit), grammar.max_atoms)
 

@@ -157,10 +157,14 @@ def load_pretrained(spec: ModelSpec) -> tuple[PreTrainedModel, PreTrainedTokeniz
     with them merged in (not a second set of adapters, nor a frozen model with nothing to train)."""
     load_kwargs = _quantization_kwargs(spec.quantization)  # fail before any download
     if (Path(spec.name) / "adapter_config.json").is_file() and model_info(spec.name):
-        model, tokenizer, _ = load_model(spec.name, trainable=spec.lora is not None)
+        from peft import AutoPeftModelForCausalLM
+
+        if spec.lora is None and spec.quantization:
+            raise ModelError("every weight of a quantized model cannot be trained: keep the LoRA adapters (--lora)")
+        model = AutoPeftModelForCausalLM.from_pretrained(spec.name, is_trainable=spec.lora is not None, **load_kwargs)
         if spec.lora is None:
             model = model.merge_and_unload().requires_grad_(True)
-        return model, tokenizer
+        return model, AutoTokenizer.from_pretrained(spec.name)
     tokenizer = AutoTokenizer.from_pretrained(spec.name)
     added = {}
     if tokenizer.eos_token is None:

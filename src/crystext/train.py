@@ -464,7 +464,7 @@ def build_model(
     """The model to train: the checkpoint's when resuming, else a new scratch model (and tokenizer) or a
     pretrained one, whose new LoRA adapters are drawn from the run's seed."""
     if checkpoint is not None:
-        model, tokenizer, _ = load_model(checkpoint)
+        model, tokenizer, _ = load_model(checkpoint, trainable=True)  # a LoRA checkpoint's adapters go on training
         return model, tokenizer
     if config.model.is_scratch:
         tokenizer = train_scratch_tokenizer(e.crystal.to_str(config.text_format) for e in examples)

@@ -237,8 +237,9 @@ class Sampler:
         """
         mode = "conditional" if conditions else "unconditional"
         conditions = list(conditions) if conditions else [Attributes()]
-        if config.constrained:
-            self._grammar(conditions[0], config)  # settings the grammar cannot keep are refused before any output
+        if config.constrained:  # what the grammar cannot keep is refused before any output
+            for attributes in set(conditions):
+                self._grammar(attributes, config)
         writer = SampleWriter(out, resume)
         max_attempts = config.max_attempts or 10 * config.n
         batch_size = config.batch_size or self.auto_batch_size(
@@ -277,7 +278,8 @@ class Sampler:
 
     def _grammar(self, attributes: Attributes, config: SampleConfig) -> Grammar:
         if config.force_composition and attributes.formula:
-            grammar = Grammar.for_formula(attributes.formula, self.text_format, config.max_atoms)
+            units = 1 if self.cell_formula else None  # a cell formula is the whole cell
+            grammar = Grammar.for_formula(attributes.formula, self.text_format, config.max_atoms, units)
             return replace(grammar, min_distance=config.min_distance)
         return Grammar(self.text_format, config.max_atoms, min_distance=config.min_distance)
 
