@@ -380,7 +380,8 @@ def write_results(
     """Write conditional_NAME.json/.md into --results-dir; return the Markdown."""
     from _machine import describe, machine
 
-    settings = {**sampling_settings(args), "stability_n": args.stability_n, "infill_n": args.infill_n,
+    settings = {**sampling_settings(args), "kinds": args.kinds, "stability_n": args.stability_n,
+                "infill_n": args.infill_n,
                 "budget": args.budget, "work": str(args.work)}
     result = {"machine": machine(), "command": command(), "settings": settings, "kinds": rows,
               "crystal_systems": systems, "formula_outcomes_by_units": by_units, "infill": infilled}

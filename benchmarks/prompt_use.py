@@ -166,11 +166,13 @@ def main() -> int:
     command = " ".join(["python", *sys.argv])
     out = ROOT / "benchmarks" / "results"
     record = {"machine": machine(), "command": command, "model": str(args.model or "shipped"),
-              "rows": args.rows, "seed": args.seed, "nll_nats": results}
+              "rows": args.rows, "seed": args.seed, "formulas_stated": "cell" if cell else "reduced",
+              "nll_nats": results}
     write_atomic(out / f"prompt_use_{args.name}.json", json.dumps(record, indent=1) + "\n")
     lines = [f"# How much the model reads its prompt: {args.name}", "",
              describe(record["machine"], command), "",
-             f"Mean negative log-likelihood (nats per crystal) of {args.rows} seeded MP-20 crystals per split, "
+             f"Mean negative log-likelihood (nats per crystal) of {args.rows} seeded MP-20 crystals per split "
+             f"(formulas stated {'as the whole cell, Ti2Zn2O6' if cell else 'reduced, TiZnO3'}), "
              "completion only, under each prompt; 'wrong' states the next crystal's value. Lower is better; "
              "a prompt the model reads moves the element tokens most. New elements: element tokens that start an "
              "element not written before (which one comes next is what copying the formula decides); repeated: "
