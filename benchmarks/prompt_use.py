@@ -154,13 +154,13 @@ def main() -> int:
     from _machine import describe, machine
 
     from crystext.files import write_atomic
-    from crystext.model import load_model, model_format
+    from crystext.model import load_model, model_cell_formula, model_format
 
     torch.set_num_threads(1)
     model, tokenizer, info = load_model(args.model)
     model.eval()
     options = model_format(info)
-    cell = bool(info.get("cell_formula", False))
+    cell = model_cell_formula(info)
     results = {split: measure(model, tokenizer, split, args.rows, args.seed, options, cell)
                for split in ("train", "test")}
     command = " ".join(["python", *sys.argv])

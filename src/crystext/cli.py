@@ -150,8 +150,8 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default: off, or as the run that wrote --model did)")
     parser.add_argument("--cell-formula", action=argparse.BooleanOptionalAction,
                         help="prompts state the formula of the whole cell (Ti2Zn2O6), so the model copies each count; "
-                        "sampling then writes as many atoms as the formula asked for says (default: the reduced "
-                        "formula, or as the run that wrote --model did)")
+                        "a model trained so reads --formula NaCl as a 2-atom cell (default: the reduced formula, or as "
+                        "the run that wrote --model did)")
     parser.add_argument("--full-sequence-loss", action="store_true", help="train on prompt tokens too")
     parser.add_argument("--lora-rank", type=int, default=LoraSettings.rank)
     parser.add_argument("--lora-alpha", type=int, default=LoraSettings.alpha)

@@ -275,6 +275,11 @@ def model_format(info: dict[str, Any]) -> FormatOptions:
     return FormatOptions(**info.get("text_format", {}))
 
 
+def model_cell_formula(info: dict[str, Any]) -> bool:
+    """Whether a model reads a stated formula as the whole cell's (`TrainConfig.cell_formula`), from its settings."""
+    return bool(info.get("cell_formula", False))
+
+
 def export_model(source: str | Path, target: str | Path, dtype: torch.dtype = torch.float16) -> Path:
     """Copy a trained model directory in `dtype` (half the size in float16), with its settings and model card."""
     model, tokenizer, info = load_model(source)

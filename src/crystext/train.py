@@ -34,6 +34,7 @@ from crystext.model import (
     build_scratch_model,
     load_model,
     load_pretrained,
+    model_cell_formula,
     model_info,
     save_model,
     train_scratch_tokenizer,
@@ -443,7 +444,7 @@ def earlier_recipe(model: str) -> dict[str, bool]:
     return {"lora": spec.get("lora") is not None and spec.get("name") not in SCRATCH_PRESETS,
             "translate": bool(info.get("translate", True)),
             "site_counts": bool(info.get("text_format", {}).get("site_counts", False)),
-            "cell_formula": bool(info.get("cell_formula", False))}
+            "cell_formula": model_cell_formula(info)}
 
 
 def load_examples(config: TrainConfig) -> tuple[list[Example], list[Example]]:

@@ -20,7 +20,7 @@ from transformers import LogitsProcessorList, PreTrainedModel, PreTrainedTokeniz
 
 from crystext.constants import MIN_INTERATOMIC_DISTANCE
 from crystext.grammar import DEFAULT_MAX_ATOMS, Grammar, GrammarLogitsProcessor
-from crystext.model import device, load_model, model_format
+from crystext.model import device, load_model, model_cell_formula, model_format
 from crystext.prompts import Attributes
 from crystext.sample.infill import Substitution, rank_substitutions
 from crystext.sample.samples_csv import SampleWriter, attempt_row
@@ -131,7 +131,7 @@ class Sampler:
     def from_pretrained(cls, path: str | Path | None = None) -> Sampler:
         """Load a `crystext train` model directory; without one, the default model shipped with crystext."""
         model, tokenizer, info = load_model(path)
-        return cls(model, tokenizer, model_format(info), bool(info.get("cell_formula", False)))
+        return cls(model, tokenizer, model_format(info), model_cell_formula(info))
 
     def token_budget(self, max_atoms: int) -> int:
         """Tokens a crystal of `max_atoms` atoms may take: the count for the widest such text, with a margin.
