@@ -35,6 +35,7 @@ from crystext.model import (
     load_model,
     load_pretrained,
     model_cell_formula,
+    model_format,
     model_info,
     save_model,
     train_scratch_tokenizer,
@@ -443,7 +444,7 @@ def earlier_recipe(model: str) -> dict[str, bool]:
     spec = info.get("model", {})
     return {"lora": spec.get("lora") is not None and spec.get("name") not in SCRATCH_PRESETS,
             "translate": bool(info.get("translate", True)),
-            "site_counts": bool(info.get("text_format", {}).get("site_counts", False)),
+            "site_counts": model_format(info).site_counts,
             "cell_formula": model_cell_formula(info)}
 
 
