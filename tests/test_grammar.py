@@ -406,6 +406,26 @@ def test_site_counts_count_each_element_down_by_one(text: str, expected: bool) -
     assert accepts(text, COUNTED) is expected
 
 
+JOINED = Grammar(FormatOptions(site_counts=True, joined_counts=True), max_atoms=6)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (CUBE + O_SITES.replace("O ", "O") + "\nFe2\n0.50 0.50 0.50\nFe1\n0.00 0.50 0.50", True),
+        (CUBE + "O6", True),
+        (CUBE + "O7", False),
+        (CUBE + "O3\n0.00 0.00 0.00\nFe4", False),
+        (CUBE + "O0", False),
+        (CUBE + "O 3", False),  # the count joins the symbol
+        (CUBE + "O3\n0.00 0.00 0.00\nO1", False),
+        (CUBE + "Os2\n0.00 0.00 0.00\nOs1", True),
+    ],
+)
+def test_joined_site_counts_follow_the_symbol_and_count_down(text: str, expected: bool) -> None:
+    assert accepts(text, JOINED) is expected
+
+
 @pytest.mark.parametrize(("sites", "expected"), [(O_SITES, True), ("O 3\n0.00 0.00 0.00", False)])
 def test_a_site_count_text_ends_only_when_its_last_element_is_done(sites: str, expected: bool) -> None:
     assert can_end(advance(State(), CUBE + sites, COUNTED), COUNTED) is expected

@@ -63,6 +63,8 @@ def test_infill_masks_whole_element_lines_only() -> None:
         infill_prompt(crystal, "Fe", FormatOptions())
     counted = infill_prompt(crystal, "C", FormatOptions(site_counts=True))
     assert "\n[MASK] 2\n0.00 0.00 0.00\n[MASK] 1\n0.25 0.25 0.25\nCl 1\n0.50 0.50 0.50\n" in counted
+    joined = infill_prompt(crystal, "C", FormatOptions(site_counts=True, joined_counts=True))
+    assert "\n[MASK]2\n0.00 0.00 0.00\n[MASK]1\n0.25 0.25 0.25\nCl1\n0.50 0.50 0.50\n" in joined
 
 
 @pytest.mark.parametrize(

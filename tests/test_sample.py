@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -108,19 +109,22 @@ def test_token_budget_counts_whole_number_tokens(sampler) -> None:
     assert counted.token_budget(10) == math.ceil(1.1 * (12 + 10 * 10)) + 1
 
 
-def test_a_model_trained_on_site_counts_samples_in_its_own_format(model_dir, tmp_path, capsys) -> None:
+@pytest.mark.parametrize("joined", [False, True])
+def test_a_model_trained_on_site_counts_samples_in_its_own_format(model_dir, tmp_path, capsys, joined) -> None:
     """The format a model was trained on comes from its directory: an untrained site-count model still writes
-    grammatical site-count text, each element's atoms counted down, and refuses a forced composition."""
+    grammatical site-count text, each element's atoms counted down ("Fe 2", or "Fe2" joined), and refuses a forced
+    composition."""
     counted = tmp_path / "counted"
     shutil.copytree(model_dir, counted)
     info = json.loads((counted / "crystext.json").read_text())
-    info["text_format"]["site_counts"] = True
+    info["text_format"].update(site_counts=True, joined_counts=joined)
     (counted / "crystext.json").write_text(json.dumps(info))
     out = tmp_path / "s.csv"
     Sampler.from_pretrained(counted).sample(small(), out, progress=False)
     for row in rows(out):
         element_lines = row["raw_text"].split("\n")[2::2]
-        species, counts = zip(*(line.split(" ") for line in element_lines))
+        split = re.compile(r"([A-Z][a-z]?)(\d+)" if joined else r"([A-Z][a-z]?) (\d+)")
+        species, counts = zip(*(split.fullmatch(line).groups() for line in element_lines))
         assert [int(n) for n in counts] == [species[i:].count(s) for i, s in enumerate(species)]
         assert [site.specie.symbol for site in decode(row["raw_text"])] == list(species)
     conditions = tmp_path / "conditions.csv"  # the first asks no formula: the second is refused all the same

@@ -53,6 +53,16 @@ def test_site_counts_group_each_element_and_count_its_atoms_down() -> None:
     assert StructureMatcher().fit(back, interleaved)
 
 
+def test_joined_counts_write_each_count_against_its_symbol_as_a_formula_does() -> None:
+    interleaved = Structure(Lattice.cubic(4.1), ["O", "Fe", "O", "Fe", "O"],
+                            [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0, 0], [0, 0.5, 0.5], [0, 0, 0.5]])
+    text = encode(interleaved, FormatOptions(site_counts=True, joined_counts=True))
+    assert text.split("\n")[2::2] == ["O3", "O2", "O1", "Fe2", "Fe1"]
+    assert [site.specie.symbol for site in decode(text)] == ["O", "O", "O", "Fe", "Fe"]
+    with pytest.raises(ValueError, match="joined_counts needs site_counts"):
+        FormatOptions(joined_counts=True)
+
+
 def test_a_count_that_is_no_whole_number_is_an_error_naming_its_line() -> None:
     with pytest.raises(CrystalTextError, match="line 3: expected an element symbol, got 'Na x'"):
         CrystalText.from_str("5.6 5.6 5.6\n90 90 90\nNa x\n0.00 0.00 0.00")

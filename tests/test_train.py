@@ -399,7 +399,7 @@ def test_continuing_a_crystext_run_keeps_its_recipe_unless_told_otherwise(tiny_d
 
     first = train(tiny_config(tmp_path / "first", tiny_data, max_steps=1, translate=False))
     assert earlier_recipe(str(first)) == {"lora": False, "translate": False, "site_counts": False,
-                                          "cell_formula": False}
+                                          "joined_counts": False, "cell_formula": False}
     assert earlier_recipe("scratch-tiny") == {} and earlier_recipe(str(tiny_pretrained(tmp_path / "hub"))) == {}
     common = ["train", "--model", str(first), "--data-dir", str(tiny_data), "--splits", "train", "--max-steps", "1",
               "--batch-size", "4", "--eval-every", "1"]
@@ -413,21 +413,22 @@ def test_continuing_a_crystext_run_keeps_its_recipe_unless_told_otherwise(tiny_d
     assert not (tmp_path / "kept" / "adapter_config.json").exists()
 
     assert main([*common, "--out", str(tmp_path / "changed"), "--lora", "--lora-rank", "2", "--translate",
-                 "--site-counts", "--cell-formula"]) == 0
+                 "--joined-counts", "--cell-formula"]) == 0
     assert "continuing the recipe" not in capsys.readouterr().err
     changed = json.loads((tmp_path / "changed" / "crystext.json").read_text())
     assert changed["model"]["lora"]["rank"] == 2 and changed["translate"] is True
     assert changed["text_format"]["site_counts"] is True and kept["text_format"]["site_counts"] is False
+    assert changed["text_format"]["joined_counts"] is True  # joined counts are site counts, written "Fe2"
     assert changed["cell_formula"] is True and kept["cell_formula"] is False
     assert earlier_recipe(str(tmp_path / "changed")) == {"lora": True, "translate": True, "site_counts": True,
-                                                         "cell_formula": True}
+                                                         "joined_counts": True, "cell_formula": True}
     # The LoRA run continued: its own adapters, or every weight with them merged in.
     for lora, out in (("--lora", "adapters"), ("--no-lora", "merged")):
         assert main([*common[:2], str(tmp_path / "changed"), *common[3:], "--out", str(tmp_path / out), lora]) == 0
         assert json.loads((tmp_path / out / "crystext.json").read_text())["cell_formula"] is True
     assert (f"continuing the recipe of {tmp_path / 'changed'}: all weights, coordinates translated, site counts, "
-            "cell formulas (--[no-]lora, --[no-]translate, --[no-]site-counts, --[no-]cell-formula to change)"
-            ) in capsys.readouterr().err.splitlines()
+            "joined counts, cell formulas (--[no-]lora, --[no-]translate, --[no-]site-counts, --[no-]joined-counts, "
+            "--[no-]cell-formula to change)") in capsys.readouterr().err.splitlines()
     adapter = json.loads((tmp_path / "adapters" / "adapter_config.json").read_text())
     assert adapter["r"] == 2 and not (tmp_path / "merged" / "adapter_config.json").exists()
     assert json.loads((tmp_path / "adapters" / "crystext.json").read_text())["model"]["lora"]["rank"] == 2

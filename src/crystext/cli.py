@@ -102,6 +102,8 @@ def _encode_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--coord-decimals", type=int, default=FormatOptions.coord_decimals)
     parser.add_argument("--site-counts", action="store_true",
                         help="element lines count their atoms down, 'Fe 2', 'Fe 1' (sites grouped by element)")
+    parser.add_argument("--joined-counts", action="store_true",
+                        help="site counts written against the symbol, 'Fe2', 'Fe1' (implies --site-counts)")
     parser.add_argument("--translate", action="store_true", help="shift all sites by one random vector")
     parser.add_argument("--permute", action="store_true", help="shuffle the order of sites")
     parser.add_argument("--seed", type=int, default=0, help="seed for --translate/--permute")
@@ -148,6 +150,10 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write each element line with the atoms of that element still to come, 'Fe 2', 'Fe 1' "
                         "(sites grouped by element), so the model states each element's count as it starts it "
                         "(default: off, or as the run that wrote --model did)")
+    parser.add_argument("--joined-counts", action=argparse.BooleanOptionalAction,
+                        help="write each site count against its symbol, 'Fe2', as a formula writes it, so a count is "
+                        "copied from the prompt's formula like its element (implies --site-counts; default: off, or "
+                        "as the run that wrote --model did)")
     parser.add_argument("--cell-formula", action=argparse.BooleanOptionalAction,
                         help="prompts state the formula of the whole cell (Ti2Zn2O6), so the model copies each count; "
                         "a model trained so reads --formula NaCl as a 2-atom cell (default: the reduced formula, or as "
@@ -289,7 +295,7 @@ def _shown(rid: str, limit: int = 60) -> str:
 def _encode(args: argparse.Namespace) -> int:
     options = _settings(FormatOptions, _FORMAT_FLAGS, length_decimals=args.length_decimals,
                         angle_decimals=args.angle_decimals, coord_decimals=args.coord_decimals,
-                        site_counts=args.site_counts)
+                        site_counts=args.site_counts or args.joined_counts, joined_counts=args.joined_counts)
     _check_output_file(args.output)
     dataset = read_structures(args.input, structure_column=args.structure_column, progress=args.output is not None)
     for rid, reason in dataset.skipped:
@@ -445,10 +451,13 @@ def _train(args: argparse.Namespace) -> int:
     if use_lora and earlier.get("lora"):  # a LoRA run goes on training its own adapters (`load_pretrained`)
         lora = LoraSettings(**model_info(args.model)["model"]["lora"])
     translate = earlier.get("translate", True) if args.translate is None else args.translate
-    site_counts = earlier.get("site_counts", False) if args.site_counts is None else args.site_counts
+    joined_counts = earlier.get("joined_counts", False) if args.joined_counts is None else args.joined_counts
+    site_flag = True if args.joined_counts else args.site_counts  # joined counts are site counts
+    site_counts = earlier.get("site_counts", False) if site_flag is None else site_flag
     cell_formula = earlier.get("cell_formula", False) if args.cell_formula is None else args.cell_formula
-    if earlier and None in (args.lora, args.translate, args.site_counts, args.cell_formula):
+    if earlier and None in (args.lora, args.translate, site_flag, args.joined_counts, args.cell_formula):
         extras = [(name, flag) for on, name, flag in ((site_counts, "site counts", "site-counts"),
+                                                      (joined_counts, "joined counts", "joined-counts"),
                                                       (cell_formula, "cell formulas", "cell-formula")) if on]
         print(f"continuing the recipe of {args.model}: {'LoRA adapters' if use_lora else 'all weights'}, coordinates "
               f"{'translated' if translate else 'as written'}{''.join(f', {name}' for name, _ in extras)} "
@@ -470,7 +479,7 @@ def _train(args: argparse.Namespace) -> int:
         relabel_rate=args.relabel_rate,
         element_weight=args.element_weight,
         cell_formula=cell_formula,
-        text_format=FormatOptions(site_counts=site_counts),
+        text_format=FormatOptions(site_counts=site_counts, joined_counts=joined_counts),
         **{name: getattr(args, name) for name in _TRAIN_NUMBERS},
     )
     try:

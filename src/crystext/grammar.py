@@ -109,7 +109,7 @@ class Section(enum.Enum):
     LENGTHS = "lengths"  # "a b c"
     ANGLES = "angles"  # "alpha beta gamma"
     ELEMENT = "element"  # an element symbol
-    COUNT = "count"  # site-count form: the count after the element symbol, "Fe 3"
+    COUNT = "count"  # site-count form: the count after the element symbol, "Fe 3" (or joined, "Fe3")
     COORDS = "coords"  # "x y z", fractional
 
 
@@ -215,15 +215,18 @@ def _step_angles(state: State, char: str, grammar: Grammar) -> State | None:
 
 def _step_element(state: State, char: str, grammar: Grammar) -> State | None:
     """An element line: a real symbol the composition and atom cap allow; its newline starts the coordinates (in
-    the site-count form a space starts its count)."""
-    if char == ("\n" if not grammar.options.site_counts else " "):
+    the site-count form a space starts its count, or its first digit when the count is joined to the symbol)."""
+    options = grammar.options
+    ends_symbol = char.isdigit() if options.joined_counts else char == (" " if options.site_counts else "\n")
+    if ends_symbol:
         symbol = state.partial
         if symbol not in ELEMENT_SYMBOLS or not _element_allowed(symbol, state, grammar, exact=True):
             return None
         counts = _with_one_more(state.element_counts, symbol)
-        if grammar.options.site_counts:
+        if options.site_counts:
             due = state.countdown[1] - 1 if _continuing(state) else 0
-            return replace(state, section=Section.COUNT, partial="", element_counts=counts, countdown=(symbol, due))
+            count = replace(state, section=Section.COUNT, partial="", element_counts=counts, countdown=(symbol, due))
+            return _step_count(count, char, grammar) if options.joined_counts else count
         return State(section=Section.COORDS, element_counts=counts, lattice=state.lattice, sites=state.sites)
     partial = state.partial + char
     if partial not in _ELEMENT_PREFIXES or not _element_allowed(partial, state, grammar):
@@ -464,7 +467,10 @@ def _countdown_key(state: State, grammar: Grammar) -> tuple | None:
     if not grammar.options.site_counts:
         return None
     if state.section is Section.ELEMENT:
-        return ("due", state.countdown[0]) if _continuing(state) else tuple(e for e, _ in state.element_counts)
+        key = ("due", state.countdown[0]) if _continuing(state) else tuple(e for e, _ in state.element_counts)
+        if grammar.options.joined_counts:  # the count starts on the symbol's line: what decides it decides here too
+            key += (state.countdown[1] if _continuing(state) else grammar.max_atoms - state.atom_count,)
+        return key
     if state.section is Section.COUNT:
         due = state.countdown[1]
         return ("due", due) if due else ("room", grammar.max_atoms - state.atom_count)

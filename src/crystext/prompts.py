@@ -133,7 +133,7 @@ def infill_prompt(crystal: CrystalText, element: str, options: FormatOptions) ->
         raise ValueError(f"element {element} is not in the crystal ({' '.join(sorted(set(crystal.species)))})")
     text = crystal.to_str(options).split("\n")
     masked = [
-        MASK + line[len(element):] if i >= 2 and i % 2 == 0 and line.split(" ")[0] == element else line
+        MASK + line[len(element):] if i >= 2 and i % 2 == 0 and line.rstrip("0123456789 ") == element else line
         for i, line in enumerate(text)
     ]
     return INFILL_HEADER + "\n".join(masked) + INFILL_REQUEST

@@ -13,7 +13,9 @@ of lines per site, its element and its fractional coordinates::
 With `FormatOptions(site_counts=True)` the sites are grouped by element and each element line also
 counts down that element's atoms still to write, this one included (``Te 2``, ``Te 1``), so a model
 states each element's count where it starts writing it, a copy of the prompt's formula rather than a
-tally kept over many lines. Reading accepts both forms.
+tally kept over many lines. With `joined_counts` too the count is written against the symbol (``Te2``), the
+way a formula writes it, so the tokens after an element in the text are those after it in a prompt's formula
+(``Bi2Te3``) and copying a count is the same look-up as copying the element. Reading accepts every form.
 
 This module is the one place that writes and reads that text. `CrystalText` is the plain data
 object in between; `encode` and `decode` are the short way from and to a pymatgen `Structure`.
@@ -45,26 +47,34 @@ ELEMENT_SYMBOLS: frozenset[str] = frozenset(e.symbol for e in Element)
 
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
 # A line that is meant as an element symbol: one capital and at most one lower-case letter, then in the site-count
-# form a space and the atoms of that element still to write.
-_ELEMENT_LINE = re.compile(r"([A-Z][a-z]?)(?: [1-9]\d*)?")
+# form the atoms of that element still to write, after a space or joined to the symbol.
+_ELEMENT_LINE = re.compile(r"([A-Z][a-z]?)(?: ?[1-9]\d*)?")
 
 Vector = tuple[float, float, float]
 
 
 @dataclass(frozen=True)
 class FormatOptions:
-    """Decimal places written for each kind of number, and whether element lines count their atoms down (the module
-    docstring); the defaults are the paper's."""
+    """Decimal places written for each kind of number, whether element lines count their atoms down and whether
+    that count is joined to the symbol (the module docstring); the defaults are the paper's."""
 
     length_decimals: int = 1
     angle_decimals: int = 0
     coord_decimals: int = 2
     site_counts: bool = False
+    joined_counts: bool = False
 
     def __post_init__(self) -> None:
+        if self.joined_counts and not self.site_counts:
+            raise ValueError("joined_counts needs site_counts: it is how the site counts are written")
         for name in ("length_decimals", "angle_decimals", "coord_decimals"):
             if not 0 <= getattr(self, name) <= 8:
                 raise ValueError(f"{name} must be between 0 and 8, got {getattr(self, name)}")
+
+    @property
+    def count_separator(self) -> str:
+        """What stands between an element symbol and its site count: a space, or nothing when joined."""
+        return "" if self.joined_counts else " "
 
 
 class CrystalTextError(CrystextError, ValueError):
@@ -159,7 +169,7 @@ class CrystalText:
         left = Counter(self.species)  # atoms of each element still to write
         sites = []
         for symbol, xyz in pairs:
-            label = f"{symbol} {left[symbol]}" if opts.site_counts else symbol
+            label = f"{symbol}{opts.count_separator}{left[symbol]}" if opts.site_counts else symbol
             left[symbol] -= 1
             wrapped = (round(x % 1.0, opts.coord_decimals) % 1.0 for x in xyz)
             sites.append(label + "\n" + " ".join(f"{x:.{opts.coord_decimals}f}" for x in wrapped))

@@ -433,10 +433,10 @@ def restore_checkpoint(folder: Path, optimizer: Stateful, scheduler: Stateful, b
 
 
 def earlier_recipe(model: str) -> dict[str, bool]:
-    """Whether the run that wrote `model` trained LoRA adapters, translated coordinates, wrote site counts and stated
-    cell formulas, when `model` is a `crystext train` directory: continuing a run keeps its recipe unless told
-    otherwise (a pretrained hub model's defaults, LoRA and translation, would silently change the task). Empty for
-    a scratch preset or any other model.
+    """Whether the run that wrote `model` trained LoRA adapters, translated coordinates, wrote site counts (joined to
+    the symbol or not) and stated cell formulas, when `model` is a `crystext train` directory: continuing a run keeps
+    its recipe unless told otherwise (a pretrained hub model's defaults, LoRA and translation, would silently change
+    the task). Empty for a scratch preset or any other model.
     """
     info = {} if model in SCRATCH_PRESETS else model_info(model)
     if not info:
@@ -445,6 +445,7 @@ def earlier_recipe(model: str) -> dict[str, bool]:
     return {"lora": spec.get("lora") is not None and spec.get("name") not in SCRATCH_PRESETS,
             "translate": bool(info.get("translate", True)),
             "site_counts": model_format(info).site_counts,
+            "joined_counts": model_format(info).joined_counts,
             "cell_formula": model_cell_formula(info)}
 
 
@@ -600,7 +601,9 @@ def write_model_card(out: Path, config: TrainConfig, state: TrainState, n_train:
                 if on]
     augmentations = (f"; {' and '.join(shuffles)} of every example" if shuffles
                      else "; coordinates as written (no augmentation)")
-    counted = "; each element line counting down its atoms, `Fe 2`, `Fe 1`" if config.text_format.site_counts else ""
+    sep = config.text_format.count_separator
+    counted = (f"; each element line counting down its atoms, `Fe{sep}2`, `Fe{sep}1`" if config.text_format.site_counts
+               else "")
     card = f"""---
 library_name: transformers
 tags: [crystext, crystal-generation, materials]

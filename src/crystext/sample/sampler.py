@@ -143,7 +143,7 @@ class Sampler:
         angle = f"{118.888:.{options.angle_decimals}f}"
         coord = f"{0.8888:.{options.coord_decimals}f}"
         lattice = f"{length} {length} {length}\n{angle} {angle} {angle}\n"
-        element = f"Og {max_atoms}" if options.site_counts else "Og"
+        element = f"Og{options.count_separator}{max_atoms}" if options.site_counts else "Og"
         widest = lattice + f"{element}\n{coord} {coord} {coord}\n" * max_atoms
         return math.ceil(TOKEN_MARGIN * len(self.tokenizer(widest, add_special_tokens=False)["input_ids"])) + 1
 
