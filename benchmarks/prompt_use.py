@@ -46,6 +46,9 @@ OTHER_COUNTS = "formula, other counts"
 PARTS = ("all tokens", "first element", "new elements", "repeated elements")
 #: The new elements' NLL split in two: that an unwritten element comes now (when), and which of them (which).
 WHEN_WHICH = ("new: when", "new: which")
+#: Site-count formats: the count token that follows the first element's symbol, and those that follow each later new
+#: element's (what copying a cell formula's counts decides; a count repeating an element is a countdown).
+COUNTS = ("first count", "later counts")
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,9 @@ def completion_nll(model, tokenizer, prompt: str, completion: str) -> Scored:
     tokens = tokenizer.convert_ids_to_tokens(targets[kept].tolist())
     parts = element_parts(tokens)
     which = which_new_nll(log_probs, tokens, element_ids(tokenizer))
+    counts = count_parts(tokens, parts)
     return Scored({"all tokens": float(nll.sum()), **{part: float(nll[at].sum()) for part, at in parts.items()},
+                   **{part: float(nll[at].sum()) for part, at in counts.items()},
                    "new: which": which, "new: when": float(nll[parts["new elements"]].sum()) - which})
 
 
@@ -101,6 +106,16 @@ def element_parts(tokens: list[str]) -> dict[str, list[int]]:
         parts[part].append(i)
         written.add(token)
     return parts
+
+
+def count_parts(tokens: list[str], parts: dict[str, list[int]]) -> dict[str, list[int]]:
+    """Positions of the count tokens (`COUNTS`) after the first and each later new element, "Fe 2" or "Fe2"; none in
+    the paper's format."""
+    def count_after(i: int) -> list[int]:
+        j = i + 1 + (i + 1 < len(tokens) and tokens[i + 1] == " ")
+        return [j] if j < len(tokens) and tokens[j].isdigit() else []
+    return {"first count": [j for i in parts["first element"] for j in count_after(i)],
+            "later counts": [j for i in parts["new elements"] for j in count_after(i)]}
 
 
 def other_counts(formula: str) -> str:
@@ -139,7 +154,7 @@ def measure(
         cases += [(RELABELLED[0], swapped, Attributes()), (RELABELLED[1], swapped, Attributes(formula=formula))]
         for name, crystal, attributes in cases:
             scored = completion_nll(model, tokenizer, attributes.to_prompt(), crystal.to_str(options))
-            for part in PARTS + WHEN_WHICH:
+            for part in PARTS + WHEN_WHICH + COUNTS:
                 totals.setdefault(name, {}).setdefault(part, []).append(scored.nll[part])
     return {name: {part: round(float(np.mean(v)), 3) for part, v in parts.items()} for name, parts in totals.items()}
 
@@ -182,9 +197,11 @@ def main() -> int:
              "random ones, without and with its new formula (the copy test: only copying helps which there). "
              "Other counts: the crystal's own elements, counts moved one element on (Fe2O3 -> Fe3O2; NaCl -> "
              "Na2Cl; crystals of one element left out): a model that reads counts scores repeated elements and "
-             "when worse there than under the formula.", ""]
+             "when worse there than under the formula." + (" First count, later counts: the count token after the "
+             "first element's symbol, and after each later new element's (the counts a cell formula states)."
+             if options.site_counts else ""), ""]
     for split, table in results.items():
-        columns = PARTS + WHEN_WHICH
+        columns = PARTS + WHEN_WHICH + (COUNTS if options.site_counts else ())
         lines += [f"## MP-20 {split}", "", "| prompt | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
         lines += [f"| {name} | " + " | ".join(f"{table[name][p]:.2f}" for p in columns) + " |" for name in table]
         lines.append("")

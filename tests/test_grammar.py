@@ -431,9 +431,28 @@ def test_a_site_count_text_ends_only_when_its_last_element_is_done(sites: str, e
     assert can_end(advance(State(), CUBE + sites, COUNTED), COUNTED) is expected
 
 
-def test_the_site_count_format_leaves_the_counts_to_the_model() -> None:
-    with pytest.raises(ValueError, match="not available in the site-count text format"):
-        Grammar(FormatOptions(site_counts=True), composition={"Na": 1, "Cl": 1})
+@pytest.mark.parametrize("joined", [False, True])
+@pytest.mark.parametrize(
+    ("sites", "grammatical", "complete"),
+    [
+        ("Cl 2\n0.50 0.50 0.50\nCl 1\n0.00 0.50 0.50\nNa 2\n0.00 0.00 0.00\nNa 1\n0.50 0.00 0.00", True, True),
+        ("Cl 2\n0.50 0.50 0.50\nCl 1\n0.00 0.50 0.50", True, False),  # Na still due
+        ("Cl 1", False, False),  # the cell holds two units: each element's count is 2
+        ("Cl 3", False, False),
+        ("O 2", False, False),  # not in the formula
+        ("Cl 2\n0.50 0.50 0.50\nCl 1\n0.00 0.50 0.50\nCl", False, False),  # Cl is done
+    ],
+)
+def test_a_forced_composition_fixes_each_new_elements_site_count(
+    sites: str, grammatical: bool, complete: bool, joined: bool
+) -> None:
+    """In the site-count form a forced formula decides the elements and each one's count: the formula's count times
+    the units the cell holds (two NaCl in the ROOMY cell), counted down as ever."""
+    grammar = Grammar.for_formula("NaCl", FormatOptions(site_counts=True, joined_counts=joined), max_atoms=6)
+    text = ROOMY + (sites.replace("l ", "l").replace("a ", "a").replace("O ", "O") if joined else sites)
+    state = advance(State(), text, grammar)
+    assert (state is not None) is grammatical
+    assert grammatical is False or can_end(state, grammar) is complete
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -499,6 +518,19 @@ def test_processor_masks_coordinates_that_would_crowd_an_atom() -> None:
     assert {f"{i / 100:.2f}" for i in range(100)} <= free
     # under 0.5 A from z = 0 or z = 1 is 0.00-0.12 and 0.88-0.99: those 25 values go, and no other token
     assert free - spaced == {f"{i / 100:.2f}" for i in [*range(13), *range(88, 100)]}
+
+
+def test_processor_counts_a_forced_joined_element_by_the_units_its_own_cell_holds() -> None:
+    """Two rows, one processor, one cached mask per case: after "Cl" the count is 2 in the 79.5 A^3 cell (two NaCl)
+    and 4 in a 216 A^3 one (216 / 51.66 is 4.2 units), never the other row's."""
+    tokenizer = scratch_tokenizer()
+    grammar = Grammar.for_formula("NaCl", FormatOptions(site_counts=True, joined_counts=True), max_atoms=10)
+    processor = GrammarLogitsProcessor(tokenizer, [grammar, grammar], len(tokenizer.get_vocab()))
+    texts = [ROOMY + "Cl", "6.0 6.0 6.0\n90 90 90\nCl"]
+    out = feed(processor, [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts], tokenizer.bos_token_id)
+    allowed = [{tokenizer.convert_ids_to_tokens(i) for i in torch.isfinite(row).nonzero().flatten().tolist()}
+               for row in out]
+    assert allowed == [{"2"}, {"4"}]
 
 
 def test_processor_lets_a_crowded_atom_be_written_rather_than_cut_off() -> None:

@@ -1,4 +1,4 @@
-"""benchmarks/prompt_use.py: which element tokens of a completion count as first, new and repeated."""
+"""benchmarks/prompt_use.py: which tokens of a completion are first, new and repeated elements, and their counts."""
 
 from __future__ import annotations
 
@@ -18,6 +18,17 @@ def test_element_tokens_split_into_first_new_and_repeated() -> None:
                                                 "repeated elements": [12, 20]}
     assert prompt_use.element_parts(["5.0", "\n", "90"]) == {"first element": [], "new elements": [],
                                                              "repeated elements": []}
+
+
+def test_count_tokens_are_those_after_a_new_element_spaced_or_joined() -> None:
+    spaced = ["90", "\n", "Nd", " ", "1", "\n", "0.00", "\n", "Al", " ", "12", "\n", "0.28", "\n", "Al", " ", "11"]
+    assert prompt_use.count_parts(spaced, prompt_use.element_parts(spaced)) == {"first count": [4],
+                                                                                "later counts": [10]}
+    joined = ["90", "\n", "Nd", "1", "\n", "0.00", "\n", "Al", "12", "\n", "0.28", "\n", "Al", "11"]
+    assert prompt_use.count_parts(joined, prompt_use.element_parts(joined)) == {"first count": [3],
+                                                                                "later counts": [8]}
+    paper = ["90", "\n", "Nd", "\n", "0.00", "\n", "Al", "\n", "0.28"]
+    assert prompt_use.count_parts(paper, prompt_use.element_parts(paper)) == {"first count": [], "later counts": []}
 
 
 def test_which_new_element_is_its_share_among_the_unwritten_elements() -> None:

@@ -112,29 +112,26 @@ def test_token_budget_counts_whole_number_tokens(sampler) -> None:
 @pytest.mark.parametrize("joined", [False, True])
 def test_a_model_trained_on_site_counts_samples_in_its_own_format(model_dir, tmp_path, capsys, joined) -> None:
     """The format a model was trained on comes from its directory: an untrained site-count model still writes
-    grammatical site-count text, each element's atoms counted down ("Fe 2", or "Fe2" joined), and refuses a forced
-    composition."""
+    grammatical site-count text, each element's atoms counted down ("Fe 2", or "Fe2" joined), and forced to a formula
+    writes its elements with whole-unit counts."""
     counted = tmp_path / "counted"
     shutil.copytree(model_dir, counted)
     info = json.loads((counted / "crystext.json").read_text())
     info["text_format"].update(site_counts=True, joined_counts=joined)
     (counted / "crystext.json").write_text(json.dumps(info))
-    out = tmp_path / "s.csv"
+    split = re.compile(r"([A-Z][a-z]?)(\d+)" if joined else r"([A-Z][a-z]?) (\d+)")
+    out, forced = tmp_path / "s.csv", tmp_path / "f.csv"
     Sampler.from_pretrained(counted).sample(small(), out, progress=False)
-    for row in rows(out):
+    Sampler.from_pretrained(counted).sample(small(n=6, force_composition=True, max_atoms=12), forced,
+                                            progress=False, conditions=[Attributes(formula="Li2O")])
+    assert rows(forced)
+    for row in rows(out) + rows(forced):
         element_lines = row["raw_text"].split("\n")[2::2]
-        split = re.compile(r"([A-Z][a-z]?)(\d+)" if joined else r"([A-Z][a-z]?) (\d+)")
         species, counts = zip(*(split.fullmatch(line).groups() for line in element_lines))
         assert [int(n) for n in counts] == [species[i:].count(s) for i, s in enumerate(species)]
         assert [site.specie.symbol for site in decode(row["raw_text"])] == list(species)
-    conditions = tmp_path / "conditions.csv"  # the first asks no formula: the second is refused all the same
-    conditions.write_text("pretty_formula,spacegroup.number\n,225\nNaCl,225\n")
-    forced = ["sample", "--model", str(counted), "--conditions", str(conditions), "--force-composition", "-o",
-              str(tmp_path / "f")]
-    assert main(forced) == 1
-    assert ("crystext sample: error: a forced composition is not available in the site-count text format (yet): its "
-            "counts are the model's to write") in capsys.readouterr().err.splitlines()
-    assert not (tmp_path / "f").exists()
+    for row in rows(forced):
+        assert decode(row["raw_text"]).composition.reduced_formula == "Li2O"
 
 
 def test_a_cell_formula_model_says_how_it_reads_a_formula(model_dir, tmp_path, capsys) -> None:

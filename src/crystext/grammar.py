@@ -61,9 +61,6 @@ class Grammar:
     min_distance: float | None = None  # Angstrom, nearest periodic image included; kept by the logits processor
 
     def __post_init__(self) -> None:
-        if self.composition is not None and self.options.site_counts:
-            raise ValueError("a forced composition is not available in the site-count text format (yet): its "
-                             "counts are the model's to write")
         if self.composition is not None:
             atoms = sum(self.composition.values())
             if atoms < 1 or min(self.composition.values()) < 1:
@@ -236,8 +233,10 @@ def _step_element(state: State, char: str, grammar: Grammar) -> State | None:
 
 def _step_count(state: State, char: str, grammar: Grammar) -> State | None:
     """The count of a site-count element line: one less than the line before while an element's atoms last, else
-    any count from 1 that the atom cap leaves room for; its newline starts the coordinates."""
-    symbol, due = state.countdown
+    with a composition the element's atoms in the units the cell holds, else any count from 1 that the atom cap
+    leaves room for; its newline starts the coordinates."""
+    symbol = state.countdown[0]
+    due = _count_due(state, grammar)
     room = grammar.max_atoms - state.atom_count + 1  # this atom and those still to come
     if char == "\n":
         if not state.partial or not (int(state.partial) == due if due else int(state.partial) <= room):
@@ -247,6 +246,14 @@ def _step_count(state: State, char: str, grammar: Grammar) -> State | None:
     if not char.isdigit() or partial[0] == "0" or not (str(due).startswith(partial) if due else int(partial) <= room):
         return None
     return replace(state, partial=partial)
+
+
+def _count_due(state: State, grammar: Grammar) -> int:
+    """Site-count form: the count the element line being written must state (0: any the atom cap allows)."""
+    symbol, due = state.countdown
+    if due or grammar.composition is None:
+        return due
+    return grammar.composition[symbol] * _units_held(state, grammar)
 
 
 def _step_coords(state: State, char: str, grammar: Grammar) -> State | None:
@@ -369,7 +376,10 @@ def _element_allowed(prefix: str, state: State, grammar: Grammar, *, exact: bool
         if _continuing(state):
             return state.countdown[0] == prefix if exact else state.countdown[0].startswith(prefix)
         used = {element for element, _ in state.element_counts}
-        return prefix not in used if exact else any(e.startswith(prefix) and e not in used for e in ELEMENT_SYMBOLS)
+        candidates = ELEMENT_SYMBOLS if grammar.composition is None else grammar.composition
+        if exact:
+            return prefix in candidates and prefix not in used
+        return any(e.startswith(prefix) and e not in used for e in candidates)
     unit = grammar.composition
     if unit is None:
         return True
@@ -472,7 +482,7 @@ def _countdown_key(state: State, grammar: Grammar) -> tuple | None:
             key += (state.countdown[1] if _continuing(state) else grammar.max_atoms - state.atom_count,)
         return key
     if state.section is Section.COUNT:
-        due = state.countdown[1]
+        due = _count_due(state, grammar)
         return ("due", due) if due else ("room", grammar.max_atoms - state.atom_count)
     return None
 
