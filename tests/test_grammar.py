@@ -420,6 +420,8 @@ JOINED = Grammar(FormatOptions(site_counts=True, joined_counts=True), max_atoms=
         (CUBE + "O 3", False),  # the count joins the symbol
         (CUBE + "O3\n0.00 0.00 0.00\nO1", False),
         (CUBE + "Os2\n0.00 0.00 0.00\nOs1", True),
+        (CUBE + "O01", False),
+        ("9.0 9.0 9.0\n90 90 90\nAl12", False),  # over the cap of 6
     ],
 )
 def test_joined_site_counts_follow_the_symbol_and_count_down(text: str, expected: bool) -> None:
@@ -531,6 +533,19 @@ def test_processor_counts_a_forced_joined_element_by_the_units_its_own_cell_hold
     allowed = [{tokenizer.convert_ids_to_tokens(i) for i in torch.isfinite(row).nonzero().flatten().tolist()}
                for row in out]
     assert allowed == [{"2"}, {"4"}]
+
+
+def test_processor_counts_a_joined_element_down_from_its_own_rows_last_count() -> None:
+    """One processor, two rows at the same place in the same cell: the count after "O" is the one each row's own
+    countdown has due, never the other row's cached mask."""
+    tokenizer = scratch_tokenizer()
+    grammar = Grammar(FormatOptions(site_counts=True, joined_counts=True), max_atoms=6)
+    processor = GrammarLogitsProcessor(tokenizer, [grammar, grammar], len(tokenizer.get_vocab()))
+    texts = [CUBE + "O3\n0.00 0.00 0.00\nO", CUBE + "O2\n0.00 0.00 0.00\nO"]
+    out = feed(processor, [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts], tokenizer.bos_token_id)
+    allowed = [{tokenizer.convert_ids_to_tokens(i) for i in torch.isfinite(row).nonzero().flatten().tolist()}
+               for row in out]
+    assert allowed == [{"2"}, {"1"}]
 
 
 def test_processor_lets_a_crowded_atom_be_written_rather_than_cut_off() -> None:

@@ -432,3 +432,12 @@ def test_continuing_a_crystext_run_keeps_its_recipe_unless_told_otherwise(tiny_d
     adapter = json.loads((tmp_path / "adapters" / "adapter_config.json").read_text())
     assert adapter["r"] == 2 and not (tmp_path / "merged" / "adapter_config.json").exists()
     assert json.loads((tmp_path / "adapters" / "crystext.json").read_text())["model"]["lora"]["rank"] == 2
+    # Without site counts the joined form goes too; asking for both at once is refused.
+    again = [*common[:2], str(tmp_path / "changed"), *common[3:], "--no-lora"]
+    assert main([*again, "--out", str(tmp_path / "plain"), "--no-site-counts"]) == 0
+    plain = json.loads((tmp_path / "plain" / "crystext.json").read_text())["text_format"]
+    assert plain["site_counts"] is False and plain["joined_counts"] is False
+    capsys.readouterr()
+    assert main([*again, "--out", str(tmp_path / "both"), "--joined-counts", "--no-site-counts"]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == ("crystext train: error: --joined-counts is a way of writing "
+                                                        "site counts: it cannot go with --no-site-counts")

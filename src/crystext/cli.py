@@ -451,9 +451,12 @@ def _train(args: argparse.Namespace) -> int:
     if use_lora and earlier.get("lora"):  # a LoRA run goes on training its own adapters (`load_pretrained`)
         lora = LoraSettings(**model_info(args.model)["model"]["lora"])
     translate = earlier.get("translate", True) if args.translate is None else args.translate
-    joined_counts = earlier.get("joined_counts", False) if args.joined_counts is None else args.joined_counts
+    if args.joined_counts and args.site_counts is False:
+        raise CliError("--joined-counts is a way of writing site counts: it cannot go with --no-site-counts")
     site_flag = True if args.joined_counts else args.site_counts  # joined counts are site counts
     site_counts = earlier.get("site_counts", False) if site_flag is None else site_flag
+    joined_counts = site_counts and (earlier.get("joined_counts", False) if args.joined_counts is None
+                                     else args.joined_counts)
     cell_formula = earlier.get("cell_formula", False) if args.cell_formula is None else args.cell_formula
     if earlier and None in (args.lora, args.translate, site_flag, args.joined_counts, args.cell_formula):
         extras = [(name, flag) for on, name, flag in ((site_counts, "site counts", "site-counts"),

@@ -478,9 +478,9 @@ def _countdown_key(state: State, grammar: Grammar) -> tuple | None:
         return None
     if state.section is Section.ELEMENT:
         key = ("due", state.countdown[0]) if _continuing(state) else tuple(e for e, _ in state.element_counts)
-        if grammar.options.joined_counts:  # the count starts on the symbol's line: what decides it decides here too
-            key += (state.countdown[1] if _continuing(state) else grammar.max_atoms - state.atom_count,)
-        return key
+        # A token may run on from the symbol into its count ("Fe2" joined; " 2" in a tokenizer with such tokens):
+        # what decides the count decides here too.
+        return (*key, state.countdown[1] if _continuing(state) else grammar.max_atoms - state.atom_count)
     if state.section is Section.COUNT:
         due = _count_due(state, grammar)
         return ("due", due) if due else ("room", grammar.max_atoms - state.atom_count)
