@@ -167,7 +167,7 @@ def sample_kind(sampler: Sampler, prompts: list[Prompt], seed: int, folder: Path
     config = SampleConfig(n=len(conditions), max_attempts=len(conditions), batch_size=args.batch_size,
                           temperature=args.temperature, top_p=args.top_p, constrained=not args.no_constraint,
                           force_composition=args.force_composition, max_atoms=args.max_atoms, seed=seed,
-                          guidance_scale=args.guidance)
+                          guidance_scale=args.guidance, volume_floor=not args.no_volume_floor)
     sampler.sample(config, samples, conditions=conditions, resume=samples.exists())
     return samples
 
@@ -346,7 +346,8 @@ def sampling_settings(args: argparse.Namespace) -> dict:
             "temperature": args.temperature, "top_p": args.top_p, "max_atoms": args.max_atoms,
             "batch_size": args.batch_size, "force_composition": args.force_composition,
             "constrained": not args.no_constraint, "guidance": args.guidance,
-            **({"formula_form": "cell"} if args.formula_form == "cell" else {})}
+            **({"formula_form": "cell"} if args.formula_form == "cell" else {}),
+            **({"volume_floor": False} if args.no_volume_floor else {})}
 
 
 def check_work(args: argparse.Namespace) -> None:
@@ -395,7 +396,8 @@ def write_results(
         (f"{args.prompts} prompts per kind from the MP-20 test split (seeded, disjoint rows), {args.per_prompt} "
          f"attempt(s) each, T {args.temperature}, top-p {args.top_p}, at most {args.max_atoms} atoms, "
          f"{'grammar and 0.5 A minimum distance' if not args.no_constraint else 'no constraint'}"
-         f"{', forced composition' if args.force_composition else ''}, guidance {args.guidance}, formulas stated "
+         f"{', forced composition' if args.force_composition else ''}"
+         f"{', no volume floor' if args.no_volume_floor else ''}, guidance {args.guidance}, formulas stated "
          f"{'as the whole cell (Ti2Zn2O6)' if args.formula_form == 'cell' else 'reduced (TiZnO3)'}. Rates are over "
          "every attempt that asked (an unreadable attempt misses). Element set: the sample has exactly the "
          "requested elements (the formula, or other counts); missing elements: only some of them (it stopped "
@@ -461,6 +463,8 @@ def main() -> int:
     parser.add_argument("--force-composition", action="store_true", help="formula prompts: the grammar keeps the "
                         "requested composition")
     parser.add_argument("--no-constraint", action="store_true", help="sample without the grammar")
+    parser.add_argument("--no-volume-floor", action="store_true", help="a cell-formula model's lattice may be smaller "
+                        "than MP-20 gives the stated atoms (crystext sample --no-volume-floor)")
     parser.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1: none)")
     parser.add_argument("--kinds", nargs="+", choices=list(KINDS), default=list(KINDS),
                         help="prompt kinds to run (default: all; the base rate is then over those that ask for no "

@@ -28,6 +28,7 @@ from crystext.grammar import (
     advance,
     can_end,
     element_volumes,
+    min_cell_volume,
     token_texts,
 )
 from crystext.model import train_scratch_tokenizer
@@ -331,6 +332,35 @@ def test_nacl_units_by_hand() -> None:
     assert (volumes["Na"], volumes["Cl"], MIN_VOLUME_RATIO, MAX_VOLUME_RATIO) == (20.87, 30.79, 0.74, 1.62)
 
 
+def test_the_least_cell_of_a_formula_is_its_atoms_at_their_smallest() -> None:
+    assert min_cell_volume("Na4Cl4") == pytest.approx(4 * 0.74 * (20.87 + 30.79))  # 152.91 A^3
+    assert min_cell_volume("NaCl") == pytest.approx(38.23, abs=0.01)
+
+
+#: Four NaCl, at least 152.91 A^3.
+FLOORED = Grammar(min_volume=min_cell_volume("Na4Cl4"))
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("5.6 5.6 4.9\n90 90 90\n", True),  # 153.7 A^3
+        ("5.6 5.6 4.8\n", False),  # 150.5 A^3: no angles can make the cell larger than the lengths' product
+        ("5.6 5.6 4", True),  # 4.9 is still to come
+        ("3.0 3.0 1", True),  # 17 A and more: 17 to 19.9 A
+        ("3.0 3.0 1.", False),  # 1.0 to 1.9 A
+        ("5.6 5.6 5.6\n90 90 90\n", True),  # 175.6 A^3
+        ("5.6 5.6 5.6\n60 60 60\n", False),  # 0.707 of the product: 124.2 A^3
+        ("5.6 5.6 5.6\n90 90 6", True),  # 60 to 69 degrees: 152.1 to 164.0 A^3, 61 makes it
+        ("5.6 5.6 5.6\n50 ", False),  # at most sin(50) = 0.766 of the product: 134.5 A^3, whatever beta and gamma
+        ("5.6 5.6 5.6\n90 50 ", False),
+        ("5.6 5.6 5.6\n90 70 ", True),  # sin(70) = 0.940: 165 A^3 with gamma 90
+    ],
+)
+def test_a_least_volume_keeps_the_lattice_large_enough(text: str, expected: bool) -> None:
+    assert accepts(text, FLOORED) is expected
+
+
 def test_an_element_missing_from_the_table_takes_the_overall_range() -> None:
     """Per atom: the table's Cl by the ratio bounds (typically its own volume), the untabled Ar by MP-20's overall
     8.8 to 56.8 A^3 (typically their geometric mean, 22.36 A^3)."""
@@ -546,6 +576,19 @@ def test_processor_counts_a_joined_element_down_from_its_own_rows_last_count() -
     allowed = [{tokenizer.convert_ids_to_tokens(i) for i in torch.isfinite(row).nonzero().flatten().tolist()}
                for row in out]
     assert allowed == [{"2"}, {"1"}]
+
+
+def test_processor_bounds_each_rows_last_length_by_its_own_first_two() -> None:
+    """Two rows, one processor, a least volume of 152.91 A^3: after 5.6 x 5.6 the third length is at least 4.9 A,
+    after 9.0 x 9.0 at least 1.9 A; neither row gets the other's cached mask."""
+    tokenizer = scratch_tokenizer()
+    processor = GrammarLogitsProcessor(tokenizer, [FLOORED, FLOORED], len(tokenizer.get_vocab()))
+    texts = ["5.6 5.6 ", "9.0 9.0 "]
+    out = feed(processor, [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts], tokenizer.bos_token_id)
+    allowed = [{tokenizer.convert_ids_to_tokens(i) for i in torch.isfinite(row).nonzero().flatten().tolist()}
+               for row in out]
+    assert "4.9" in allowed[0] and "4.8" not in allowed[0]
+    assert "1.9" in allowed[1] and "1.8" not in allowed[1]
 
 
 def test_processor_lets_a_crowded_atom_be_written_rather_than_cut_off() -> None:

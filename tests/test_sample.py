@@ -19,6 +19,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from crystext.cli import main
 from crystext.constants import MAX_VOLUME_PER_ATOM, MIN_VOLUME_PER_ATOM
 from crystext.evaluate.validity import structural_problem
+from crystext.grammar import min_cell_volume
 from crystext.prompts import Attributes
 from crystext.sample import (
     Completion,
@@ -157,6 +158,25 @@ def test_a_cell_formula_model_forced_writes_exactly_the_cell_asked(sampler, tmp_
                 progress=False)
     written = [decode(row["raw_text"]).composition for row in rows(out) if row["cif"]]
     assert written and all(c == Composition("Na2Cl2") for c in written)
+
+
+def test_a_cell_formula_models_lattice_holds_the_stated_atoms(tmp_path) -> None:
+    """A stated cell formula floors the cell's volume at what MP-20 gives those atoms (`min_cell_volume`); the same
+    seeds without the floor write smaller cells (the shipped model, read as if it had learnt cell formulas, writes
+    the small cells it knows). A reduced-formula model has no floor: NaCl may be any number of units."""
+    from crystext.model import DEFAULT_MODEL_DIR
+
+    sampler = Sampler.from_pretrained(DEFAULT_MODEL_DIR)
+    cell = Sampler(sampler.model, sampler.tokenizer, sampler.text_format, cell_formula=True)
+    floor = min_cell_volume("Na6Cl6")
+    volumes = {}
+    for name, model, on in (("floored", cell, True), ("free", cell, False), ("reduced", sampler, True)):
+        out = tmp_path / f"{name}.csv"
+        model.sample(small(n=8, batch_size=8, max_atoms=12, volume_floor=on), out,
+                     conditions=[Attributes(formula="Na6Cl6")], progress=False)
+        volumes[name] = [decode(row["raw_text"]).volume for row in rows(out) if row["cif"]]
+    assert volumes["floored"] and min(volumes["floored"]) >= floor
+    assert min(volumes["free"]) < floor and min(volumes["reduced"]) < floor
 
 
 def test_forced_composition_is_exact(sampler, tmp_path) -> None:

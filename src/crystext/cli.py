@@ -202,6 +202,9 @@ def _sample_arguments(parser: argparse.ArgumentParser) -> None:
     conditions.add_argument("--force-composition", action="store_true",
                             help="cells hold whole formula units only, as many as the written cell holds at "
                             "MP-20's volume for those elements")
+    conditions.add_argument("--no-volume-floor", action="store_true",
+                            help="a model trained with --cell-formula may write a cell smaller than MP-20 gives the "
+                            "stated atoms (default: the grammar keeps the lattice at least that large)")
     conditions.add_argument("--only-matching", action="store_true",
                             help="keep only crystals with the stated formula and space group (pymatgen's reduced "
                             "formula, spglib at symprec 0.1); the others stay in -o as rows saying what they wrote. "
@@ -500,7 +503,7 @@ def _sample(args: argparse.Namespace) -> int:
         constrained=not args.no_constraint, force_composition=args.force_composition, max_atoms=args.max_atoms,
         min_distance=args.min_distance or None,
         max_new_tokens=args.max_new_tokens, max_attempts=args.max_attempts, seed=args.seed,
-        guidance_scale=args.guidance_scale, only_matching=args.only_matching,
+        guidance_scale=args.guidance_scale, only_matching=args.only_matching, volume_floor=not args.no_volume_floor,
     )
     # Everything the arguments alone can refuse is refused before the model loads.
     given = Attributes(args.formula, args.spacegroup, args.e_above_hull, args.formation_energy, args.band_gap)

@@ -58,6 +58,7 @@ class Grammar:
     max_atoms: int = DEFAULT_MAX_ATOMS
     composition: Mapping[str, int] | None = None  # element -> count in one formula unit; units: see _formula_units
     units: int | None = None  # formula units a cell holds: fixed (1 for a whole cell's formula), or None: its volume's
+    min_volume: float | None = None  # A^3: the smallest cell the lattice may describe (`min_cell_volume`)
     min_distance: float | None = None  # Angstrom, nearest periodic image included; kept by the logits processor
 
     def __post_init__(self) -> None:
@@ -181,11 +182,16 @@ def _step(state: State, char: str, grammar: Grammar) -> State | None:
 
 
 def _step_lengths(state: State, char: str, grammar: Grammar) -> State | None:
-    """The lengths line: three lengths in LENGTH_RANGE; its newline starts the angles."""
+    """The lengths line: three lengths in LENGTH_RANGE (whose product, with a `min_volume`, is at least that: the
+    cell's volume is at most the product); its newline starts the angles."""
     decimals = grammar.options.length_decimals
+    bounds = LENGTH_RANGE
+    if grammar.min_volume:  # the lengths still to come at their longest must reach the volume
+        longest = LENGTH_RANGE[1] ** (2 - state.column)
+        bounds = (max(LENGTH_RANGE[0], grammar.min_volume / (math.prod(state.line_numbers) * longest)), bounds[1])
     if _is_number_char(char):
-        return _extend_lattice_number(state, char, decimals, LENGTH_RANGE)
-    numbers = _close_number(state, char, decimals, LENGTH_RANGE)
+        return _extend_lattice_number(state, char, decimals, bounds)
+    numbers = _close_number(state, char, decimals, bounds)
     if numbers is None:
         return None
     if len(numbers) < 3:
@@ -196,17 +202,16 @@ def _step_lengths(state: State, char: str, grammar: Grammar) -> State | None:
 def _step_angles(state: State, char: str, grammar: Grammar) -> State | None:
     """The angles line: three angles in ANGLE_RANGE that give a real cell; its newline starts the first atom."""
     decimals = grammar.options.angle_decimals
+    least = _least_fraction(state, grammar)
     if _is_number_char(char):
-        return _extend_lattice_number(state, char, decimals, ANGLE_RANGE)
+        return _extend_lattice_number(state, char, decimals, ANGLE_RANGE, least)
     numbers = _close_number(state, char, decimals, ANGLE_RANGE)
     if numbers is None:
         return None
-    if len(numbers) == 2 and not _third_angle_exists(numbers[0], numbers[1], ANGLE_RANGE):
-        return None  # "10" could have become "100", but as written no third angle gives a real cell
+    if not _angles_possible(numbers, least):
+        return None  # "10" could have become "100", but as written no third angle gives a real (large enough) cell
     if len(numbers) < 3:
         return _next_column(state, numbers)
-    if not _valid_angles(numbers):
-        return None
     return State(section=Section.ELEMENT, element_counts=state.element_counts, lattice=state.lattice + numbers)
 
 
@@ -282,10 +287,14 @@ def _is_number_char(char: str) -> bool:
     return char.isdigit() or char == "."
 
 
-def _extend_lattice_number(state: State, char: str, decimals: int, bounds: tuple[float, float]) -> State | None:
-    """`char` added to a length or angle, if the number can still end in `bounds` (and give a real cell)."""
+def _extend_lattice_number(
+    state: State, char: str, decimals: int, bounds: tuple[float, float], least: float = 0.0
+) -> State | None:
+    """`char` added to a length or angle, if the number can still end in `bounds` (and, for an angle, give a real
+    cell whose volume is at least `least` times the product of its lengths)."""
     partial = state.partial + char
-    live = _number_prefix(partial, decimals, _LATTICE_INT_DIGITS) and _reachable(partial, state, bounds)
+    live = _number_prefix(partial, decimals, _LATTICE_INT_DIGITS) and _reachable(partial, decimals, state, bounds,
+                                                                                  least)
     return replace(state, partial=partial) if live else None
 
 
@@ -330,41 +339,66 @@ def _number_done(partial: str, decimals: int) -> bool:
     return bool(whole) and whole.isdigit() and (len(frac) == decimals if decimals else not dot)
 
 
-def _reachable(partial: str, state: State, bounds: tuple[float, float]) -> bool:
-    """Whether the lattice number being written can still end in `bounds` (and, for an angle, leave a real cell).
+def _reachable(partial: str, decimals: int, state: State, bounds: tuple[float, float], least: float = 0.0) -> bool:
+    """Whether the lattice number being written (`decimals` places) can still end in `bounds` (and, for an angle,
+    leave a real cell of at least `least` times the product of its lengths in volume).
 
-    Only whole numbers are tried as endings: the decimals then must keep the value inside `bounds`.
+    Before the dot, whole numbers in `bounds` are tried as endings (an angle's cell judged at that whole value);
+    after it, the decimals must be able to keep the value inside `bounds` (a bound need not be whole: a least
+    volume makes the last length at least 4.88 A, say).
     """
     whole, dot, frac = partial.partition(".")
-    if dot and not (bounds[0] <= float(f"{whole}.{frac}9999") and float(f"{whole}.{frac}0") <= bounds[1]):
-        return False
+    if dot:
+        largest = float(f"{whole}.{frac}{'9' * (decimals - len(frac))}0")
+        fits = bounds[0] <= largest and float(f"{whole}.{frac}0") <= bounds[1]
+        return fits and (state.section is not Section.ANGLES or _angles_possible(
+            state.line_numbers + (float(whole),), least))
     for value in range(math.ceil(bounds[0]), math.floor(bounds[1]) + 1):
-        text = str(value)
-        if (text == whole if dot else text.startswith(whole)) and _cell_possible(state, float(value), bounds):
+        if str(value).startswith(whole) and (
+            state.section is not Section.ANGLES or _angles_possible(state.line_numbers + (float(value),), least)
+        ):
             return True
     return False
 
 
-def _cell_possible(state: State, value: float, bounds: tuple[float, float]) -> bool:
-    """For the angles: whether the line can still describe a real cell once the angle being written is `value`."""
-    if state.section is not Section.ANGLES or state.column == 0:
-        return True
-    if state.column == 2:
-        return _valid_angles(state.line_numbers + (value,))
-    return _third_angle_exists(state.line_numbers[0], value, bounds)
+def _angles_possible(angles: tuple[float, ...], least: float = 0.0) -> bool:
+    """Whether the first one, two or three angles of a line can describe a real cell whose volume is at least `least`
+    times the product of its lengths (with the remaining angles still to choose, whole degrees in ANGLE_RANGE).
+
+    The volume over the product of lengths is sqrt(1 - ca^2 - cb^2 - cg^2 + 2 ca cb cg) (c: cosines), at most
+    sin(alpha) whatever beta and gamma, and sin(alpha) sin(beta) whatever gamma (at cos(gamma) = ca cb); a whole
+    degree of gamma off that takes at most 1e-4 from the square.
+    """
+    sines = [math.sin(math.radians(x)) for x in angles]
+    if len(angles) == 1:
+        return sines[0] >= least
+    if len(angles) == 2:
+        return _third_angle_exists(angles[0], angles[1]) and (sines[0] * sines[1]) ** 2 - 1e-4 >= least**2
+    return _valid_angles(angles) and _volume_fraction(angles) >= least
 
 
 @cache
-def _third_angle_exists(alpha: float, beta: float, bounds: tuple[float, float]) -> bool:
-    """Whether some whole-degree gamma in `bounds` makes a real cell with `alpha` and `beta`."""
-    return any(_valid_angles((alpha, beta, float(gamma))) for gamma in range(int(bounds[0]), int(bounds[1]) + 1))
+def _third_angle_exists(alpha: float, beta: float) -> bool:
+    """Whether some whole-degree gamma in ANGLE_RANGE makes a real cell with `alpha` and `beta`."""
+    low, high = ANGLE_RANGE
+    return any(_valid_angles((alpha, beta, float(gamma))) for gamma in range(int(low), int(high) + 1))
 
 
 @cache
 def _valid_angles(angles: tuple[float, ...]) -> bool:
     """Whether three angles (degrees) give a cell of real, not vanishing, volume."""
+    return _volume_fraction(angles) ** 2 > 1e-3
+
+
+def _volume_fraction(angles: tuple[float, ...]) -> float:
+    """A cell's volume over the product of its lengths, from its three angles (degrees); 0 for no real cell."""
     ca, cb, cg = (math.cos(math.radians(x)) for x in angles)
-    return 1 - ca * ca - cb * cb - cg * cg + 2 * ca * cb * cg > 1e-3
+    return math.sqrt(max(0.0, 1 - ca * ca - cb * cb - cg * cg + 2 * ca * cb * cg))
+
+
+def _least_fraction(state: State, grammar: Grammar) -> float:
+    """The smallest volume over product of lengths the angles may give: `min_volume` over the lengths' product."""
+    return grammar.min_volume / math.prod(state.lattice[:3]) if grammar.min_volume and state.lattice else 0.0
 
 
 def _element_allowed(prefix: str, state: State, grammar: Grammar, *, exact: bool = False) -> bool:
@@ -430,6 +464,12 @@ def _formula_units(
     fewest = min(most, max(1, math.ceil(volume / largest)))
     counts = range(fewest, max(fewest, min(most, math.floor(volume / smallest))) + 1)
     return min(counts, key=lambda k: abs(math.log(volume / (k * typical))))
+
+
+def min_cell_volume(formula: str) -> float:
+    """The smallest volume (A^3) of a cell holding the atoms of `formula` as written (Ti2Zn2O6: ten atoms) that
+    MP-20's crystals give: the sum of their fitted volumes per atom times MIN_VOLUME_RATIO (`_unit_volumes`)."""
+    return _unit_volumes(tuple((element.symbol, amount) for element, amount in Composition(formula).items()))[0]
 
 
 @cache
@@ -642,7 +682,11 @@ class GrammarLogitsProcessor(LogitsProcessor):
         else:  # what may follow depends on the atoms written and, once the cell is, on the units it holds
             lattice_done = state.section in (Section.ELEMENT, Section.COORDS)
             counted = (state.element_counts, _units_held(state, grammar) if lattice_done else None)
-        key = (grammar.options, grammar.max_atoms, unit, state.shape_key(), counted, _countdown_key(state, grammar))
+        # With a least volume, which lattice numbers may follow depends on those already written.
+        sized = grammar.min_volume is not None and state.section in (Section.LENGTHS, Section.ANGLES)
+        volume = (grammar.min_volume, state.line_numbers, state.lattice) if sized else None
+        key = (grammar.options, grammar.max_atoms, unit, state.shape_key(), counted, _countdown_key(state, grammar),
+               volume)
         cached = self._masks.get(key)
         if cached is None:
             mask = torch.tensor([self._token_allowed(state, text, grammar) for text in self.texts], dtype=torch.bool)

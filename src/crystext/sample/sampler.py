@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from transformers import LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
 
 from crystext.constants import MIN_INTERATOMIC_DISTANCE
-from crystext.grammar import DEFAULT_MAX_ATOMS, Grammar, GrammarLogitsProcessor
+from crystext.grammar import DEFAULT_MAX_ATOMS, Grammar, GrammarLogitsProcessor, min_cell_volume
 from crystext.model import device, load_model, model_cell_formula, model_format
 from crystext.prompts import Attributes
 from crystext.sample.infill import Substitution, rank_substitutions
@@ -54,6 +54,9 @@ class SampleConfig:
     top_p: float = 0.9
     constrained: bool = True
     force_composition: bool = False
+    # A model reading a stated formula as the whole cell's gets a lattice at least as large as MP-20 gives those
+    # atoms (`crystext.grammar.min_cell_volume`): a cell too small for its formula is filled with fewer atoms.
+    volume_floor: bool = True
     # Keep only the crystals that have the formula and space group their prompt states (`Attributes.unmet`); the
     # others are rows whose error says what they wrote instead. Rejection sampling: the model's own accuracy
     # decides how many attempts a wanted crystal costs.
@@ -277,11 +280,13 @@ class Sampler:
         return SampleSummary(writer.valid, len(writer.rows), time.perf_counter() - started, refused)
 
     def _grammar(self, attributes: Attributes, config: SampleConfig) -> Grammar:
+        floor = config.volume_floor and self.cell_formula and attributes.formula
+        min_volume = min_cell_volume(attributes.formula) if floor else None
         if config.force_composition and attributes.formula:
             units = 1 if self.cell_formula else None  # a cell formula is the whole cell
             grammar = Grammar.for_formula(attributes.formula, self.text_format, config.max_atoms, units)
-            return replace(grammar, min_distance=config.min_distance)
-        return Grammar(self.text_format, config.max_atoms, min_distance=config.min_distance)
+            return replace(grammar, min_distance=config.min_distance, min_volume=min_volume)
+        return Grammar(self.text_format, config.max_atoms, min_distance=config.min_distance, min_volume=min_volume)
 
     def infill(
         self,
