@@ -200,7 +200,8 @@ def _step_lengths(state: State, char: str, grammar: Grammar) -> State | None:
 
 
 def _step_angles(state: State, char: str, grammar: Grammar) -> State | None:
-    """The angles line: three angles in ANGLE_RANGE that give a real cell; its newline starts the first atom."""
+    """The angles line: three angles in ANGLE_RANGE that give a real cell (of at least `min_volume`, when the
+    grammar has one); its newline starts the first atom."""
     decimals = grammar.options.angle_decimals
     least = _least_fraction(state, grammar)
     if _is_number_char(char):
