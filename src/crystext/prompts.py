@@ -19,7 +19,7 @@ from pymatgen.core import Composition, Structure
 
 from crystext.constants import SPACEGROUP_SYMPREC
 from crystext.geometry import spacegroup_number
-from crystext.textformat import ELEMENT_SYMBOLS, CrystalText, FormatOptions
+from crystext.textformat import ELEMENT_SYMBOLS, CrystalText, FormatOptions, element_line_symbol
 
 MASK = "[MASK]"
 GENERATION_HEADER = "bulk crystal."
@@ -133,7 +133,7 @@ def infill_prompt(crystal: CrystalText, element: str, options: FormatOptions) ->
         raise ValueError(f"element {element} is not in the crystal ({' '.join(sorted(set(crystal.species)))})")
     text = crystal.to_str(options).split("\n")
     masked = [
-        MASK + line[len(element):] if i >= 2 and i % 2 == 0 and line.rstrip("0123456789 ") == element else line
+        MASK + line[len(element):] if i >= 2 and i % 2 == 0 and element_line_symbol(line) == element else line
         for i, line in enumerate(text)
     ]
     return INFILL_HEADER + "\n".join(masked) + INFILL_REQUEST

@@ -40,6 +40,7 @@ __all__ = [
     "FormatOptions",
     "augment",
     "decode",
+    "element_line_symbol",
     "encode",
 ]
 
@@ -139,7 +140,7 @@ class CrystalText:
         index = 2
         while index < len(lines):
             number, line = lines[index]
-            token = _element_symbol(line)
+            token = element_line_symbol(line)
             if token is None:
                 if species and not _is_atom_part(lines, index) and not _has_atom_from(lines, index + 1):
                     break  # trailing junk after the last complete atom (prose, an unfinished line)
@@ -235,8 +236,8 @@ def _parse_numbers(line: tuple[int, str], what: str) -> Vector:
     return _vector([float(f) for f in fields])
 
 
-def _element_symbol(content: str) -> str | None:
-    """The symbol of a line meant as an element line ("Fe", or "Fe 3" in the site-count form), else None."""
+def element_line_symbol(content: str) -> str | None:
+    """The symbol of a line meant as an element line ("Fe"; "Fe 3" or "Fe3" in the site-count forms), else None."""
     match = _ELEMENT_LINE.fullmatch(content)
     return match.group(1) if match else None
 
@@ -260,7 +261,7 @@ def _is_atom_part(lines: list[tuple[int, str]], index: int) -> bool:
 def _has_atom_from(lines: list[tuple[int, str]], start: int) -> bool:
     """Whether an element line followed by a coordinates line appears anywhere from `start` on."""
     return any(
-        _element_symbol(lines[i][1]) in ELEMENT_SYMBOLS and _is_numbers_line(lines[i + 1][1])
+        element_line_symbol(lines[i][1]) in ELEMENT_SYMBOLS and _is_numbers_line(lines[i + 1][1])
         for i in range(start, len(lines) - 1)
     )
 
