@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from pymatgen.core import Lattice, Structure
 from transformers import AutoTokenizer
@@ -38,6 +39,17 @@ def test_a_cell_formula_counts_every_atom_in_the_order_the_text_lists_elements()
     assert Attributes(formula=cell_formula(crystal)).to_prompt().startswith("bulk crystal. formula Zn2Ti2O6. lattice")
     assert cell_formula(CrystalText.from_str("5.0 5.0 5.0\n90 90 90\nNa\n0.00 0.00 0.00\nCl\n0.50 0.50 0.50")) \
         == "NaCl"
+
+
+def test_a_typed_formula_is_put_in_the_order_crystal_texts_list_elements(shared_data) -> None:
+    """By electronegativity, as MP-20's sites are listed (Li 0.98 < Si 1.90 < N 3.04 < O 3.44; He has none: last)."""
+    assert Attributes(formula="SiLiO2N", spacegroup=62).in_site_order() == Attributes("LiSiNO2", 62)
+    assert Attributes(formula="Zn2Ti2O6").in_site_order().formula == "Ti2Zn2O6"
+    assert Attributes(formula="HeLi0.5").in_site_order().formula == "Li0.5He"
+    assert Attributes(spacegroup=225).in_site_order() == Attributes(spacegroup=225)
+    for cif in pd.read_csv(shared_data / "mp_20" / "test.csv", nrows=200)["cif"]:
+        formula = cell_formula(CrystalText.from_structure(Structure.from_str(cif, fmt="cif")))
+        assert Attributes(formula=formula).in_site_order().formula == formula
 
 
 def test_formulas_are_stated_without_brackets_in_the_crystal_order() -> None:

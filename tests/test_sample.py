@@ -189,6 +189,16 @@ def test_forced_composition_is_exact(sampler, tmp_path) -> None:
         assert Composition(decode(row["raw_text"]).composition.reduced_formula) == Composition("NaCl")
 
 
+def test_a_typed_formula_is_stated_in_the_order_the_model_writes_elements(sampler, tmp_path, monkeypatch) -> None:
+    prompts = []
+    generate = sampler.generate
+    monkeypatch.setattr(sampler, "generate", lambda texts, *rest: prompts.extend(texts) or generate(texts, *rest))
+    out = tmp_path / "ordered.csv"
+    sampler.sample(small(n=2), out, conditions=[Attributes(formula="ClNa")], progress=False)
+    assert set(prompts) == {Attributes(formula="NaCl").to_prompt()}
+    assert {json.loads(row["conditions"])["formula"] for row in rows(out)} == {"NaCl"}
+
+
 def test_guidance_pushes_the_next_token_away_from_the_unconditional_prompt(sampler, tmp_path) -> None:
     prompt = Attributes(formula="NaCl").to_prompt()
     ids = torch.tensor([sampler.prompt_ids(prompt)])

@@ -9,9 +9,10 @@ apart from prose.
 from __future__ import annotations
 
 import math
+import warnings
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -78,6 +79,18 @@ class Attributes:
         if self.band_gap is not None:
             parts.append(f" band gap {_number(self.band_gap)} ev.")
         return "".join(parts) + GENERATION_REQUEST
+
+    def in_site_order(self) -> Attributes:
+        """These attributes with the formula's elements in the order a crystal text lists them (SiLiO2N ->
+        LiSiNO2): by electronegativity, the order of the sites in MP-20's and Perov-5's CIFs and of pymatgen's
+        formulas, so that a model can copy the stated elements in the order it writes them."""
+        if self.formula is None:
+            return self
+        composition = Composition(self.formula)
+        with warnings.catch_warnings():  # pymatgen warns of the noble gases' missing electronegativity (NaN): last
+            warnings.simplefilter("ignore")
+            order = sorted(composition, key=lambda el: (el.X if math.isfinite(el.X) else math.inf, el.symbol))
+        return replace(self, formula=_written({el: composition[el] for el in order}))
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
@@ -151,7 +164,12 @@ def plain_formula(formula: str) -> str:
     Brackets are not in the crystal text a scratch tokenizer learns from (they became unknown tokens), and the
     plain form spells out every element the crystal lists, in the order it lists them.
     """
-    return "".join(f"{el}{'' if n == 1 else f'{n:g}'}" for el, n in Composition(formula).items())
+    return _written(Composition(formula))
+
+
+def _written(amounts: Mapping[Any, float]) -> str:
+    """Element symbols and their counts in the mapping's order, a count of 1 left out."""
+    return "".join(f"{el}{'' if n == 1 else f'{n:g}'}" for el, n in amounts.items())
 
 
 def cell_formula(crystal: CrystalText) -> str:

@@ -239,7 +239,7 @@ class Sampler:
         where the grammar found no room for an atom is an error row.
         """
         mode = "conditional" if conditions else "unconditional"
-        conditions = list(conditions) if conditions else [Attributes()]
+        conditions = [a.in_site_order() for a in conditions] if conditions else [Attributes()]
         if config.constrained:  # what the grammar cannot keep is refused before any output
             for attributes in set(conditions):
                 self._grammar(attributes, config)
