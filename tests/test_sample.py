@@ -148,6 +148,10 @@ def test_a_cell_formula_model_says_how_it_reads_a_formula(model_dir, tmp_path, c
         main(["sample", "--model", str(model), "--formula", "NaCl", "-n", "1", "--max-attempts", "1",
               "--max-atoms", "4", "-o", str(tmp_path / f"{model.name}.csv")])
         assert (note in capsys.readouterr().err) is said
+    main(["sample", "--model", str(model_dir), "--formula", "ClNa", "-n", "1", "--max-attempts", "1",
+          "--max-atoms", "4", "-o", str(tmp_path / "ordered.csv")])
+    assert ("1 formula(s) asked with their elements in the order the model writes them, by electronegativity "
+            "(ClNa as NaCl)") in capsys.readouterr().err
 
 
 def test_a_cell_formula_model_forced_writes_exactly_the_cell_asked(sampler, tmp_path) -> None:

@@ -20,7 +20,7 @@ from crystext.evaluate import cli as evaluate_cli
 from crystext.files import CsvLog
 from crystext.grammar import Grammar
 from crystext.model import SCRATCH_PRESETS, LoraSettings, ModelError, ModelSpec, model_info
-from crystext.prompts import Attributes, formula_problem
+from crystext.prompts import Attributes, formula_problem, plain_formula
 from crystext.sample import (
     COLUMNS,
     SampleConfig,
@@ -525,6 +525,12 @@ def _sample(args: argparse.Namespace) -> int:
     if sampler.cell_formula and any(c.formula for c in conditions or []):
         print(f"{args.model} reads a formula as the whole cell's: each element's count is the number of its atoms to "
               "write (NaCl asks for 2 atoms, Na4Cl4 for 8)", file=sys.stderr)
+    reordered = {c.formula: asked for c in conditions or []
+                 if c.formula and (asked := c.in_site_order().formula) != plain_formula(c.formula)}
+    if reordered:
+        typed, asked = next(iter(reordered.items()))
+        print(f"{len(reordered)} formula(s) asked with their elements in the order the model writes them, by "
+              f"electronegativity ({typed} as {asked})", file=sys.stderr)
     if args.infill:
         return _infill(args, config, sampler)
     try:
