@@ -27,15 +27,15 @@ from conditional import CRYSTAL_SYSTEMS, SHARED, crystal_system, draw_prompts  #
 
 from crystext.geometry import SPACEGROUP_SYMPREC, spacegroup_number  # noqa: E402
 from crystext.sample.sampler import SampleConfig, Sampler  # noqa: E402
-from crystext.textformat import CrystalText, CrystalTextError  # noqa: E402
+from crystext.textformat import CrystalText, CrystalTextError, FormatOptions  # noqa: E402
 
 ARMS = ("prompt only", "prompt + true lattice")
 BATCH = 50
 
 
-def lattice_lines(cif: str, sampler: Sampler) -> str:
-    """The first two lines (lengths, angles) of the crystal's text in the model's format, ending in a newline."""
-    text = CrystalText.from_structure(Structure.from_str(cif, fmt="cif")).to_str(sampler.text_format)
+def lattice_lines(cif: str, options: FormatOptions) -> str:
+    """The first two lines (lengths, angles) of the crystal's text in a model's format, ending in a newline."""
+    text = CrystalText.from_structure(Structure.from_str(cif, fmt="cif")).to_str(options)
     return "\n".join(text.splitlines()[:2]) + "\n"
 
 
@@ -72,7 +72,8 @@ def main() -> None:
     sampler = Sampler.from_pretrained(args.model)
     asked = [p.attributes.spacegroup for p in prompts]
     texts = [p.attributes.to_prompt() for p in prompts]
-    heads = {ARMS[0]: [""] * len(prompts), ARMS[1]: [lattice_lines(test.iloc[p.row]["cif"], sampler) for p in prompts]}
+    lattices = [lattice_lines(test.iloc[p.row]["cif"], sampler.text_format) for p in prompts]
+    heads = {ARMS[0]: [""] * len(prompts), ARMS[1]: lattices}
     systems = [crystal_system(g) for g in asked]
     results = {}
     for arm in ARMS:
