@@ -7,9 +7,11 @@
 #   tune_eval_shipped_first300).
 #
 #   bash benchmarks/candidate.sh MODEL NAME        # rerun the same command to continue after a kill
+#   TUNE_EVAL=0 bash benchmarks/candidate.sh MODEL NAME    # without the tuning round's relaxations (the longest part)
 #
-# Two lanes of one thread each (the two lists above), about 40 minutes on 2 CPU cores. Results go to
-# benchmarks/results/*_NAME*, samples and relaxations to runs/candidate_NAME/, each lane's log beside them.
+# Two lanes of one thread each (the two lists above), 45 minutes on 2 CPU cores before the relaxations, which take
+# longer than the rest together. Results go to benchmarks/results/*_NAME*, samples and relaxations to
+# runs/candidate_NAME/, each lane's log beside them.
 set -euo pipefail
 model=$1
 name=$2
@@ -25,8 +27,10 @@ prompts=$!
 (
     python "$here/table1.py" "$model" --n 1000 --stability-n 0 --runs T0.7 T0.7_grammar_only \
         --work "$work/table1" --name "${name}_n1000"
-    python "$here/tune_eval.py" "$model" --n 300 --name "${name}_first300" --work "$work/tune_eval" --workers 1 \
-        --note "The first 300 of the seeded attempts tune_eval draws, the same seeds as shipped_first300's."
+    if [ "${TUNE_EVAL:-1}" != 0 ]; then
+        python "$here/tune_eval.py" "$model" --n 300 --name "${name}_first300" --work "$work/tune_eval" --workers 1 \
+            --note "The first 300 of the seeded attempts tune_eval draws, the same seeds as shipped_first300's."
+    fi
 ) > "$work/lane_unconditional.log" 2>&1 &
 unconditional=$!
 status=0
