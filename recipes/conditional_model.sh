@@ -9,11 +9,12 @@
 #   bash recipes/conditional_model.sh [FROM] [OUT] [DATA_DIR] [TRAIN FLAGS...]    # start, or continue after a kill
 #
 # 3,000 steps of batch 16 (STEPS to change); 77 minutes on 2 CPU cores. Too few from the shipped model to copy more
-# than a formula's first element: recipes/conditional_joined2 is 7,500 (three runs, in git history as
+# than a formula's first element: recipes/conditional_joined4 is 7,500 (three runs, in git history as
 # recipes/conditional_part3) + 4,000 in the site-count format (--site-counts; recipes/conditional_counted in git
 # history) + 3,000 stating cell formulas (--cell-formula; recipes/conditional_cell in git history, + 1,000) + 2,000
 # with each count joined to its symbol (--joined-counts; recipes/conditional_joined in git history) + 1,500 more
-# (all three kept when continuing it), to continue from (FROM).
+# (recipes/conditional_joined2 in git history) + 2 x 1,000 at --learning-rate 5e-4 (all three formats kept when
+# continuing it), to continue from (FROM).
 # Seed 0 keeps the shipped model's 5% holdout, so the validation losses of the two compare.
 set -euo pipefail
 from=${1:-$(python -c "from crystext.model import DEFAULT_MODEL_DIR; print(DEFAULT_MODEL_DIR)")}
