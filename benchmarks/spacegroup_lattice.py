@@ -23,11 +23,11 @@ from pymatgen.core import Structure
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from conditional import CRYSTAL_SYSTEMS, SHARED, crystal_system, draw_prompts  # noqa: E402
+from conditional import CRYSTAL_SYSTEMS, SHARED, by_crystal_system, crystal_system, draw_prompts  # noqa: E402
 
 from crystext.geometry import SPACEGROUP_SYMPREC, spacegroup_number  # noqa: E402
 from crystext.sample.sampler import SampleConfig, Sampler  # noqa: E402
-from crystext.textformat import CrystalText, CrystalTextError, FormatOptions  # noqa: E402
+from crystext.textformat import CrystalText, CrystalTextError, FormatOptions, decode  # noqa: E402
 
 ARMS = ("prompt only", "prompt + true lattice")
 BATCH = 50
@@ -42,7 +42,7 @@ def lattice_lines(cif: str, options: FormatOptions) -> str:
 def group_written(text: str) -> int | None:
     """The space group spglib finds in a completed text (the project's symprec); None when it is no crystal."""
     try:
-        return spacegroup_number(CrystalText.from_str(text).to_structure(), SPACEGROUP_SYMPREC)
+        return spacegroup_number(decode(text), SPACEGROUP_SYMPREC)
     except (CrystalTextError, ValueError):
         return None
 
@@ -77,10 +77,9 @@ def main() -> None:
     systems = [crystal_system(g) for g in asked]
     results = {}
     for arm in ARMS:
-        met = np.array([g == want for g, want in zip(run_arm(sampler, texts, heads[arm], args.seed), asked)])
-        results[arm] = {"accuracy": float(met.mean()),
-                        **{name: float(met[[s == name for s in systems]].mean())
-                           for name, _ in CRYSTAL_SYSTEMS if name in systems}}
+        met = [g == want for g, want in zip(run_arm(sampler, texts, heads[arm], args.seed), asked)]
+        results[arm] = {"accuracy": float(np.mean(met)),
+                        **{name: row["accuracy"] for name, row in by_crystal_system(asked, met, []).items()}}
     command = "python benchmarks/spacegroup_lattice.py " + " ".join(sys.argv[1:])
     m = machine()
     present = [name for name, _ in CRYSTAL_SYSTEMS if name in systems]
