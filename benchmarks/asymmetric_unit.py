@@ -2,13 +2,13 @@
 
     python benchmarks/asymmetric_unit.py [--rows 1000] [--split val]
 
-For seeded MP-20 rows: the conventional standard cell spglib refines (symprec 0.1), one site per orbit, the lattice
-rounded as the text format writes it (lengths 1 decimal, integer angles) and the coordinates to 2 decimals; then
-back: the group's operations expand the sites (duplicates within 0.02 merged, then sites within 0.3 A), and the
-result is reduced to its standard primitive cell. Reported: how often pymatgen's StructureMatcher (defaults) finds
-the MP-20 crystal again and spglib (symprec 0.1) its space group, and how many sites each text would write. A text
-written this way states its group, so a model that writes the asked group meets it by construction; this measures
-what the representation itself would lose. Writes benchmarks/results/asymmetric_unit_SPLIT.json/.md.
+For seeded MP-20 rows: the text of the asymmetric-unit form (`FormatOptions(asymmetric_unit=True)`, crystext's
+textformat: the group spglib finds at symprec 0.1, its standard conventional cell, one site per orbit, rounded as the
+text writes them), read back (the group's operations expand the sites; `crystext.geometry.expand_orbits`). Reported:
+how often pymatgen's StructureMatcher (defaults) finds the MP-20 crystal again and spglib (symprec 0.1) its space
+group, and how many sites each text writes. A text written this way states its group, so a model that is given the
+asked group writes it by construction; this measures what the representation itself loses. Writes
+benchmarks/results/asymmetric_unit_SPLIT.json/.md.
 """
 
 from __future__ import annotations
@@ -22,40 +22,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from pymatgen.analysis.structure_matcher import StructureMatcher
-from pymatgen.core import Lattice, Structure
-from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+from pymatgen.core import Structure
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CRYSTEXT_SHARED_DATA", ROOT.parent / "shared" / "data"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from crystext.geometry import SPACEGROUP_SYMPREC, spacegroup_number  # noqa: E402
-from crystext.textformat import FormatOptions  # noqa: E402
+from crystext.geometry import spacegroup_number  # noqa: E402
+from crystext.textformat import CrystalText, FormatOptions  # noqa: E402
 
-#: Fractional distance within which the expanded copies of one site are the same site, and the distance (A) within
-#: which two sites left after that are merged (a coordinate rounded off a special position).
-DUPLICATE_FRACTION = 0.02
-MERGE_ANGSTROM = 0.3
-
-
-def asymmetric_unit(structure: Structure, options: FormatOptions) -> tuple[int, Lattice, list[str], list[list[float]]]:
-    """The space group, rounded conventional lattice, and one rounded site per orbit, as a text would state them."""
-    refined = SpacegroupAnalyzer(structure, symprec=SPACEGROUP_SYMPREC).get_refined_structure()
-    analyzer = SpacegroupAnalyzer(refined, symprec=0.01)  # refined: exactly symmetric already
-    orbits = analyzer.get_symmetrized_structure().equivalent_sites
-    a, b, c, alpha, beta, gamma = refined.lattice.parameters
-    lengths = [round(x, options.length_decimals) for x in (a, b, c)]
-    angles = [round(x, options.angle_decimals) for x in (alpha, beta, gamma)]
-    coords = [(np.round(orbit[0].frac_coords % 1.0, options.coord_decimals) % 1.0).tolist() for orbit in orbits]
-    return (analyzer.get_space_group_number(), Lattice.from_parameters(*lengths, *angles),
-            [orbit[0].specie.symbol for orbit in orbits], coords)
-
-
-def expanded(group: int, lattice: Lattice, species: list[str], coords: list[list[float]]) -> Structure:
-    """The crystal an asymmetric unit states, in its standard primitive cell."""
-    cell = Structure.from_spacegroup(group, lattice, species, coords, tol=DUPLICATE_FRACTION)
-    cell.merge_sites(tol=MERGE_ANGSTROM, mode="delete")
-    return SpacegroupAnalyzer(cell, symprec=SPACEGROUP_SYMPREC).get_primitive_standard_structure()
+ASYMMETRIC = FormatOptions(asymmetric_unit=True)
 
 
 def main() -> None:
@@ -76,8 +52,9 @@ def main() -> None:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                unit = asymmetric_unit(structure, FormatOptions())
-                back = expanded(*unit)
+                text = CrystalText.from_structure(structure, asymmetric_unit=True).to_str(ASYMMETRIC)
+                unit = CrystalText.from_str(text)
+                back = unit.to_structure()
         except Exception as error:  # a group pymatgen cannot expand from the rounded lattice counts as lost
             errors.append(f"{material}: {error}")
             matched.append(False)
@@ -86,7 +63,7 @@ def main() -> None:
         matched.append(bool(matcher.fit(structure, back)))
         group_kept.append(spacegroup_number(back) == int(group))
         sites.append(len(structure))
-        orbits.append(len(unit[2]))
+        orbits.append(unit.num_sites)
     record = {"rows": args.rows, "split": args.split, "seed": args.seed, "matched": float(np.mean(matched)),
               "space_group_kept": float(np.mean(group_kept)), "sites_per_crystal": float(np.mean(sites)),
               "orbits_per_crystal": float(np.mean(orbits)), "errors": errors}

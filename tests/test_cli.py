@@ -73,3 +73,15 @@ def test_data_fetch_of_the_mp_snapshot_says_how_to_use_it(tmp_path, capsys) -> N
     captured = capsys.readouterr()
     assert captured.out.strip() == str(entries.parent)
     assert captured.err.strip() == f"use it with: crystext stability SAMPLES --entries {entries}"
+
+
+def test_encode_asymmetric_unit_writes_the_group_and_refuses_translation(tmp_path, capsys) -> None:
+    cif = tmp_path / "fe.cif"
+    Structure(Lattice.cubic(2.87), ["Fe", "Fe"], [[0, 0, 0], [0.5, 0.5, 0.5]]).to(filename=str(cif))
+    assert main(["encode", str(cif), "--asymmetric-unit"]) == 0
+    assert capsys.readouterr().out == "229\n2.9 2.9 2.9\n90 90 90\nFe\n0.00 0.00 0.00\n"  # Im-3m: one orbit
+    assert main(["encode", str(cif), "--asymmetric-unit", "--translate"]) == 1
+    assert capsys.readouterr().err.strip() == ("crystext encode: error: --translate cannot go with --asymmetric-unit: "
+                                               "its origin is its space group's")
+    assert main(["encode", str(cif), "--asymmetric-unit", "--site-counts"]) == 1
+    assert "--asymmetric-unit writes one site per orbit" in capsys.readouterr().err

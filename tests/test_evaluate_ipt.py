@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from pymatgen.core import Structure
 
+from crystext.errors import CrystextError
 from crystext.evaluate import EvaluateConfig, IptSettings, evaluate
 
 
@@ -33,3 +34,7 @@ def test_ipt_through_evaluate_matches_the_function(shared_data: Path, tmp_path: 
     result = evaluate(reference, reference, config=config)
     assert result.metrics["ipt"] == pytest.approx(direct["ipt"], rel=1e-4)
     assert result.info["ipt"]["n_translations"] == 4
+
+    save_model(model, tokenizer, tmp_path / "orbits", {"text_format": {"asymmetric_unit": True}})
+    with pytest.raises(CrystextError, match="an asymmetric unit's origin is fixed by its space group"):
+        ipt(tmp_path / "orbits", structures, n_translations=4)

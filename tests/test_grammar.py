@@ -775,3 +775,17 @@ def test_for_formula_refuses_what_no_whole_cell_can_hold(formula: str, message: 
     """A fractional formula is refused, not rounded (Na0.5Cl rounded to a Cl-only unit once divided by zero)."""
     with pytest.raises(ValueError, match=message):
         Grammar.for_formula(formula)
+
+
+def test_an_asymmetric_unit_starts_with_its_space_group_unless_the_prompt_wrote_it() -> None:
+    grammar = Grammar(FormatOptions(asymmetric_unit=True))
+    body = CUBE + "Na\n0.00 0.00 0.00\nCl\n0.00 0.00 0.50"
+    assert can_end(advance(grammar.start, "225\n" + body, grammar), grammar)
+    for bad in ("0", "07", "231", "2250", "\n", "22 5"):  # no group 0, no leading zero, none past 230
+        assert advance(grammar.start, bad, grammar) is None, bad
+    assert advance(grammar.start, body, grammar) is None  # a lengths line where the group belongs
+    prompted = Grammar(FormatOptions(asymmetric_unit=True), spacegroup=225)  # the sampler wrote "225\n" already
+    assert prompted.start == State() and can_end(advance(prompted.start, body, prompted), prompted)
+    assert Grammar(spacegroup=225).start == State()  # the other forms have no group line
+    with pytest.raises(ValueError, match="cannot be forced on an asymmetric unit"):
+        Grammar.for_formula("NaCl", FormatOptions(asymmetric_unit=True))

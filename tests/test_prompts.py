@@ -105,3 +105,10 @@ def test_a_structure_meets_the_formula_and_space_group_it_has_and_says_what_it_w
     assert Attributes(formula="NaCl", spacegroup=225).unmet(cesium_chloride) == "space group 221, asked 225"
     assert Attributes(formula="NaCl3", spacegroup=221).unmet(rock_salt) == (
         "formula NaCl, asked NaCl3; space group 225, asked 221")
+
+
+def test_infill_masks_element_lines_after_an_asymmetric_units_space_group() -> None:
+    crystal = CrystalText.from_str("225\n5.6 5.6 5.6\n90 90 90\nNa\n0.00 0.00 0.00\nCl\n0.00 0.00 0.50")
+    prompt = infill_prompt(crystal, "Cl", FormatOptions(asymmetric_unit=True))
+    assert prompt.split("\n")[1:8] == ["225", "5.6 5.6 5.6", "90 90 90", "Na", "0.00 0.00 0.00", "[MASK]",
+                                       "0.00 0.00 0.50"]

@@ -19,6 +19,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from crystext.cli import main
 from crystext.constants import MAX_VOLUME_PER_ATOM, MIN_VOLUME_PER_ATOM
 from crystext.evaluate.validity import structural_problem
+from crystext.geometry import spacegroup_number
 from crystext.grammar import min_cell_volume
 from crystext.prompts import Attributes
 from crystext.sample import (
@@ -418,3 +419,25 @@ def test_infill_into_an_existing_file_needs_resume_and_adds_only_new_answers(mod
     assert "2 of these answers were already in" in capsys.readouterr().err
     ids = [r["id"] for r in rows(out)]
     assert len(ids) == len(set(ids)) == 3
+
+
+def test_an_asymmetric_unit_model_writes_the_space_group_it_is_asked_for(model_dir, tmp_path) -> None:
+    """A model trained on asymmetric units (here an untrained one, so the orbits are its guesses) is given the asked
+    group as the first line of its text: every crystal read back has that group (or, if its sites happen to sit on
+    special positions, a supergroup), and unprompted it writes a group line of its own."""
+    orbits = tmp_path / "orbits"
+    shutil.copytree(model_dir, orbits)
+    info = json.loads((orbits / "crystext.json").read_text())
+    info["text_format"].update(asymmetric_unit=True)
+    (orbits / "crystext.json").write_text(json.dumps(info))
+    sampler = Sampler.from_pretrained(orbits)
+    asked, free = tmp_path / "asked.csv", tmp_path / "free.csv"
+    sampler.sample(small(n=6, batch_size=6, max_atoms=3), asked, conditions=[Attributes(spacegroup=62)],
+                   progress=False)
+    sampler.sample(small(n=4, max_atoms=3), free, progress=False)
+    readable = [row for row in rows(asked) if row["cif"]]
+    assert readable and all(row["raw_text"].startswith("62\n") for row in rows(asked))
+    groups = [spacegroup_number(decode(row["raw_text"])) for row in readable]
+    assert sum(group == 62 for group in groups) >= len(groups) / 2, groups
+    for row in rows(free):
+        assert 1 <= int(row["raw_text"].split("\n")[0]) <= 230

@@ -221,3 +221,65 @@ def test_a_garbled_last_atom_is_an_error_not_trailing_junk(tail: str, message: s
 @pytest.mark.parametrize("junk", ["The material is stable.", "<eos>\n1 2", "0.5 0.", "note: 1 2 3 4"])
 def test_text_after_the_last_atom_that_is_no_atom_is_still_ignored(junk: str) -> None:
     assert CrystalText.from_str(NACL + "\n" + junk) == CrystalText.from_str(NACL)
+
+
+ASYMMETRIC = FormatOptions(asymmetric_unit=True)
+
+
+def rocksalt() -> Structure:
+    """NaCl in its 2-atom primitive cell (a = 5.64 A conventional)."""
+    return Structure(Lattice.from_parameters(3.988, 3.988, 3.988, 60, 60, 60), ["Na", "Cl"],
+                     [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+def test_asymmetric_unit_writes_the_group_the_conventional_cell_and_one_site_per_orbit() -> None:
+    assert encode(rocksalt(), ASYMMETRIC) == "225\n5.6 5.6 5.6\n90 90 90\nNa\n0.00 0.00 0.00\nCl\n0.00 0.00 0.50"
+    text = encode(gate(), ASYMMETRIC)  # P6_3/mmc: two Ga orbit members and two Te give one site each
+    assert text.split("\n")[:4] == ["194", "4.1 4.1 18.4", "90 90 120", "Ga"]
+    assert CrystalText.from_str(text).species == ("Ga", "Te")
+
+
+def test_asymmetric_unit_reads_back_as_the_whole_crystal() -> None:
+    crystal = CrystalText.from_str("225\n5.6 5.6 5.6\n90 90 90\nNa\n0.00 0.00 0.00\nCl\n0.50 0.50 0.50")
+    assert crystal.spacegroup == 225
+    structure = crystal.to_structure()  # the F-centred cube's 8 atoms, reduced to the primitive cell
+    assert structure.composition.reduced_formula == "NaCl" and len(structure) == 2
+    assert StructureMatcher().fit(structure, rocksalt())
+    again = decode(encode(gate(), ASYMMETRIC))
+    assert len(again) == 8 and StructureMatcher().fit(again, gate())
+
+
+def test_asymmetric_unit_takes_the_lattice_its_group_allows() -> None:
+    # a cubic group with unequal lengths: the lengths are averaged, the angles set, not the group lost
+    structure = decode("221\n4.0 4.2 4.1\n90 91 90\nCs\n0.00 0.00 0.00\nCl\n0.50 0.50 0.50")
+    assert np.allclose(structure.lattice.abc, 4.1) and np.allclose(structure.lattice.angles, 90)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("231\n4 4 4\n90 90 90\nNa\n0 0 0", "line 1: space group 231 does not exist"),
+     ("225", "expected the lattice lengths after the space group")],
+)
+def test_asymmetric_unit_bad_group_lines_are_named(text: str, message: str) -> None:
+    with pytest.raises(CrystalTextError, match=message):
+        CrystalText.from_str(text)
+
+
+def test_asymmetric_unit_refuses_site_counts_and_translation() -> None:
+    with pytest.raises(ValueError, match="site counts would not be the formula's"):
+        FormatOptions(asymmetric_unit=True, site_counts=True)
+    crystal = CrystalText.from_structure(rocksalt(), asymmetric_unit=True)
+    with pytest.raises(ValueError, match="cannot be translated"):
+        augment(crystal, np.random.default_rng(0))
+    shuffled = augment(crystal, np.random.default_rng(0), translate=False, permute=True)
+    assert shuffled.spacegroup == 225 and sorted(shuffled.species) == ["Cl", "Na"]
+
+
+def test_asymmetric_unit_writes_a_general_position_once_for_its_whole_orbit() -> None:
+    # Rutile TiO2 (P4_2/mnm): 6 sites in the cell, two orbits (Ti 2a, O 4f)
+    rutile = Structure.from_spacegroup(136, Lattice.tetragonal(4.59, 2.96), ["Ti", "O"], [[0, 0, 0], [0.305, 0.305, 0]])
+    crystal = CrystalText.from_structure(rutile, asymmetric_unit=True)
+    assert crystal.spacegroup == 136 and sorted(crystal.species) == ["O", "Ti"]
+    back = decode(crystal.to_str(ASYMMETRIC))
+    assert back.composition.reduced_formula == "TiO2" and len(back) == 6
+    assert StructureMatcher().fit(rutile, back)

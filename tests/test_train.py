@@ -14,6 +14,8 @@ import torch
 from tokenizers import Tokenizer, models
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from crystext.data import read_split
+from crystext.geometry import spacegroup_number
 from crystext.grammar import element_volumes
 from crystext.model import (
     LoraSettings,
@@ -24,7 +26,7 @@ from crystext.model import (
     train_scratch_tokenizer,
 )
 from crystext.prompts import Attributes
-from crystext.textformat import CrystalText
+from crystext.textformat import CrystalText, FormatOptions, decode
 from crystext.train import (
     IGNORE,
     Batches,
@@ -37,6 +39,7 @@ from crystext.train import (
     make_pair,
     relabel,
     replacing_dir,
+    to_examples,
     tokenize_pair,
     train,
     weighted_loss,
@@ -399,7 +402,7 @@ def test_continuing_a_crystext_run_keeps_its_recipe_unless_told_otherwise(tiny_d
 
     first = train(tiny_config(tmp_path / "first", tiny_data, max_steps=1, translate=False))
     assert earlier_recipe(str(first)) == {"lora": False, "translate": False, "site_counts": False,
-                                          "joined_counts": False, "cell_formula": False}
+                                          "joined_counts": False, "cell_formula": False, "asymmetric_unit": False}
     assert earlier_recipe("scratch-tiny") == {} and earlier_recipe(str(tiny_pretrained(tmp_path / "hub"))) == {}
     common = ["train", "--model", str(first), "--data-dir", str(tiny_data), "--splits", "train", "--max-steps", "1",
               "--batch-size", "4", "--eval-every", "1"]
@@ -421,7 +424,8 @@ def test_continuing_a_crystext_run_keeps_its_recipe_unless_told_otherwise(tiny_d
     assert changed["text_format"]["joined_counts"] is True  # joined counts are site counts, written "Fe2"
     assert changed["cell_formula"] is True and kept["cell_formula"] is False
     assert earlier_recipe(str(tmp_path / "changed")) == {"lora": True, "translate": True, "site_counts": True,
-                                                         "joined_counts": True, "cell_formula": True}
+                                                         "joined_counts": True, "cell_formula": True,
+                                                         "asymmetric_unit": False}
     # The LoRA run continued: its own adapters, or every weight with them merged in.
     for lora, out in (("--lora", "adapters"), ("--no-lora", "merged")):
         assert main([*common[:2], str(tmp_path / "changed"), *common[3:], "--out", str(tmp_path / out), lora]) == 0
@@ -441,3 +445,33 @@ def test_continuing_a_crystext_run_keeps_its_recipe_unless_told_otherwise(tiny_d
     assert main([*again, "--out", str(tmp_path / "both"), "--joined-counts", "--no-site-counts"]) == 1
     assert capsys.readouterr().err.splitlines()[-1] == ("crystext train: error: --joined-counts is a way of writing "
                                                         "site counts: it cannot go with --no-site-counts")
+
+
+def test_asymmetric_unit_training_writes_orbits_and_drops_the_recipes_other_forms(tiny_data, tmp_path, capsys) -> None:
+    """`--asymmetric-unit` continuing a site-count, cell-formula, translated run: its examples are orbits (the group
+    first), the other forms are dropped unasked and refused when asked for, naming the flag."""
+    from crystext.cli import main
+
+    first = train(tiny_config(tmp_path / "first", tiny_data, max_steps=1, cell_formula=True,
+                              text_format=FormatOptions(site_counts=True)))
+    common = ["train", "--model", str(first), "--data-dir", str(tiny_data), "--splits", "train", "--max-steps", "1",
+              "--batch-size", "4", "--eval-every", "1"]
+    assert main([*common, "--out", str(tmp_path / "orbits"), "--asymmetric-unit"]) == 0
+    info = json.loads((tmp_path / "orbits" / "crystext.json").read_text())
+    assert info["text_format"]["asymmetric_unit"] is True and info["text_format"]["site_counts"] is False
+    assert info["translate"] is False and info["cell_formula"] is False
+    assert earlier_recipe(str(tmp_path / "orbits"))["asymmetric_unit"] is True
+    capsys.readouterr()
+    assert main([*common, "--out", str(tmp_path / "both"), "--asymmetric-unit", "--site-counts"]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == ("crystext train: error: --asymmetric-unit writes one site per "
+                                                        "orbit, so site counts would not be the formula's")
+    with pytest.raises(ValueError, match="asymmetric_unit cannot go with translate"):
+        tiny_config(tmp_path / "x", tiny_data, text_format=FormatOptions(asymmetric_unit=True))
+
+    examples, _ = to_examples(read_split(tiny_data, "train"), asymmetric_unit=True)
+    pair = make_pair(examples[0], np.random.default_rng(0), TrainConfig(
+        out=tmp_path, data_dir=tiny_data, translate=False, infill_fraction=0.0,
+        text_format=FormatOptions(asymmetric_unit=True)))
+    group = int(pair.completion.split("\n")[0])
+    assert group == examples[0].crystal.spacegroup and 1 <= group <= 230
+    assert spacegroup_number(decode(pair.completion)) == group

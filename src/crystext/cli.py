@@ -47,7 +47,8 @@ _TRAIN_FLAGS = option_flags((*_TRAIN_NUMBERS, "holdout", "attribute_rate", "unco
                              "element_weight"))
 _LORA_FLAGS = option_flags(("rank", "alpha", "dropout", "target_modules"), rank="--lora-rank", alpha="--lora-alpha",
                            dropout="--lora-dropout", target_modules="--lora-targets")
-_FORMAT_FLAGS = option_flags(("length_decimals", "angle_decimals", "coord_decimals"))
+_FORMAT_FLAGS = option_flags(("length_decimals", "angle_decimals", "coord_decimals", "site_counts", "joined_counts",
+                               "asymmetric_unit"))
 _SAMPLE_FLAGS = option_flags(("n", "batch_size", "temperature", "top_p", "max_atoms", "min_distance", "max_new_tokens",
                               "max_attempts", "seed", "guidance_scale"), n="-n")
 #: Longest file name (without .cif) `decode` gives a crystal; longer ids are cut.
@@ -104,6 +105,8 @@ def _encode_arguments(parser: argparse.ArgumentParser) -> None:
                         help="element lines count their atoms down, 'Fe 2', 'Fe 1' (sites grouped by element)")
     parser.add_argument("--joined-counts", action="store_true",
                         help="site counts written against the symbol, 'Fe2', 'Fe1' (implies --site-counts)")
+    parser.add_argument("--asymmetric-unit", action="store_true",
+                        help="a first line with the space group, its conventional cell, one site per orbit")
     parser.add_argument("--translate", action="store_true", help="shift all sites by one random vector")
     parser.add_argument("--permute", action="store_true", help="shuffle the order of sites")
     parser.add_argument("--seed", type=int, default=0, help="seed for --translate/--permute")
@@ -154,6 +157,10 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write each site count against its symbol, 'Fe2', as a formula writes it, so a count is "
                         "copied from the prompt's formula like its element (implies --site-counts; default: off, or "
                         "as the run that wrote --model did)")
+    parser.add_argument("--asymmetric-unit", action=argparse.BooleanOptionalAction,
+                        help="write each crystal as its space group (a first line), its conventional cell and one site "
+                        "per orbit, so that a model asked for a group writes it by construction; no translation, site "
+                        "counts or cell formulas (default: off, or as the run that wrote --model did)")
     parser.add_argument("--cell-formula", action=argparse.BooleanOptionalAction,
                         help="prompts state the formula of the whole cell (Ti2Zn2O6), so the model copies each count; "
                         "a model trained so reads --formula NaCl as a 2-atom cell (default: the reduced formula, or as "
@@ -298,7 +305,10 @@ def _shown(rid: str, limit: int = 60) -> str:
 def _encode(args: argparse.Namespace) -> int:
     options = _settings(FormatOptions, _FORMAT_FLAGS, length_decimals=args.length_decimals,
                         angle_decimals=args.angle_decimals, coord_decimals=args.coord_decimals,
-                        site_counts=args.site_counts or args.joined_counts, joined_counts=args.joined_counts)
+                        site_counts=args.site_counts or args.joined_counts, joined_counts=args.joined_counts,
+                        asymmetric_unit=args.asymmetric_unit)
+    if args.asymmetric_unit and args.translate:
+        raise CliError("--translate cannot go with --asymmetric-unit: its origin is its space group's")
     _check_output_file(args.output)
     dataset = read_structures(args.input, structure_column=args.structure_column, progress=args.output is not None)
     for rid, reason in dataset.skipped:
@@ -314,7 +324,7 @@ def _encode(args: argparse.Namespace) -> int:
     try:
         for record in dataset:
             try:
-                crystal = CrystalText.from_structure(record.structure)
+                crystal = CrystalText.from_structure(record.structure, options.asymmetric_unit)
             except CrystalTextError as err:
                 print(f"crystext encode: skipped {_shown(record.id)}: {err}", file=sys.stderr)
                 continue
@@ -453,6 +463,9 @@ def _train(args: argparse.Namespace) -> int:
     use_lora = earlier.get("lora", True) if args.lora is None else args.lora
     if use_lora and earlier.get("lora"):  # a LoRA run goes on training its own adapters (`load_pretrained`)
         lora = LoraSettings(**model_info(args.model)["model"]["lora"])
+    asymmetric = earlier.get("asymmetric_unit", False) if args.asymmetric_unit is None else args.asymmetric_unit
+    if asymmetric:  # the recipe's other ways of writing a crystal do not apply to orbits, unless asked for (refused)
+        earlier = {**earlier, "translate": False, "site_counts": False, "joined_counts": False, "cell_formula": False}
     translate = earlier.get("translate", True) if args.translate is None else args.translate
     if args.joined_counts and args.site_counts is False:
         raise CliError("--joined-counts is a way of writing site counts: it cannot go with --no-site-counts")
@@ -464,11 +477,14 @@ def _train(args: argparse.Namespace) -> int:
     if earlier and None in (args.lora, args.translate, site_flag, args.joined_counts, args.cell_formula):
         extras = [(name, flag) for on, name, flag in ((site_counts, "site counts", "site-counts"),
                                                       (joined_counts, "joined counts", "joined-counts"),
-                                                      (cell_formula, "cell formulas", "cell-formula")) if on]
+                                                      (cell_formula, "cell formulas", "cell-formula"),
+                                                      (asymmetric, "asymmetric units", "asymmetric-unit")) if on]
         print(f"continuing the recipe of {args.model}: {'LoRA adapters' if use_lora else 'all weights'}, coordinates "
               f"{'translated' if translate else 'as written'}{''.join(f', {name}' for name, _ in extras)} "
               f"(--[no-]lora, --[no-]translate{''.join(f', --[no-]{flag}' for _, flag in extras)} to change)",
               file=sys.stderr)
+    text_format = _settings(FormatOptions, _FORMAT_FLAGS, site_counts=site_counts, joined_counts=joined_counts,
+                            asymmetric_unit=asymmetric)
     config = _settings(
         TrainConfig,
         _TRAIN_FLAGS,
@@ -485,7 +501,7 @@ def _train(args: argparse.Namespace) -> int:
         relabel_rate=args.relabel_rate,
         element_weight=args.element_weight,
         cell_formula=cell_formula,
-        text_format=FormatOptions(site_counts=site_counts, joined_counts=joined_counts),
+        text_format=text_format,
         **{name: getattr(args, name) for name in _TRAIN_NUMBERS},
     )
     try:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
-from pymatgen.core import Structure
+from pymatgen.core import Element, Lattice, Structure
 
 from crystext.constants import SPACEGROUP_SYMPREC
 
-__all__ = ["closest_pair", "spacegroup_number"]
+__all__ = ["asymmetric_unit", "closest_pair", "expand_orbits", "spacegroup_number", "symmetric_lattice"]
 
 
 def closest_pair(structure: Structure) -> tuple[int, int, float] | None:
@@ -32,3 +33,75 @@ def spacegroup_number(structure: Structure, symprec: float = SPACEGROUP_SYMPREC)
             return int(SpacegroupAnalyzer(structure, symprec=symprec).get_space_group_number())
     except Exception:  # spglib gives up on degenerate cells
         return 0
+
+
+#: Fractional distance within which a group's copies of one written site are the same site, and the distance (A)
+#: within which two sites left after that are merged (a coordinate rounded off a special position).
+ORBIT_DUPLICATE_FRACTION = 0.02
+ORBIT_MERGE_ANGSTROM = 0.3
+
+
+def asymmetric_unit(
+    structure: Structure, symprec: float = SPACEGROUP_SYMPREC
+) -> tuple[int, tuple[float, ...], list[str], list[list[float]]]:
+    """(space group, conventional lattice parameters, elements, coordinates): the group spglib finds at `symprec`,
+    its standard conventional cell (idealised), and one site per orbit, the member with the smallest coordinates
+    (x, then y, then z), so that equal crystals are written alike."""
+    import spglib
+
+    numbers = [site.specie.Z for site in structure]
+    cell = (structure.lattice.matrix, structure.frac_coords, numbers)
+    found = spglib.get_symmetry_dataset(cell, symprec=symprec)
+    if found is None:
+        raise ValueError("spglib finds no space group for this structure")
+    standard = (found.std_lattice, found.std_positions % 1.0, found.std_types)
+    orbits = spglib.get_symmetry_dataset(standard, symprec=1e-3).equivalent_atoms  # idealised: exactly symmetric
+    positions = np.round(standard[1], 6) % 1.0
+    species, coords = [], []
+    for orbit in dict.fromkeys(orbits.tolist()):
+        members = np.flatnonzero(orbits == orbit)
+        first = min(members, key=lambda i: tuple(positions[i]))
+        species.append(Element.from_Z(int(standard[2][first])).symbol)
+        coords.append(positions[first].tolist())
+    parameters = Lattice(found.std_lattice).parameters
+    return int(found.number), tuple(float(x) for x in parameters), species, coords
+
+
+def symmetric_lattice(group: int, lengths: Sequence[float], angles: Sequence[float]) -> Lattice:
+    """The lattice of `group`'s crystal system nearest to the written one: the lengths its symmetry makes equal
+    averaged, the angles it fixes set (trigonal groups on hexagonal axes, as spglib's standard cells write them)."""
+    a, b, c = lengths
+    alpha, beta, gamma = angles
+    if group <= 2:
+        return Lattice.from_parameters(a, b, c, alpha, beta, gamma)
+    if group <= 15:
+        return Lattice.from_parameters(a, b, c, 90, beta, 90)
+    if group <= 74:
+        return Lattice.from_parameters(a, b, c, 90, 90, 90)
+    if group <= 142:
+        return Lattice.tetragonal((a + b) / 2, c)
+    if group <= 194:
+        return Lattice.hexagonal((a + b) / 2, c)
+    return Lattice.cubic((a + b + c) / 3)
+
+
+def expand_orbits(
+    group: int, lengths: Sequence[float], angles: Sequence[float], species: Sequence[str],
+    coords: Sequence[Sequence[float]],
+) -> Structure:
+    """The crystal an asymmetric unit states, in a primitive cell: `group`'s operations copy each site over the
+    cell of `symmetric_lattice`, copies of one site within ORBIT_DUPLICATE_FRACTION are one, and sites left within
+    ORBIT_MERGE_ANGSTROM of each other merge (the first kept)."""
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    lattice = symmetric_lattice(group, lengths, angles)
+    cell = Structure.from_spacegroup(group, lattice, list(species), [list(x) for x in coords],
+                                     tol=ORBIT_DUPLICATE_FRACTION)
+    cell.merge_sites(tol=ORBIT_MERGE_ANGSTROM, mode="delete")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            primitive = SpacegroupAnalyzer(cell, symprec=SPACEGROUP_SYMPREC).find_primitive()
+    except Exception:  # spglib gives up on degenerate cells: the conventional cell is the same crystal
+        primitive = None
+    return primitive or cell

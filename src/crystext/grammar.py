@@ -29,7 +29,7 @@ from pymatgen.core import Composition, Lattice
 from transformers import LogitsProcessor, PreTrainedTokenizerBase
 
 from crystext.constants import MAX_VOLUME_PER_ATOM, MAX_VOLUME_RATIO, MIN_VOLUME_PER_ATOM, MIN_VOLUME_RATIO
-from crystext.textformat import ELEMENT_SYMBOLS, FormatOptions
+from crystext.textformat import ELEMENT_SYMBOLS, SPACEGROUPS, FormatOptions
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Grammar settings
@@ -60,6 +60,9 @@ class Grammar:
     units: int | None = None  # formula units a cell holds: fixed (1 for a whole cell's formula), or None: its volume's
     min_volume: float | None = None  # A^3: the smallest cell the lattice may describe (`min_cell_volume`)
     min_distance: float | None = None  # Angstrom, nearest periodic image included; kept by the logits processor
+    # The asymmetric-unit form: the space group already written before the text (a prompt's), or None for a text
+    # that starts with its own group line. Ignored in the other forms.
+    spacegroup: int | None = None
 
     def __post_init__(self) -> None:
         if self.composition is not None:
@@ -72,6 +75,17 @@ class Grammar:
             if self.units is not None and not 1 <= self.units * atoms <= self.max_atoms:
                 raise ValueError(f"{self.units} units of composition {dict(self.composition)} are not 1 to "
                                  f"max_atoms={self.max_atoms} atoms")
+            if self.options.asymmetric_unit:
+                raise ValueError("a composition cannot be forced on an asymmetric unit: its sites are orbits, whose "
+                                 "sizes the grammar does not know")
+
+    @property
+    def start(self) -> State:
+        """Where a text begins: at its space-group line in the asymmetric-unit form (unless a prompt wrote it),
+        else at the lattice lengths."""
+        if self.options.asymmetric_unit and self.spacegroup is None:
+            return State(section=Section.GROUP)
+        return State()
 
     @classmethod
     def for_formula(
@@ -104,6 +118,7 @@ class Grammar:
 class Section(enum.Enum):
     """The kind of line being written: the first two once, then element and coordinates once per atom."""
 
+    GROUP = "group"  # asymmetric-unit form: the space-group number, 1 to 230
     LENGTHS = "lengths"  # "a b c"
     ANGLES = "angles"  # "alpha beta gamma"
     ELEMENT = "element"  # an element symbol
@@ -170,6 +185,8 @@ def can_end(state: State, grammar: Grammar) -> bool:
 
 def _step(state: State, char: str, grammar: Grammar) -> State | None:
     """The state after one more character, or None if it leaves the grammar."""
+    if state.section is Section.GROUP:
+        return _step_group(state, char)
     if state.section is Section.LENGTHS:
         return _step_lengths(state, char, grammar)
     if state.section is Section.ANGLES:
@@ -179,6 +196,17 @@ def _step(state: State, char: str, grammar: Grammar) -> State | None:
     if state.section is Section.COUNT:
         return _step_count(state, char, grammar)
     return _step_coords(state, char, grammar)
+
+
+def _step_group(state: State, char: str) -> State | None:
+    """The space-group line of the asymmetric-unit form: a number of the International Tables without leading
+    zeros; its newline starts the lengths."""
+    if char == "\n":
+        return State() if state.partial and int(state.partial) in SPACEGROUPS else None
+    partial = state.partial + char
+    if not (char.isdigit() and partial[0] != "0" and int(partial) <= SPACEGROUPS[-1]):
+        return None
+    return replace(state, partial=partial)
 
 
 def _step_lengths(state: State, char: str, grammar: Grammar) -> State | None:
@@ -606,7 +634,7 @@ class GrammarLogitsProcessor(LogitsProcessor):
         self.texts += [None] * (vocab_size - len(self.texts))
         self.eos = tokenizer.eos_token_id
         self.grammars = grammars
-        self.states: list[State | None] = [State() for _ in grammars]  # None once a row has ended
+        self.states: list[State | None] = [g.start for g in grammars]  # None once a row has ended
         self.dead_ends: dict[int, str] = {}
         self._prompt_length: int | None = None  # input length at the first call
         self._length: int | None = None  # input length at the latest call

@@ -20,7 +20,7 @@ from pymatgen.core import Composition, Structure
 
 from crystext.constants import SPACEGROUP_SYMPREC
 from crystext.geometry import spacegroup_number
-from crystext.textformat import ELEMENT_SYMBOLS, CrystalText, FormatOptions, element_line_symbol
+from crystext.textformat import ELEMENT_SYMBOLS, SPACEGROUPS, CrystalText, FormatOptions, element_line_symbol
 
 MASK = "[MASK]"
 GENERATION_HEADER = "bulk crystal."
@@ -29,8 +29,6 @@ INFILL_HEADER = f"bulk crystal with one element written as {MASK}:\n"
 INFILL_REQUEST = f"\nelement for {MASK}:"
 #: Significant decimals for property values in prompts (energies, band gaps).
 PROPERTY_DECIMALS = 4
-#: The space-group numbers of the International Tables.
-SPACEGROUPS = range(1, 231)
 
 
 @dataclass(frozen=True)
@@ -145,8 +143,10 @@ def infill_prompt(crystal: CrystalText, element: str, options: FormatOptions) ->
     if element not in crystal.species:
         raise ValueError(f"element {element} is not in the crystal ({' '.join(sorted(set(crystal.species)))})")
     text = crystal.to_str(options).split("\n")
+    head = 2 if crystal.spacegroup is None else 3  # the lattice lines, after the space group's
     masked = [
-        MASK + line[len(element):] if i >= 2 and i % 2 == 0 and element_line_symbol(line) == element else line
+        MASK + line[len(element):] if i >= head and (i - head) % 2 == 0 and element_line_symbol(line) == element
+        else line
         for i, line in enumerate(text)
     ]
     return INFILL_HEADER + "\n".join(masked) + INFILL_REQUEST

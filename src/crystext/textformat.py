@@ -15,7 +15,22 @@ counts down that element's atoms still to write, this one included (``Te 2``, ``
 states each element's count where it starts writing it, a copy of the prompt's formula rather than a
 tally kept over many lines. With `joined_counts` too the count is written against the symbol (``Te2``), the
 way a formula writes it, so the tokens after an element in the text are those after it in a prompt's formula
-(``Bi2Te3``) and copying a count is the same look-up as copying the element. Reading accepts every form.
+(``Bi2Te3``) and copying a count is the same look-up as copying the element.
+
+With `FormatOptions(asymmetric_unit=True)` a first line states the space group, the lattice is the group's standard
+conventional cell, and one site is written per orbit; reading expands the orbits with the group's operations, so a
+crystal read back has the group it states (by construction, where a prompt asks for one)::
+
+    225
+    5.6 5.6 5.6
+    90 90 90
+    Na
+    0.00 0.00 0.00
+    Cl
+    0.00 0.00 0.50
+
+Each orbit is written as its member with the smallest coordinates, so equal crystals are written alike. Reading
+accepts every form.
 
 This module is the one place that writes and reads that text. `CrystalText` is the plain data
 object in between; `encode` and `decode` are the short way from and to a pymatgen `Structure`.
@@ -27,11 +42,12 @@ import math
 import re
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from pymatgen.core import Element, Lattice, Structure
 
+from crystext import geometry
 from crystext.errors import CrystextError
 
 __all__ = [
@@ -46,6 +62,9 @@ __all__ = [
 
 ELEMENT_SYMBOLS: frozenset[str] = frozenset(e.symbol for e in Element)
 
+#: The space-group numbers of the International Tables, and the first line of the asymmetric-unit form.
+SPACEGROUPS = range(1, 231)
+_GROUP_LINE = re.compile(r"[1-9]\d{0,2}")
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
 # A line that is meant as an element symbol: one capital and at most one lower-case letter, then in the site-count
 # form the atoms of that element still to write, after a space or joined to the symbol.
@@ -64,10 +83,13 @@ class FormatOptions:
     coord_decimals: int = 2
     site_counts: bool = False
     joined_counts: bool = False
+    asymmetric_unit: bool = False
 
     def __post_init__(self) -> None:
         if self.joined_counts and not self.site_counts:
             raise ValueError("joined_counts needs site_counts: it is how the site counts are written")
+        if self.asymmetric_unit and self.site_counts:
+            raise ValueError("asymmetric_unit writes one site per orbit, so site counts would not be the formula's")
         for name in ("length_decimals", "angle_decimals", "coord_decimals"):
             if not 0 <= getattr(self, name) <= 8:
                 raise ValueError(f"{name} must be between 0 and 8, got {getattr(self, name)}")
@@ -88,16 +110,19 @@ class CrystalTextError(CrystextError, ValueError):
 
 @dataclass(frozen=True)
 class CrystalText:
-    """A crystal as the text format sees it: lattice parameters, and an element and coordinates per site."""
+    """A crystal as the text format sees it: lattice parameters, and an element and coordinates per site; with a
+    space group, the group's conventional cell and one site per orbit."""
 
     lengths: Vector
     angles: Vector
     species: tuple[str, ...]
     frac_coords: tuple[Vector, ...]
+    spacegroup: int | None = None
 
     @classmethod
-    def from_structure(cls, structure: Structure) -> CrystalText:
-        """Read the lattice parameters and sites of an ordered structure (exact values, not yet rounded)."""
+    def from_structure(cls, structure: Structure, asymmetric_unit: bool = False) -> CrystalText:
+        """Read the lattice parameters and sites of an ordered structure (exact values, not yet rounded), or with
+        `asymmetric_unit` its space group, conventional cell and one site per orbit (`geometry.asymmetric_unit`)."""
         a, b, c, alpha, beta, gamma = (float(x) for x in structure.lattice.parameters)
         if not all(math.isfinite(x) for x in (a, b, c, alpha, beta, gamma)):
             raise CrystalTextError("lattice parameters are not all finite numbers")
@@ -117,6 +142,13 @@ class CrystalText:
             raise CrystalTextError(f"site {bad} has coordinates that are not finite numbers")
         if not species:
             raise CrystalTextError("the structure has no sites")
+        if asymmetric_unit:
+            try:
+                group, parameters, species, coords = geometry.asymmetric_unit(structure)
+            except ValueError as err:
+                raise CrystalTextError(str(err)) from None
+            return cls(_vector(parameters[:3]), _vector(parameters[3:]), tuple(species),
+                       tuple(_vector(row) for row in coords), group)
         return cls((a, b, c), (alpha, beta, gamma), tuple(species), tuple(_vector(row) for row in coords))
 
     @classmethod
@@ -129,6 +161,14 @@ class CrystalText:
         lines = [(number, line.strip()) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
         if not lines:
             raise CrystalTextError("empty text: expected the lattice lengths")
+        group = None
+        if _GROUP_LINE.fullmatch(lines[0][1]):  # the asymmetric-unit form
+            group = int(lines[0][1])
+            if group not in SPACEGROUPS:
+                raise CrystalTextError(f"space group {group} does not exist (1-230)", lines[0][0])
+            lines = lines[1:]
+            if not lines:
+                raise CrystalTextError("expected the lattice lengths after the space group")
         lengths = _parse_numbers(lines[0], "lattice lengths")
         if len(lines) < 2:
             raise CrystalTextError("missing the lattice angles line after the lengths", lines[0][0])
@@ -154,7 +194,7 @@ class CrystalText:
             index += 2
         if not species:
             raise CrystalTextError("no atoms: expected element and coordinates lines after the lattice angles")
-        return cls(lengths, angles, tuple(species), tuple(coords))
+        return cls(lengths, angles, tuple(species), tuple(coords), group)
 
     def to_str(self, options: FormatOptions | None = None) -> str:
         """Write the text, rounding to `options`; coordinates are wrapped so they print inside [0, 1)."""
@@ -174,11 +214,15 @@ class CrystalText:
             left[symbol] -= 1
             wrapped = (round(x % 1.0, opts.coord_decimals) % 1.0 for x in xyz)
             sites.append(label + "\n" + " ".join(f"{x:.{opts.coord_decimals}f}" for x in wrapped))
-        return "\n".join(cell + sites)
+        group = [str(self.spacegroup)] if self.spacegroup is not None else []
+        return "\n".join(group + cell + sites)
 
     def to_structure(self) -> Structure:
-        """Build the pymatgen structure these parameters and sites describe."""
+        """Build the pymatgen structure these parameters and sites describe (with a space group, its orbits
+        expanded: `geometry.expand_orbits`)."""
         _check_lattice(self.lengths, self.angles)
+        if self.spacegroup is not None:
+            return geometry.expand_orbits(self.spacegroup, self.lengths, self.angles, self.species, self.frac_coords)
         lattice = Lattice.from_parameters(*self.lengths, *self.angles)
         return Structure(lattice, list(self.species), [list(xyz) for xyz in self.frac_coords])
 
@@ -189,7 +233,8 @@ class CrystalText:
 
 def encode(structure: Structure, options: FormatOptions | None = None) -> str:
     """Write a structure as crystal text."""
-    return CrystalText.from_structure(structure).to_str(options)
+    asymmetric = options is not None and options.asymmetric_unit
+    return CrystalText.from_structure(structure, asymmetric).to_str(options)
 
 
 def decode(text: str) -> Structure:
@@ -203,8 +248,11 @@ def augment(
     """A random copy for training: all sites shifted by one random vector (wrapped), and optionally reordered.
 
     Both leave the crystal physically the same; they teach the model that neither the origin nor
-    the order of sites carries meaning. Deterministic for a seeded `rng`.
+    the order of sites carries meaning. Deterministic for a seeded `rng`. An asymmetric unit is not translated: its
+    origin is the one its space group's standard setting fixes.
     """
+    if translate and crystal.spacegroup is not None:
+        raise ValueError("an asymmetric unit cannot be translated: its origin is its space group's")
     coords = np.array(crystal.frac_coords, dtype=float)
     species = list(crystal.species)
     if translate:
@@ -212,7 +260,7 @@ def augment(
     if permute:
         order = rng.permutation(len(species))
         coords, species = coords[order], [species[i] for i in order]
-    return CrystalText(crystal.lengths, crystal.angles, tuple(species), tuple(_vector(row) for row in coords))
+    return replace(crystal, species=tuple(species), frac_coords=tuple(_vector(row) for row in coords))
 
 
 def _vector(values: Sequence[float]) -> Vector:

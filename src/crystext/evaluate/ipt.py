@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 from pymatgen.core import Structure
 
+from crystext.errors import CrystextError
+
 __all__ = ["ipt"]
 
 
@@ -49,6 +51,9 @@ def ipt(
         model, tokenizer, info = load_model(model_dir)
         fmt = (info.get("config") or {}).get("text_format") or info.get("text_format") or {}
         options = FormatOptions(**fmt) if isinstance(fmt, dict) and fmt else FormatOptions()
+    if options.asymmetric_unit:
+        raise CrystextError("IPT measures how a model's likelihood changes as a crystal is translated; an asymmetric "
+                         "unit's origin is fixed by its space group, so the measure does not apply")
     model.eval()
     rng = np.random.default_rng(seed)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

@@ -42,7 +42,7 @@ def rank_substitutions(
 ) -> list[Substitution]:
     """Every candidate for the sites of `element`, most probable first (log-probability of the answer + end)."""
     tokenizer, model = sampler.tokenizer, sampler.model
-    crystal = CrystalText.from_structure(structure)
+    crystal = CrystalText.from_structure(structure, sampler.text_format.asymmetric_unit)
     prompt_ids = sampler.prompt_ids(infill_prompt(crystal, element, sampler.text_format))
     names = list(candidates) if candidates is not None else sorted(e.symbol for e in Element if e.Z <= MAX_CANDIDATE_Z)
     scores = []

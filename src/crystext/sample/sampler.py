@@ -262,12 +262,13 @@ class Sampler:
             batch = [conditions[(first + i) % len(conditions)] for i in range(size)]
             grammars = [self._grammar(a, config) for a in batch] if config.constrained else None
             seed = config.seed * SEED_STRIDE + first
-            completions = self.generate([a.to_prompt() for a in batch], grammars, config, seed)
+            heads = [self.text_head(a) for a in batch]
+            completions = self.generate([a.to_prompt() + h for a, h in zip(batch, heads)], grammars, config, seed)
             rows = []
-            for i, (attributes, done) in enumerate(zip(batch, completions)):
+            for i, (attributes, head, done) in enumerate(zip(batch, heads, completions)):
                 if writer.valid + sum(1 for r in rows if r["cif"]) >= config.n:
                     break
-                rows.append(attempt_row(f"s{first + i:07d}", mode, attributes.to_dict(), done.text, done.error,
+                rows.append(attempt_row(f"s{first + i:07d}", mode, attributes.to_dict(), head + done.text, done.error,
                                         min_distance, _requirement(attributes) if config.only_matching else None))
             writer.append(rows)
             added = sum(1 for r in rows if r["cif"])
@@ -279,6 +280,13 @@ class Sampler:
         refused = sum(1 for r in writer.rows if r["error"].startswith(UNMET_PROMPT))
         return SampleSummary(writer.valid, len(writer.rows), time.perf_counter() - started, refused)
 
+    def text_head(self, attributes: Attributes) -> str:
+        """The start of the crystal text that the prompt decides, written for the model: in the asymmetric-unit
+        form the space group asked for (so the crystal read back has it), else nothing."""
+        if self.text_format.asymmetric_unit and attributes.spacegroup is not None:
+            return f"{attributes.spacegroup}\n"
+        return ""
+
     def _grammar(self, attributes: Attributes, config: SampleConfig) -> Grammar:
         floor = config.volume_floor and self.cell_formula and attributes.formula
         min_volume = min_cell_volume(attributes.formula) if floor else None
@@ -286,7 +294,8 @@ class Sampler:
             units = 1 if self.cell_formula else None  # a cell formula is the whole cell
             grammar = Grammar.for_formula(attributes.formula, self.text_format, config.max_atoms, units)
             return replace(grammar, min_distance=config.min_distance, min_volume=min_volume)
-        return Grammar(self.text_format, config.max_atoms, min_distance=config.min_distance, min_volume=min_volume)
+        return Grammar(self.text_format, config.max_atoms, min_distance=config.min_distance, min_volume=min_volume,
+                       spacegroup=attributes.spacegroup)
 
     def infill(
         self,
