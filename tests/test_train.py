@@ -461,6 +461,7 @@ def test_asymmetric_unit_training_writes_orbits_and_drops_the_recipes_other_form
     assert info["text_format"]["asymmetric_unit"] is True and info["text_format"]["site_counts"] is False
     assert info["translate"] is False and info["cell_formula"] is False
     assert earlier_recipe(str(tmp_path / "orbits"))["asymmetric_unit"] is True
+    assert "asymmetric units: the space group on a first line" in (tmp_path / "orbits" / "README.md").read_text()
     capsys.readouterr()
     assert main([*common, "--out", str(tmp_path / "both"), "--asymmetric-unit", "--site-counts"]) == 1
     assert capsys.readouterr().err.splitlines()[-1] == ("crystext train: error: --asymmetric-unit writes one site per "

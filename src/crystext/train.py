@@ -609,6 +609,9 @@ def write_model_card(out: Path, config: TrainConfig, state: TrainState, n_train:
     sep = config.text_format.count_separator
     counted = (f"; each element line counting down its atoms, `Fe{sep}2`, `Fe{sep}1`" if config.text_format.site_counts
                else "")
+    if config.text_format.asymmetric_unit:
+        counted += ("; asymmetric units: the space group on a first line, its standard conventional cell, one site "
+                    "per orbit, expanded by the group when read")
     card = f"""---
 library_name: transformers
 tags: [crystext, crystal-generation, materials]
