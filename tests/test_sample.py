@@ -301,6 +301,11 @@ def test_atoms_closer_than_the_minimum_distance_are_an_error_row(tmp_path) -> No
     assert attempt_row("s2", "unconditional", {}, near, min_distance=0.5)["error"] == (
         "atoms 0 and 1 are 0.40 A apart (< 0.5 A): no room left in the cell")
     assert Structure.from_str(attempt_row("s3", "unconditional", {}, near)["cif"], fmt="cif").num_sites == 3
+    # An asymmetric unit: the group's copies of one site 0.40 A apart ((x, 0, 0) and (0, x, 0), x = 0.07 of a 4 A cube)
+    copies = attempt_row("s4", "unconditional", {}, "221\n4.0 4.0 4.0\n90 90 90\nNa\n0.07 0.00 0.00", min_distance=0.5)
+    assert copies["cif"] == "" and re.fullmatch(
+        r"atoms \d+ and \d+ are 0\.40 A apart \(< 0\.5 A\): the copies space group 221 makes of its sites land too "
+        r"close", copies["error"]), copies["error"]
     out = tmp_path / "s.csv"
     SampleWriter(out, resume=False).append([on_one_site, unchecked])
     assert SampleWriter(out, resume=True).valid == 0 and list(parsed_structures(out)) == []

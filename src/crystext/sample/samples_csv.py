@@ -50,8 +50,9 @@ def attempt_row(
     cif = ""
     if not error:
         try:
-            structure = CrystalText.from_str(text).to_structure()
-            error = _crowded(structure, min_distance) if min_distance else ""
+            crystal = CrystalText.from_str(text)
+            structure = crystal.to_structure()
+            error = _crowded(structure, min_distance, crystal.spacegroup) if min_distance else ""
             error = error or (requirement(structure) if requirement else "")
             cif = "" if error else structure.to(fmt="cif")
             error = error or _unreadable(cif)
@@ -63,13 +64,16 @@ def attempt_row(
             "cif": "" if error else cif, "error": error}
 
 
-def _crowded(structure: Structure, min_distance: float) -> str:
-    """Why `structure` has two atoms closer than `min_distance` (A), the nearest pair in text order; "" if none."""
+def _crowded(structure: Structure, min_distance: float, spacegroup: int | None = None) -> str:
+    """Why `structure` has two atoms closer than `min_distance` (A), the nearest pair in text order (of the expanded
+    crystal, for an asymmetric unit of `spacegroup`); "" if none."""
     pair = closest_pair(structure)
     if pair is None or pair[2] >= min_distance:
         return ""
     first, second, closest = pair
-    return f"atoms {first} and {second} are {closest:.2f} A apart (< {min_distance} A): no room left in the cell"
+    why = ("no room left in the cell" if spacegroup is None
+           else f"the copies space group {spacegroup} makes of its sites land too close")
+    return f"atoms {first} and {second} are {closest:.2f} A apart (< {min_distance} A): {why}"
 
 
 def _unreadable(cif: str) -> str:
