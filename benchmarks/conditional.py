@@ -39,6 +39,7 @@ import pandas as pd
 from pymatgen.core import Composition, Structure
 
 from crystext.files import CsvLog, write_atomic
+from crystext.geometry import CRYSTAL_SYSTEMS, crystal_system
 from crystext.prompts import Attributes, cell_formula
 from crystext.stability.relax import BUDGETS
 from crystext.textformat import CrystalText
@@ -65,9 +66,6 @@ KINDS: dict[str, tuple[str, ...]] = {
 PROMPT_SEED = 0
 SUBSET_SEED = 1
 INFILL_SEED = 2
-#: Crystal systems by the largest space-group number they hold.
-CRYSTAL_SYSTEMS = (("triclinic", 2), ("monoclinic", 15), ("orthorhombic", 74), ("tetragonal", 142),
-                   ("trigonal", 167), ("hexagonal", 194), ("cubic", 230))
 #: The per-row columns of the infill log (one row per masked structure).
 INFILL_COLUMNS = ("id", "formula", "masked", "original_rank", "replacement", "log_prob", "struct_valid",
                   "comp_valid", "cif")
@@ -110,13 +108,6 @@ def stated_as_cells(prompts: dict[str, list[Prompt]], test: pd.DataFrame) -> dic
         crystal = CrystalText.from_structure(Structure.from_str(test.iloc[prompt.row]["cif"], fmt="cif"))
         return Prompt(prompt.row, replace(prompt.attributes, formula=cell_formula(crystal)))
     return {kind: [as_cell(p) for p in kind_prompts] for kind, kind_prompts in prompts.items()}
-
-
-def crystal_system(spacegroup: int) -> str:
-    """The crystal system of a space group number (1-230)."""
-    if not 1 <= spacegroup <= CRYSTAL_SYSTEMS[-1][1]:
-        raise ValueError(f"space group {spacegroup} is not in 1-{CRYSTAL_SYSTEMS[-1][1]}")
-    return next(name for name, last in CRYSTAL_SYSTEMS if spacegroup <= last)
 
 
 def base_rates(requested: Sequence[int], background: Sequence[int]) -> list[float]:

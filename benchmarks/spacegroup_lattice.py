@@ -23,9 +23,9 @@ from pymatgen.core import Structure
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from conditional import CRYSTAL_SYSTEMS, SHARED, by_crystal_system, crystal_system, draw_prompts  # noqa: E402
+from conditional import SHARED, by_crystal_system, draw_prompts  # noqa: E402
 
-from crystext.geometry import SPACEGROUP_SYMPREC, spacegroup_number  # noqa: E402
+from crystext.geometry import CRYSTAL_SYSTEMS, SPACEGROUP_SYMPREC, crystal_system, spacegroup_number  # noqa: E402
 from crystext.sample.sampler import SampleConfig, Sampler  # noqa: E402
 from crystext.textformat import CrystalText, CrystalTextError, FormatOptions, decode  # noqa: E402
 

@@ -13,6 +13,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import conditional  # noqa: E402
 
+from crystext.geometry import crystal_system  # noqa: E402
+
 #: Hand-made test rows in the MP-20 layout (only the columns prompts read).
 FORMULAS = ("NaCl", "GaTe", "Fe2O3", "Rb(GePt)4", "Si", "LiFePO4", "MgO", "TiO2", "ZnS", "CsCl", "CaTiO3", "CuO",
             "Bi2Se3")
@@ -56,10 +58,10 @@ def test_crystal_systems_of_hand_picked_space_groups() -> None:
     expected = {1: "triclinic", 2: "triclinic", 3: "monoclinic", 15: "monoclinic", 16: "orthorhombic",
                 62: "orthorhombic", 75: "tetragonal", 142: "tetragonal", 143: "trigonal", 167: "trigonal",
                 168: "hexagonal", 186: "hexagonal", 194: "hexagonal", 195: "cubic", 225: "cubic", 230: "cubic"}
-    assert {g: conditional.crystal_system(g) for g in expected} == expected
+    assert {g: crystal_system(g) for g in expected} == expected
     for bad in (0, 231):
         with pytest.raises(ValueError):
-            conditional.crystal_system(bad)
+            crystal_system(bad)
 
 
 def test_accuracy_and_base_rate_by_crystal_system() -> None:

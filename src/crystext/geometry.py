@@ -10,7 +10,16 @@ from pymatgen.core import Element, Lattice, Structure
 
 from crystext.constants import SPACEGROUP_SYMPREC
 
-__all__ = ["asymmetric_unit", "closest_pair", "expand_orbits", "spacegroup_number", "symmetric_lattice"]
+__all__ = ["CRYSTAL_SYSTEMS", "asymmetric_unit", "closest_pair", "crystal_system", "expand_orbits",
+           "spacegroup_number", "symmetric_lattice"]
+
+#: Crystal systems by the largest space-group number they hold.
+CRYSTAL_SYSTEMS = (("triclinic", 2), ("monoclinic", 15), ("orthorhombic", 74), ("tetragonal", 142),
+                   ("trigonal", 167), ("hexagonal", 194), ("cubic", 230))
+#: Fractional distance within which a group's copies of one written site are the same site, and the distance (A)
+#: within which two sites left after that are merged (a coordinate rounded off a special position).
+ORBIT_DUPLICATE_FRACTION = 0.02
+ORBIT_MERGE_ANGSTROM = 0.3
 
 
 def closest_pair(structure: Structure) -> tuple[int, int, float] | None:
@@ -35,10 +44,11 @@ def spacegroup_number(structure: Structure, symprec: float = SPACEGROUP_SYMPREC)
         return 0
 
 
-#: Fractional distance within which a group's copies of one written site are the same site, and the distance (A)
-#: within which two sites left after that are merged (a coordinate rounded off a special position).
-ORBIT_DUPLICATE_FRACTION = 0.02
-ORBIT_MERGE_ANGSTROM = 0.3
+def crystal_system(spacegroup: int) -> str:
+    """The crystal system of a space group number (1-230)."""
+    if not 1 <= spacegroup <= CRYSTAL_SYSTEMS[-1][1]:
+        raise ValueError(f"space group {spacegroup} is not in 1-{CRYSTAL_SYSTEMS[-1][1]}")
+    return next(name for name, last in CRYSTAL_SYSTEMS if spacegroup <= last)
 
 
 def asymmetric_unit(
@@ -72,15 +82,16 @@ def symmetric_lattice(group: int, lengths: Sequence[float], angles: Sequence[flo
     averaged, the angles it fixes set (trigonal groups on hexagonal axes, as spglib's standard cells write them)."""
     a, b, c = lengths
     alpha, beta, gamma = angles
-    if group <= 2:
+    system = crystal_system(group)
+    if system == "triclinic":
         return Lattice.from_parameters(a, b, c, alpha, beta, gamma)
-    if group <= 15:
+    if system == "monoclinic":
         return Lattice.from_parameters(a, b, c, 90, beta, 90)
-    if group <= 74:
+    if system == "orthorhombic":
         return Lattice.from_parameters(a, b, c, 90, 90, 90)
-    if group <= 142:
+    if system == "tetragonal":
         return Lattice.tetragonal((a + b) / 2, c)
-    if group <= 194:
+    if system in ("trigonal", "hexagonal"):
         return Lattice.hexagonal((a + b) / 2, c)
     return Lattice.cubic((a + b + c) / 3)
 
