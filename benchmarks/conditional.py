@@ -99,13 +99,16 @@ def draw_prompts(test: pd.DataFrame, n: int) -> dict[str, list[Prompt]]:
     return prompts
 
 
-def stated_as_cells(prompts: dict[str, list[Prompt]], test: pd.DataFrame) -> dict[str, list[Prompt]]:
+def stated_as_cells(
+    prompts: dict[str, list[Prompt]], test: pd.DataFrame, asymmetric_unit: bool = False
+) -> dict[str, list[Prompt]]:
     """The prompts with each formula stated as the prompted crystal's whole cell (Ti2Zn2O6 for two TiZnO3 units), as
-    a model trained with `--cell-formula` reads it."""
+    a model trained with `--cell-formula` reads it: its conventional cell for a model that writes asymmetric units."""
     def as_cell(prompt: Prompt) -> Prompt:
         if prompt.attributes.formula is None:
             return prompt
-        crystal = CrystalText.from_structure(Structure.from_str(test.iloc[prompt.row]["cif"], fmt="cif"))
+        structure = Structure.from_str(test.iloc[prompt.row]["cif"], fmt="cif")
+        crystal = CrystalText.from_structure(structure, asymmetric_unit)
         return Prompt(prompt.row, replace(prompt.attributes, formula=cell_formula(crystal)))
     return {kind: [as_cell(p) for p in kind_prompts] for kind, kind_prompts in prompts.items()}
 
@@ -482,7 +485,7 @@ def main() -> int:
     test = pd.read_csv(TEST_CSV, keep_default_na=False)
     prompts = draw_prompts(test, args.prompts)
     if args.formula_form == "cell":
-        prompts = stated_as_cells(prompts, test)
+        prompts = stated_as_cells(prompts, test, sampler.text_format.asymmetric_unit)
     # The reference set evaluation needs: the prompted rows, so that only they are fingerprinted.
     reference = args.work / "reference.csv"
     write_atomic(reference, test.iloc[sorted(p.row for ps in prompts.values() for p in ps)].to_csv(index=False))

@@ -8,6 +8,7 @@ from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Lattice, Structure
 
 from crystext.data import read_csv, read_split
+from crystext.prompts import cell_formula
 from crystext.textformat import CrystalText, CrystalTextError, FormatOptions, augment, decode, encode
 
 NACL = "5.6 5.6 5.6\n90 90 90\nNa\n0.00 0.00 0.00\nCl\n0.50 0.50 0.50"
@@ -265,14 +266,46 @@ def test_asymmetric_unit_bad_group_lines_are_named(text: str, message: str) -> N
         CrystalText.from_str(text)
 
 
-def test_asymmetric_unit_refuses_site_counts_and_translation() -> None:
-    with pytest.raises(ValueError, match="site counts would not be the formula's"):
-        FormatOptions(asymmetric_unit=True, site_counts=True)
+def test_asymmetric_unit_refuses_translation() -> None:
     crystal = CrystalText.from_structure(rocksalt(), asymmetric_unit=True)
     with pytest.raises(ValueError, match="cannot be translated"):
         augment(crystal, np.random.default_rng(0))
     shuffled = augment(crystal, np.random.default_rng(0), translate=False, permute=True)
     assert shuffled.spacegroup == 225 and sorted(shuffled.species) == ["Cl", "Na"]
+
+
+COUNTED_ORBITS = FormatOptions(asymmetric_unit=True, site_counts=True, joined_counts=True)
+
+
+def two_sodium_orbits() -> Structure:
+    """Fm-3m with Na on 4a and 8c and Cl on 4b: 16 atoms in the conventional cell, Na in two orbits."""
+    return Structure.from_spacegroup(225, Lattice.cubic(6.0), ["Na", "Na", "Cl"],
+                                     [[0, 0, 0], [0.25, 0.25, 0.25], [0.5, 0.5, 0.5]])
+
+
+def test_counted_asymmetric_unit_counts_each_elements_atoms_down_orbit_by_orbit() -> None:
+    crystal = CrystalText.from_structure(two_sodium_orbits(), asymmetric_unit=True)
+    assert crystal.spacegroup == 225 and dict(crystal.cell_counts()) == {"Na": 12, "Cl": 4}
+    text = crystal.to_str(COUNTED_ORBITS)
+    # Na: 12 in the cell, 4 of them the orbit of 0 0 0, leaving the 8 of the second orbit; Cl after both
+    assert text.split("\n")[3:] == ["Na12", "0.00 0.00 0.00", "Na8", "0.25 0.25 0.25", "Cl4", "0.00 0.00 0.50"]
+    assert cell_formula(crystal) == "Na12Cl4"
+    back = CrystalText.from_str(text)
+    assert sorted(zip(back.species, back.multiplicities)) == [("Cl", 4), ("Na", 4), ("Na", 8)]
+    assert back.to_str(COUNTED_ORBITS) == text
+    assert decode(text).composition.reduced_formula == "Na3Cl"  # the orbits decide the crystal read back
+    spaced = crystal.to_str(FormatOptions(asymmetric_unit=True, site_counts=True))
+    assert spaced.split("\n")[3] == "Na 12"
+
+
+def test_counted_asymmetric_unit_needs_its_orbit_sizes() -> None:
+    plain = CrystalText.from_str("225\n5.6 5.6 5.6\n90 90 90\nNa\n0.00 0.00 0.00\nCl\n0.00 0.00 0.50")
+    assert plain.multiplicities is None
+    with pytest.raises(CrystalTextError, match="sizes of this asymmetric unit's orbits are not known"):
+        plain.to_str(COUNTED_ORBITS)
+    # counts that do not fall within an element state no orbit sizes (the orbits still read back)
+    rising = CrystalText.from_str("225\n5.6 5.6 5.6\n90 90 90\nNa4\n0.00 0.00 0.00\nNa8\n0.25 0.25 0.25")
+    assert rising.multiplicities is None and len(rising.to_structure()) == 3
 
 
 def test_asymmetric_unit_writes_a_general_position_once_for_its_whole_orbit() -> None:

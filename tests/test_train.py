@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from pymatgen.core import Lattice, Structure
 from tokenizers import Tokenizer, models
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -25,7 +26,7 @@ from crystext.model import (
     load_pretrained,
     train_scratch_tokenizer,
 )
-from crystext.prompts import Attributes
+from crystext.prompts import Attributes, cell_formula
 from crystext.textformat import CrystalText, FormatOptions, decode
 from crystext.train import (
     IGNORE,
@@ -447,9 +448,10 @@ def test_continuing_a_crystext_run_keeps_its_recipe_unless_told_otherwise(tiny_d
                                                         "site counts: it cannot go with --no-site-counts")
 
 
-def test_asymmetric_unit_training_writes_orbits_and_drops_the_recipes_other_forms(tiny_data, tmp_path, capsys) -> None:
+def test_asymmetric_unit_training_keeps_the_recipes_counts_and_cell_formulas(tiny_data, tmp_path, capsys) -> None:
     """`--asymmetric-unit` continuing a site-count, cell-formula, translated run: its examples are orbits (the group
-    first), the other forms are dropped unasked and refused when asked for, naming the flag."""
+    first) counted down orbit by orbit, its prompts state the conventional cell's formula, and the translation is
+    dropped unasked (an asymmetric unit's origin is its group's)."""
     from crystext.cli import main
 
     first = train(tiny_config(tmp_path / "first", tiny_data, max_steps=1, cell_formula=True,
@@ -458,14 +460,10 @@ def test_asymmetric_unit_training_writes_orbits_and_drops_the_recipes_other_form
               "--batch-size", "4", "--eval-every", "1"]
     assert main([*common, "--out", str(tmp_path / "orbits"), "--asymmetric-unit"]) == 0
     info = json.loads((tmp_path / "orbits" / "crystext.json").read_text())
-    assert info["text_format"]["asymmetric_unit"] is True and info["text_format"]["site_counts"] is False
-    assert info["translate"] is False and info["cell_formula"] is False
+    assert info["text_format"]["asymmetric_unit"] is True and info["text_format"]["site_counts"] is True
+    assert info["translate"] is False and info["cell_formula"] is True
     assert earlier_recipe(str(tmp_path / "orbits"))["asymmetric_unit"] is True
     assert "asymmetric units: the space group on a first line" in (tmp_path / "orbits" / "README.md").read_text()
-    capsys.readouterr()
-    assert main([*common, "--out", str(tmp_path / "both"), "--asymmetric-unit", "--site-counts"]) == 1
-    assert capsys.readouterr().err.splitlines()[-1] == ("crystext train: error: --asymmetric-unit writes one site per "
-                                                        "orbit, so site counts would not be the formula's")
     with pytest.raises(ValueError, match="asymmetric_unit cannot go with translate"):
         tiny_config(tmp_path / "x", tiny_data, text_format=FormatOptions(asymmetric_unit=True))
 
@@ -476,3 +474,14 @@ def test_asymmetric_unit_training_writes_orbits_and_drops_the_recipes_other_form
     group = int(pair.completion.split("\n")[0])
     assert group == examples[0].crystal.spacegroup and 1 <= group <= 230
     assert spacegroup_number(decode(pair.completion)) == group
+
+
+def test_a_relabelled_asymmetric_unit_states_its_conventional_cells_formula(tiny_data, tmp_path) -> None:
+    """Relabelling an asymmetric unit swaps the elements of every orbit and states the formula of the atoms the
+    orbits make, not of the sites written (Fm-3m Na12Cl4 written as three sites: Na3Cl, not Na2Cl)."""
+    crystal = CrystalText.from_structure(Structure.from_spacegroup(
+        225, Lattice.cubic(6.0), ["Na", "Na", "Cl"], [[0, 0, 0], [0.25, 0.25, 0.25], [0.5, 0.5, 0.5]]), True)
+    swapped, formula = relabel(crystal, np.random.default_rng(3))
+    new_na, new_cl = (swapped.species[crystal.species.index(e)] for e in ("Na", "Cl"))
+    assert formula == f"{new_na}3{new_cl}" and swapped.multiplicities == crystal.multiplicities
+    assert cell_formula(swapped) == f"{new_na}12{new_cl}4"

@@ -106,7 +106,8 @@ def _encode_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--joined-counts", action="store_true",
                         help="site counts written against the symbol, 'Fe2', 'Fe1' (implies --site-counts)")
     parser.add_argument("--asymmetric-unit", action="store_true",
-                        help="a first line with the space group, its conventional cell, one site per orbit")
+                        help="a first line with the space group, its conventional cell, one site per orbit (with "
+                        "--site-counts each element line counts that element's atoms still to write, orbit by orbit)")
     parser.add_argument("--translate", action="store_true", help="shift all sites by one random vector")
     parser.add_argument("--permute", action="store_true", help="shuffle the order of sites")
     parser.add_argument("--seed", type=int, default=0, help="seed for --translate/--permute")
@@ -159,8 +160,9 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
                         "as the run that wrote --model did)")
     parser.add_argument("--asymmetric-unit", action=argparse.BooleanOptionalAction,
                         help="write each crystal as its space group (a first line), its conventional cell and one site "
-                        "per orbit, so that a model asked for a group writes it by construction; no translation, site "
-                        "counts or cell formulas (default: off, or as the run that wrote --model did)")
+                        "per orbit, so that a model asked for a group writes it by construction; no translation; site "
+                        "counts count each element's atoms in the conventional cell down orbit by orbit, and a cell "
+                        "formula is the conventional cell's (default: off, or as the run that wrote --model did)")
     parser.add_argument("--cell-formula", action=argparse.BooleanOptionalAction,
                         help="prompts state the formula of the whole cell (Ti2Zn2O6), so the model copies each count; "
                         "a model trained so reads --formula NaCl as a 2-atom cell (default: the reduced formula, or as "
@@ -464,8 +466,8 @@ def _train(args: argparse.Namespace) -> int:
     if use_lora and earlier.get("lora"):  # a LoRA run goes on training its own adapters (`load_pretrained`)
         lora = LoraSettings(**model_info(args.model)["model"]["lora"])
     asymmetric = earlier.get("asymmetric_unit", False) if args.asymmetric_unit is None else args.asymmetric_unit
-    if asymmetric:  # the recipe's other ways of writing a crystal do not apply to orbits, unless asked for (refused)
-        earlier = {**earlier, "translate": False, "site_counts": False, "joined_counts": False, "cell_formula": False}
+    if asymmetric:  # an asymmetric unit's origin is its group's: a recipe's translation does not carry over to one
+        earlier = {**earlier, "translate": False}
     translate = earlier.get("translate", True) if args.translate is None else args.translate
     if args.joined_counts and args.site_counts is False:
         raise CliError("--joined-counts is a way of writing site counts: it cannot go with --no-site-counts")

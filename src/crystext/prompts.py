@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -175,8 +174,8 @@ def _written(amounts: Mapping[Any, float]) -> str:
 def cell_formula(crystal: CrystalText) -> str:
     """The formula of the whole cell, elements in the order the text lists them: Ti2Zn2O6 for a cell of two TiZnO3
     units. A prompt stating it asks for exactly the atoms to write (`TrainConfig.cell_formula`), where a reduced
-    formula leaves the number of units to the model."""
-    return "".join(f"{el}{'' if n == 1 else n}" for el, n in Counter(crystal.species).items())
+    formula leaves the number of units to the model. An asymmetric unit's is its conventional cell's."""
+    return "".join(f"{el}{'' if n == 1 else n}" for el, n in crystal.cell_counts().items())
 
 
 def _number(value: float) -> str:

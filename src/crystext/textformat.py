@@ -29,8 +29,12 @@ crystal read back has the group it states (by construction, where a prompt asks 
     Cl
     0.00 0.00 0.50
 
-Each orbit is written as its member with the smallest coordinates, so equal crystals are written alike. Reading
-accepts every form.
+Each orbit is written as its member with the smallest coordinates, so equal crystals are written alike. With
+`site_counts` too, each element's orbits are written together and each element line counts down that element's atoms
+in the conventional cell still to write, this orbit's included (``O 12`` for an orbit of 8, then ``O 4``): the first
+line of an element copies its count from a prompt's cell formula, and the counts tell a model how large each orbit is
+to be. The orbits decide the crystal read back; the counts are the writer's account of them. Reading accepts every
+form.
 
 This module is the one place that writes and reads that text. `CrystalText` is the plain data
 object in between; `encode` and `decode` are the short way from and to a pymatgen `Structure`.
@@ -68,7 +72,7 @@ _GROUP_LINE = re.compile(r"[1-9]\d{0,2}")
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
 # A line that is meant as an element symbol: one capital and at most one lower-case letter, then in the site-count
 # form the atoms of that element still to write, after a space or joined to the symbol.
-_ELEMENT_LINE = re.compile(r"([A-Z][a-z]?)(?: ?[1-9]\d*)?")
+_ELEMENT_LINE = re.compile(r"([A-Z][a-z]?)(?: ?([1-9]\d*))?")
 
 Vector = tuple[float, float, float]
 
@@ -88,8 +92,6 @@ class FormatOptions:
     def __post_init__(self) -> None:
         if self.joined_counts and not self.site_counts:
             raise ValueError("joined_counts needs site_counts: it is how the site counts are written")
-        if self.asymmetric_unit and self.site_counts:
-            raise ValueError("asymmetric_unit writes one site per orbit, so site counts would not be the formula's")
         for name in ("length_decimals", "angle_decimals", "coord_decimals"):
             if not 0 <= getattr(self, name) <= 8:
                 raise ValueError(f"{name} must be between 0 and 8, got {getattr(self, name)}")
@@ -111,13 +113,15 @@ class CrystalTextError(CrystextError, ValueError):
 @dataclass(frozen=True)
 class CrystalText:
     """A crystal as the text format sees it: lattice parameters, and an element and coordinates per site; with a
-    space group, the group's conventional cell and one site per orbit."""
+    space group, the group's conventional cell and one site per orbit, with the orbits' sizes in that cell when known
+    (read from a structure, or from the counts of a site-count text)."""
 
     lengths: Vector
     angles: Vector
     species: tuple[str, ...]
     frac_coords: tuple[Vector, ...]
     spacegroup: int | None = None
+    multiplicities: tuple[int, ...] | None = None
 
     @classmethod
     def from_structure(cls, structure: Structure, asymmetric_unit: bool = False) -> CrystalText:
@@ -144,11 +148,11 @@ class CrystalText:
             raise CrystalTextError("the structure has no sites")
         if asymmetric_unit:
             try:
-                group, parameters, species, coords = geometry.asymmetric_unit(structure)
+                group, parameters, species, coords, sizes = geometry.asymmetric_unit(structure)
             except ValueError as err:
                 raise CrystalTextError(str(err)) from None
             return cls(_vector(parameters[:3]), _vector(parameters[3:]), tuple(species),
-                       tuple(_vector(row) for row in coords), group)
+                       tuple(_vector(row) for row in coords), group, tuple(sizes))
         return cls((a, b, c), (alpha, beta, gamma), tuple(species), tuple(_vector(row) for row in coords))
 
     @classmethod
@@ -177,6 +181,7 @@ class CrystalText:
 
         species: list[str] = []
         coords: list[Vector] = []
+        counts: list[int | None] = []
         index = 2
         while index < len(lines):
             number, line = lines[index]
@@ -190,11 +195,13 @@ class CrystalText:
             if index + 1 >= len(lines):
                 raise CrystalTextError(f"element {token} has no coordinates line after it", number)
             species.append(token)
+            counts.append(_element_line_count(line))
             coords.append(_parse_numbers(lines[index + 1], "fractional coordinates"))
             index += 2
         if not species:
             raise CrystalTextError("no atoms: expected element and coordinates lines after the lattice angles")
-        return cls(lengths, angles, tuple(species), tuple(coords), group)
+        sizes = _orbit_sizes(species, counts) if group is not None else None
+        return cls(lengths, angles, tuple(species), tuple(coords), group, sizes)
 
     def to_str(self, options: FormatOptions | None = None) -> str:
         """Write the text, rounding to `options`; coordinates are wrapped so they print inside [0, 1)."""
@@ -203,15 +210,16 @@ class CrystalText:
             " ".join(f"{x:.{opts.length_decimals}f}" for x in self.lengths),
             " ".join(f"{x:.{opts.angle_decimals}f}" for x in self.angles),
         ]
-        pairs = list(zip(self.species, self.frac_coords))
+        sizes = self._sizes() if opts.site_counts else (1,) * self.num_sites
+        triples = list(zip(self.species, self.frac_coords, sizes))
         if opts.site_counts:  # each element's sites together, the elements in the order they first appear
             first = {symbol: i for i, symbol in reversed(list(enumerate(self.species)))}
-            pairs.sort(key=lambda pair: first[pair[0]])
-        left = Counter(self.species)  # atoms of each element still to write
+            triples.sort(key=lambda triple: first[triple[0]])
+        left = self.cell_counts() if opts.site_counts else Counter()  # atoms of each element still to write
         sites = []
-        for symbol, xyz in pairs:
+        for symbol, xyz, size in triples:
             label = f"{symbol}{opts.count_separator}{left[symbol]}" if opts.site_counts else symbol
-            left[symbol] -= 1
+            left[symbol] -= size
             wrapped = (round(x % 1.0, opts.coord_decimals) % 1.0 for x in xyz)
             sites.append(label + "\n" + " ".join(f"{x:.{opts.coord_decimals}f}" for x in wrapped))
         group = [str(self.spacegroup)] if self.spacegroup is not None else []
@@ -229,6 +237,23 @@ class CrystalText:
     @property
     def num_sites(self) -> int:
         return len(self.species)
+
+    def cell_counts(self) -> Counter[str]:
+        """The atoms of each element in the cell the text describes (an asymmetric unit's conventional cell), in the
+        order the text first lists them."""
+        counts: Counter[str] = Counter()
+        for symbol, size in zip(self.species, self._sizes()):
+            counts[symbol] += size
+        return counts
+
+    def _sizes(self) -> tuple[int, ...]:
+        """How many atoms of the cell each written site stands for: its orbit's size in an asymmetric unit, else 1."""
+        if self.spacegroup is None:
+            return (1,) * self.num_sites
+        if self.multiplicities is None:
+            raise CrystalTextError("the sizes of this asymmetric unit's orbits are not known (read it from a "
+                                   "structure, or from a text that counts its atoms)")
+        return self.multiplicities
 
 
 def encode(structure: Structure, options: FormatOptions | None = None) -> str:
@@ -255,12 +280,15 @@ def augment(
         raise ValueError("an asymmetric unit cannot be translated: its origin is its space group's")
     coords = np.array(crystal.frac_coords, dtype=float)
     species = list(crystal.species)
+    sizes = crystal.multiplicities
     if translate:
         coords = (coords + rng.uniform(size=3)) % 1.0
     if permute:
         order = rng.permutation(len(species))
         coords, species = coords[order], [species[i] for i in order]
-    return replace(crystal, species=tuple(species), frac_coords=tuple(_vector(row) for row in coords))
+        sizes = tuple(sizes[i] for i in order) if sizes is not None else None
+    return replace(crystal, species=tuple(species), frac_coords=tuple(_vector(row) for row in coords),
+                   multiplicities=sizes)
 
 
 def _vector(values: Sequence[float]) -> Vector:
@@ -288,6 +316,24 @@ def element_line_symbol(content: str) -> str | None:
     """The symbol of a line meant as an element line ("Fe"; "Fe 3" or "Fe3" in the site-count forms), else None."""
     match = _ELEMENT_LINE.fullmatch(content)
     return match.group(1) if match else None
+
+
+def _element_line_count(content: str) -> int | None:
+    """The count of a site-count element line ("Fe 3" or "Fe3": 3), else None."""
+    match = _ELEMENT_LINE.fullmatch(content)
+    return int(match.group(2)) if match and match.group(2) else None
+
+
+def _orbit_sizes(species: Sequence[str], counts: Sequence[int | None]) -> tuple[int, ...] | None:
+    """The orbit sizes a site-count asymmetric unit states: each line's count less the next count of its element (the
+    whole count on an element's last line); None when a line has no count or an element's counts do not fall."""
+    if any(count is None for count in counts):
+        return None
+    sizes = []
+    for index, (symbol, count) in enumerate(zip(species, counts)):
+        after = next((c for s, c in zip(species[index + 1:], counts[index + 1:]) if s == symbol), 0)
+        sizes.append(count - after)
+    return tuple(sizes) if min(sizes) > 0 else None
 
 
 def _is_numbers_line(content: str) -> bool:

@@ -117,9 +117,9 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not 0 <= value <= 1:
                 raise ValueError(f"{name} must be between 0 and 1, got {value}")
-        if self.text_format.asymmetric_unit and (self.translate or self.cell_formula):
-            raise ValueError("asymmetric_unit cannot go with translate or cell_formula: an asymmetric unit's origin is "
-                             "its space group's, and its sites are orbits, not the cell's atoms")
+        if self.text_format.asymmetric_unit and self.translate:
+            raise ValueError("asymmetric_unit cannot go with translate: an asymmetric unit's origin is its space "
+                             "group's")
         # holdout is checked where it is used, by crystext.data.training_set
 
 
@@ -194,13 +194,13 @@ def relabel(crystal: CrystalText, rng: np.random.Generator) -> tuple[CrystalText
     elements), so a stated formula still tells the model how large a cell to write.
     """
     volumes = element_volumes()
-    elements = list(dict.fromkeys(crystal.species))
-    swap = dict(zip(elements, rng.choice(sorted(volumes), size=len(elements), replace=False).tolist()))
-    counts = [crystal.species.count(element) for element in elements]
-    unit = math.gcd(*counts)
-    formula = "".join(f"{swap[e]}{'' if n == unit else n // unit}" for e, n in zip(elements, counts))
+    cell = crystal.cell_counts()
+    swap = dict(zip(cell, rng.choice(sorted(volumes), size=len(cell), replace=False).tolist()))
+    unit = math.gcd(*cell.values())
+    formula = "".join(f"{swap[e]}{'' if n == unit else n // unit}" for e, n in cell.items())
     species = tuple(swap[element] for element in crystal.species)
-    scale = (sum(volumes[e] for e in species) / sum(volumes[e] for e in crystal.species)) ** (1 / 3)
+    volume = sum(volumes[e] * n for e, n in cell.items())
+    scale = (sum(volumes[swap[e]] * n for e, n in cell.items()) / volume) ** (1 / 3)
     lengths = tuple(length * scale for length in crystal.lengths)
     return replace(crystal, lengths=lengths, species=species), formula
 
@@ -597,7 +597,8 @@ def write_model_card(out: Path, config: TrainConfig, state: TrainState, n_train:
         stated += (f"; {config.relabel_rate:.0%} of the others state only the formula of the crystal with its "
                    "elements swapped for random ones (to teach copying the formula)")
     if config.cell_formula:
-        stated += "; a stated formula is the whole cell's (Ti2Zn2O6), not the reduced one"
+        cell = "conventional cell's" if config.text_format.asymmetric_unit else "whole cell's"
+        stated += f"; a stated formula is the {cell} (Ti2Zn2O6), not the reduced one"
     if config.element_weight != 1:
         counts = " and its count" if config.text_format.site_counts else ""
         stated += (f"; the tokens that decide the composition of generation examples (element{counts}, end, and the "
@@ -607,11 +608,14 @@ def write_model_card(out: Path, config: TrainConfig, state: TrainState, n_train:
     augmentations = (f"; {' and '.join(shuffles)} of every example" if shuffles
                      else "; coordinates as written (no augmentation)")
     sep = config.text_format.count_separator
-    counted = (f"; each element line counting down its atoms, `Fe{sep}2`, `Fe{sep}1`" if config.text_format.site_counts
-               else "")
+    counted = ""
     if config.text_format.asymmetric_unit:
         counted += ("; asymmetric units: the space group on a first line, its standard conventional cell, one site "
                     "per orbit, expanded by the group when read")
+    if config.text_format.site_counts and config.text_format.asymmetric_unit:
+        counted += f"; each element line counting down its atoms in the cell, orbit by orbit (`O{sep}12`, `O{sep}4`)"
+    elif config.text_format.site_counts:
+        counted += f"; each element line counting down its atoms, `Fe{sep}2`, `Fe{sep}1`"
     card = f"""---
 library_name: transformers
 tags: [crystext, crystal-generation, materials]
