@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -458,6 +459,56 @@ def test_joined_site_counts_follow_the_symbol_and_count_down(text: str, expected
     assert accepts(text, JOINED) is expected
 
 
+COUNTED_ORBITS = Grammar(FormatOptions(asymmetric_unit=True, site_counts=True, joined_counts=True), max_atoms=6,
+                         spacegroup=225)
+
+
+@pytest.mark.parametrize(
+    ("sites", "grammatical", "complete"),
+    [
+        ("Na12\n0.00 0.00 0.00\nNa8\n0.25 0.25 0.25\nCl4\n0.00 0.00 0.50", True, True),
+        ("Na12\n0.00 0.00 0.00", True, False),  # an orbit of 4 (Fm-3m's 4a): 8 Na still due
+        ("Na12\n0.00 0.00 0.00\nCl4", False, False),
+        ("Na12\n0.00 0.00 0.00\nNa12", False, False),  # the count after an orbit of 4 is 8
+        ("Na4\n0.00 0.00 0.00", True, True),
+        ("Na4\n0.10 0.20 0.30\nCl4", True, False),  # a general position's 192 atoms: Na is over, not due
+        ("Na24", True, False),  # a conventional cell's atoms: up to 4 lattice points times the cap of 6
+        ("Na25", False, False),
+        ("Na12\n0.00 0.00 0.00\nNa 8", False, False),  # the count joins the symbol
+    ],
+)
+def test_counted_asymmetric_unit_counts_each_element_down_by_its_orbits(
+    sites: str, grammatical: bool, complete: bool
+) -> None:
+    """In the site-count asymmetric unit a site takes its orbit's size off its element's count (the group the
+    prompt wrote, on the lattice written), so the counts the model copies from a formula are the atoms it writes."""
+    state = advance(COUNTED_ORBITS.start, CUBE + sites, COUNTED_ORBITS)
+    assert (state is not None) is grammatical
+    assert (state is not None and can_end(state, COUNTED_ORBITS)) is complete
+
+
+def test_a_forced_composition_on_a_counted_asymmetric_unit_fixes_each_elements_count() -> None:
+    forced = replace(COUNTED_ORBITS, composition={"Na": 3, "Cl": 1}, units=4)  # Na12Cl4, a cell formula
+    whole = "Na12\n0.00 0.00 0.00\nNa8\n0.25 0.25 0.25\nCl4\n0.00 0.00 0.50"
+    assert can_end(advance(forced.start, CUBE + whole, forced), forced)
+    assert not can_end(advance(forced.start, CUBE + whole.split("\nCl")[0], forced), forced)  # Cl still to come
+    for bad in ("Na4", "Cl5", "K4"):
+        assert advance(forced.start, CUBE + bad + "\n", forced) is None, bad
+    with pytest.raises(ValueError, match="only in the site-count form, with the formula units fixed"):
+        Grammar.for_formula("NaCl", FormatOptions(asymmetric_unit=True, site_counts=True))
+
+
+def test_processor_keeps_an_asymmetric_units_orbit_within_its_count() -> None:
+    """After "Na4" and (0, 0) in Fm-3m's 4 A cube only z near 0 or 1/2 gives an orbit of 4 (4a, 4b; z within
+    0.3 A of its mirror image merges with it); every other z is a 24-atom orbit, more Na than the line counts."""
+    text = "225\n" + CUBE + "Na4\n0.00 0.00 "
+    options = FormatOptions(asymmetric_unit=True, site_counts=True, joined_counts=True)
+    finished = {f"{i / 100:.2f}" for i in range(100)}  # tokens that end the number (others start it: "0.2")
+    assert allowed_after(text, Grammar(options)) & finished == {
+        f"{i / 100:.2f}" for i in [0, 1, 2, 3, *range(47, 54), 97, 98, 99]}
+    assert finished <= allowed_after(text.replace("Na4", "Na24"), Grammar(options))
+
+
 @pytest.mark.parametrize(("sites", "expected"), [(O_SITES, True), ("O 3\n0.00 0.00 0.00", False)])
 def test_a_site_count_text_ends_only_when_its_last_element_is_done(sites: str, expected: bool) -> None:
     assert can_end(advance(State(), CUBE + sites, COUNTED), COUNTED) is expected
@@ -785,7 +836,7 @@ def test_an_asymmetric_unit_starts_with_its_space_group_unless_the_prompt_wrote_
         assert advance(grammar.start, bad, grammar) is None, bad
     assert advance(grammar.start, body, grammar) is None  # a lengths line where the group belongs
     prompted = Grammar(FormatOptions(asymmetric_unit=True), spacegroup=225)  # the sampler wrote "225\n" already
-    assert prompted.start == State() and can_end(advance(prompted.start, body, prompted), prompted)
+    assert prompted.start == State(group=225) and can_end(advance(prompted.start, body, prompted), prompted)
     assert Grammar(spacegroup=225).start == State()  # the other forms have no group line
-    with pytest.raises(ValueError, match="cannot be forced on an asymmetric unit"):
+    with pytest.raises(ValueError, match="only in the site-count form"):
         Grammar.for_formula("NaCl", FormatOptions(asymmetric_unit=True))

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from functools import cache
 
 import numpy as np
 from pymatgen.core import Element, Lattice, Structure
 
 from crystext.constants import SPACEGROUP_SYMPREC
 
-__all__ = ["CRYSTAL_SYSTEMS", "asymmetric_unit", "closest_pair", "crystal_system", "expand_orbits",
-           "spacegroup_number", "symmetric_lattice"]
+__all__ = ["CRYSTAL_SYSTEMS", "asymmetric_unit", "closest_pair", "copy_distances", "crystal_system", "expand_orbits",
+           "operations", "orbit_sizes", "spacegroup_number", "symmetric_lattice"]
 
 #: Crystal systems by the largest space-group number they hold.
 CRYSTAL_SYSTEMS = (("triclinic", 2), ("monoclinic", 15), ("orthorhombic", 74), ("tetragonal", 142),
@@ -53,10 +54,10 @@ def crystal_system(spacegroup: int) -> str:
 
 def asymmetric_unit(
     structure: Structure, symprec: float = SPACEGROUP_SYMPREC
-) -> tuple[int, tuple[float, ...], list[str], list[list[float]]]:
-    """(space group, conventional lattice parameters, elements, coordinates): the group spglib finds at `symprec`,
-    its standard conventional cell (idealised), and one site per orbit, the member with the smallest coordinates
-    (x, then y, then z), so that equal crystals are written alike."""
+) -> tuple[int, tuple[float, ...], list[str], list[list[float]], list[int]]:
+    """(space group, conventional lattice parameters, elements, coordinates, multiplicities): the group spglib finds
+    at `symprec`, its standard conventional cell (idealised), and one site per orbit, the member with the smallest
+    coordinates (x, then y, then z), so that equal crystals are written alike, with the orbit's size in that cell."""
     import spglib
 
     numbers = [site.specie.Z for site in structure]
@@ -67,14 +68,15 @@ def asymmetric_unit(
     standard = (found.std_lattice, found.std_positions % 1.0, found.std_types)
     orbits = spglib.get_symmetry_dataset(standard, symprec=1e-3).equivalent_atoms  # idealised: exactly symmetric
     positions = np.round(standard[1], 6) % 1.0
-    species, coords = [], []
+    species, coords, sizes = [], [], []
     for orbit in dict.fromkeys(orbits.tolist()):
         members = np.flatnonzero(orbits == orbit)
         first = min(members, key=lambda i: tuple(positions[i]))
         species.append(Element.from_Z(int(standard[2][first])).symbol)
         coords.append(positions[first].tolist())
+        sizes.append(len(members))
     parameters = Lattice(found.std_lattice).parameters
-    return int(found.number), tuple(float(x) for x in parameters), species, coords
+    return int(found.number), tuple(float(x) for x in parameters), species, coords, sizes
 
 
 def symmetric_lattice(group: int, lengths: Sequence[float], angles: Sequence[float]) -> Lattice:
@@ -116,3 +118,32 @@ def expand_orbits(
     except Exception:  # spglib gives up on degenerate cells: the conventional cell is the same crystal
         primitive = None
     return primitive or cell
+
+
+def orbit_sizes(group: int, lattice: Lattice, points: np.ndarray) -> np.ndarray:
+    """How many sites each fractional point (rows of `points`) becomes in `group`'s conventional cell on `lattice`:
+    the group's operations over those that leave it within ORBIT_MERGE_ANGSTROM of itself, so that a point just off a
+    special position has that position's orbit, as `expand_orbits` merges copies (it also merges chains of near
+    copies, so a point near a special position, not on it, can read back smaller). Vectorised for the grammar."""
+    kept = (copy_distances(group, lattice, points) < ORBIT_MERGE_ANGSTROM).sum(axis=1)  # the identity at least
+    return np.rint(len(operations(group)[0]) / kept).astype(int)
+
+
+def copy_distances(group: int, lattice: Lattice, points: np.ndarray) -> np.ndarray:
+    """(points, operations): the distance (A) from each fractional point to its copy under each of `group`'s
+    operations, nearest image by rounding the fractional difference."""
+    rotations, translations = operations(group)
+    points = np.atleast_2d(points)
+    copies = np.einsum("oij,nj->noi", rotations, points) + translations
+    delta = copies - points[:, None, :]
+    return np.linalg.norm((delta - np.round(delta)) @ lattice.matrix, axis=-1)
+
+
+@cache
+def operations(group: int) -> tuple[np.ndarray, np.ndarray]:
+    """The rotations (n, 3, 3) and translations (n, 3) of `group`'s operations on its conventional cell, as
+    `Structure.from_spacegroup` applies them."""
+    from pymatgen.symmetry.groups import SpaceGroup
+
+    operations = SpaceGroup.from_int_number(group).symmetry_ops
+    return (np.array([op.rotation_matrix for op in operations]), np.array([op.translation_vector for op in operations]))

@@ -18,7 +18,7 @@ from __future__ import annotations
 import enum
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cache, lru_cache
 from pathlib import Path
@@ -29,6 +29,7 @@ from pymatgen.core import Composition, Lattice
 from transformers import LogitsProcessor, PreTrainedTokenizerBase
 
 from crystext.constants import MAX_VOLUME_PER_ATOM, MAX_VOLUME_RATIO, MIN_VOLUME_PER_ATOM, MIN_VOLUME_RATIO
+from crystext.geometry import ORBIT_MERGE_ANGSTROM, copy_distances, operations, orbit_sizes, symmetric_lattice
 from crystext.textformat import ELEMENT_SYMBOLS, SPACEGROUPS, FormatOptions
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -42,6 +43,9 @@ DEFAULT_MAX_ATOMS = 52
 #: The volume per atom of each element (A^3) fitted on MP-20, with its provenance (recipes/element_volumes.py).
 ELEMENT_VOLUMES = Path(__file__).parent / "element_volumes.json"
 
+#: The most lattice points a conventional cell holds (face-centred): an asymmetric unit's counts are its conventional
+#: cell's atoms, up to this many times the atom cap.
+_MOST_LATTICE_POINTS = 4
 #: Integer digits a number may have: up to 100 (lengths) or 170 (angles); a coordinate is "0.".
 _LATTICE_INT_DIGITS = 3
 _COORD_INT_DIGITS = 1
@@ -69,15 +73,27 @@ class Grammar:
             atoms = sum(self.composition.values())
             if atoms < 1 or min(self.composition.values()) < 1:
                 raise ValueError(f"composition {dict(self.composition)} needs at least one atom of each element")
-            if atoms > self.max_atoms:
-                raise ValueError(f"composition {dict(self.composition)} has more than max_atoms={self.max_atoms} "
-                                 "atoms in one formula unit")
-            if self.units is not None and not 1 <= self.units * atoms <= self.max_atoms:
-                raise ValueError(f"{self.units} units of composition {dict(self.composition)} are not 1 to "
-                                 f"max_atoms={self.max_atoms} atoms")
-            if self.options.asymmetric_unit:
-                raise ValueError("a composition cannot be forced on an asymmetric unit: its sites are orbits, whose "
-                                 "sizes the grammar does not know")
+            if atoms > self.cell_atoms:
+                raise ValueError(f"composition {dict(self.composition)} has more than {self._cap} atoms in one formula "
+                                 "unit")
+            if self.units is not None and not 1 <= self.units * atoms <= self.cell_atoms:
+                raise ValueError(f"{self.units} units of composition {dict(self.composition)} are not 1 to {self._cap} "
+                                 "atoms")
+            if self.options.asymmetric_unit and not (self.options.site_counts and self.units is not None):
+                raise ValueError("a composition can be forced on an asymmetric unit only in the site-count form, with "
+                                 "the formula units fixed: its sites are orbits, which the counts account for")
+
+    @property
+    def cell_atoms(self) -> int:
+        """The most atoms the written cell may hold: `max_atoms`, or in an asymmetric unit's conventional cell (whose
+        primitive cell `max_atoms` caps) as many times that as a conventional cell has lattice points at most."""
+        return self.max_atoms * (_MOST_LATTICE_POINTS if self.options.asymmetric_unit else 1)
+
+    @property
+    def _cap(self) -> str:
+        """`cell_atoms` as messages name it."""
+        lattice_points = f"{_MOST_LATTICE_POINTS} x " if self.options.asymmetric_unit else ""
+        return f"{lattice_points}max_atoms={self.max_atoms}"
 
     @property
     def start(self) -> State:
@@ -85,7 +101,7 @@ class Grammar:
         else at the lattice lengths."""
         if self.options.asymmetric_unit and self.spacegroup is None:
             return State(section=Section.GROUP)
-        return State()
+        return State(group=self.spacegroup if self.options.asymmetric_unit else None)
 
     @classmethod
     def for_formula(
@@ -106,9 +122,10 @@ class Grammar:
         unit = {element.symbol: int(round(count)) for element, count in composition.items()}
         if not unit:
             raise ValueError(f"formula {formula!r} has no atoms")
-        if sum(unit.values()) > max_atoms:
-            raise ValueError(f"formula {formula} has more than max_atoms={max_atoms} atoms")
-        return cls(options=options or FormatOptions(), max_atoms=max_atoms, composition=unit, units=units)
+        grammar = cls(options=options or FormatOptions(), max_atoms=max_atoms, units=units)
+        if sum(unit.values()) > grammar.cell_atoms:
+            raise ValueError(f"formula {formula} has more than {grammar._cap} atoms")
+        return replace(grammar, composition=unit)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -143,6 +160,10 @@ class State:
     # Site-count form: the element and count of the latest element line; while its count is open, (element, 0)
     # for a new element and (element, due) for one more of the same element
     countdown: tuple[str, int] | None = None
+    # Site-count form: atoms of the latest element still to write after its complete sites (its count less one atom,
+    # or in an asymmetric unit less its orbit's size; below 0 when an orbit was larger than its count)
+    left: int = 0
+    group: int | None = None  # asymmetric-unit form: the space group the text states
 
     @property
     def atom_count(self) -> int:
@@ -174,11 +195,15 @@ def can_end(state: State, grammar: Grammar) -> bool:
         return False
     if not _number_done(state.partial, grammar.options.coord_decimals):
         return False
-    if grammar.options.site_counts and state.countdown and state.countdown[1] != 1:
-        return False  # atoms of the current element still due
+    if grammar.options.site_counts:  # atoms of the current element still due after this last site?
+        site = (*state.line_numbers, float(state.partial))
+        if state.countdown[1] - _site_size(state, site) > 0:
+            return False
     unit = grammar.composition
     if unit is None:
         return True
+    if grammar.options.asymmetric_unit:  # each element's count was the composition's, and its orbits have filled it
+        return {element for element, _ in state.element_counts} == set(unit)
     counts = dict(state.element_counts)
     return _proportional(counts, unit) and _units(counts, unit) == _units_held(state, grammar)
 
@@ -202,7 +227,7 @@ def _step_group(state: State, char: str) -> State | None:
     """The space-group line of the asymmetric-unit form: a number of the International Tables without leading
     zeros; its newline starts the lengths."""
     if char == "\n":
-        return State() if state.partial and int(state.partial) in SPACEGROUPS else None
+        return State(group=int(state.partial)) if state.partial and int(state.partial) in SPACEGROUPS else None
     partial = state.partial + char
     if not (char.isdigit() and partial[0] != "0" and int(partial) <= SPACEGROUPS[-1]):
         return None
@@ -241,7 +266,8 @@ def _step_angles(state: State, char: str, grammar: Grammar) -> State | None:
         return None  # "10" could have become "100", but as written no third angle gives a real (large enough) cell
     if len(numbers) < 3:
         return _next_column(state, numbers)
-    return State(section=Section.ELEMENT, element_counts=state.element_counts, lattice=state.lattice + numbers)
+    return State(section=Section.ELEMENT, element_counts=state.element_counts, lattice=state.lattice + numbers,
+                 group=state.group)
 
 
 def _step_element(state: State, char: str, grammar: Grammar) -> State | None:
@@ -255,10 +281,11 @@ def _step_element(state: State, char: str, grammar: Grammar) -> State | None:
             return None
         counts = _with_one_more(state.element_counts, symbol)
         if options.site_counts:
-            due = state.countdown[1] - 1 if _continuing(state) else 0
+            due = state.left if _continuing(state, grammar) else 0
             count = replace(state, section=Section.COUNT, partial="", element_counts=counts, countdown=(symbol, due))
             return _step_count(count, char, grammar) if options.joined_counts else count
-        return State(section=Section.COORDS, element_counts=counts, lattice=state.lattice, sites=state.sites)
+        return State(section=Section.COORDS, element_counts=counts, lattice=state.lattice, sites=state.sites,
+                     group=state.group)
     partial = state.partial + char
     if partial not in _ELEMENT_PREFIXES or not _element_allowed(partial, state, grammar):
         return None
@@ -266,12 +293,12 @@ def _step_element(state: State, char: str, grammar: Grammar) -> State | None:
 
 
 def _step_count(state: State, char: str, grammar: Grammar) -> State | None:
-    """The count of a site-count element line: one less than the line before while an element's atoms last, else
-    with a composition the element's atoms in the units the cell holds, else any count from 1 that the atom cap
+    """The count of a site-count element line: the atoms left after the line before while an element's atoms last,
+    else with a composition the element's atoms in the units the cell holds, else any count from 1 that the atom cap
     leaves room for; its newline starts the coordinates."""
     symbol = state.countdown[0]
     due = _count_due(state, grammar)
-    room = grammar.max_atoms - state.atom_count + 1  # this atom and those still to come
+    room = _count_room(state, grammar)
     if char == "\n":
         if not state.partial or not (int(state.partial) == due if due else int(state.partial) <= room):
             return None
@@ -280,6 +307,14 @@ def _step_count(state: State, char: str, grammar: Grammar) -> State | None:
     if not char.isdigit() or partial[0] == "0" or not (str(due).startswith(partial) if due else int(partial) <= room):
         return None
     return replace(state, partial=partial)
+
+
+def _count_room(state: State, grammar: Grammar) -> int:
+    """Site-count form: the largest count the element line being written may state when none is due: what the atom
+    cap leaves for this atom and those to come, or in an asymmetric unit its conventional cell's largest."""
+    if grammar.options.asymmetric_unit:
+        return grammar.cell_atoms
+    return grammar.max_atoms - state.atom_count + 1
 
 
 def _count_due(state: State, grammar: Grammar) -> int:
@@ -303,13 +338,33 @@ def _step_coords(state: State, char: str, grammar: Grammar) -> State | None:
         return None
     if len(numbers) < 3:
         return _next_column(state, numbers)
-    if not _element_allowed("", state, grammar):
-        return None  # no further atom fits (the atom cap, or no room for another whole formula unit)
     site = (numbers[0], numbers[1], numbers[2])
-    return State(
+    left = state.countdown[1] - _site_size(state, site) if grammar.options.site_counts else 0
+    after = State(
         section=Section.ELEMENT, element_counts=state.element_counts, lattice=state.lattice,
-        sites=state.sites + (site,), countdown=state.countdown,
+        sites=state.sites + (site,), countdown=state.countdown, left=left, group=state.group,
     )
+    if not _element_allowed("", after, grammar):
+        return None  # no further atom fits (the atom cap, or no room for another whole formula unit)
+    return after
+
+
+def _site_size(state: State, site: tuple[float, float, float]) -> int:
+    """The atoms of the cell a complete site stands for: its orbit's size in an asymmetric unit, else 1."""
+    if state.group is None:
+        return 1
+    return _orbit_size(state.group, state.lattice, site)
+
+
+@lru_cache(maxsize=65536)
+def _orbit_size(group: int, lattice: tuple[float, ...], site: tuple[float, float, float]) -> int:
+    return int(orbit_sizes(group, _symmetric(group, lattice), np.array([site]))[0])
+
+
+@lru_cache(maxsize=4096)
+def _symmetric(group: int, lattice: tuple[float, ...]) -> Lattice:
+    """The lattice an asymmetric unit's orbits are expanded on (`geometry.symmetric_lattice`)."""
+    return symmetric_lattice(group, lattice[:3], lattice[3:])
 
 
 def _is_number_char(char: str) -> bool:
@@ -436,7 +491,7 @@ def _element_allowed(prefix: str, state: State, grammar: Grammar, *, exact: bool
     if state.atom_count >= grammar.max_atoms:
         return False
     if grammar.options.site_counts:  # more of the current element while its atoms last, else an element not yet used
-        if _continuing(state):
+        if _continuing(state, grammar):
             return state.countdown[0] == prefix if exact else state.countdown[0].startswith(prefix)
         used = {element for element, _ in state.element_counts}
         candidates = ELEMENT_SYMBOLS if grammar.composition is None else grammar.composition
@@ -456,9 +511,10 @@ def _element_allowed(prefix: str, state: State, grammar: Grammar, *, exact: bool
     return False
 
 
-def _continuing(state: State) -> bool:
-    """Site-count form: whether the next element line must be one more atom of the latest line's element."""
-    return state.countdown is not None and state.countdown[1] > 1
+def _continuing(state: State, grammar: Grammar) -> bool:
+    """Site-count form: whether the next element line must be more atoms (one, or an orbit) of the latest line's
+    element."""
+    return grammar.options.site_counts and state.left > 0
 
 
 def _units(counts: Mapping[str, int], unit: Mapping[str, int]) -> int:
@@ -546,13 +602,14 @@ def _countdown_key(state: State, grammar: Grammar) -> tuple | None:
     if not grammar.options.site_counts:
         return None
     if state.section is Section.ELEMENT:
-        key = ("due", state.countdown[0]) if _continuing(state) else tuple(e for e, _ in state.element_counts)
+        if _continuing(state, grammar):
+            return "due", state.countdown[0], state.left
         # A token may run on from the symbol into its count ("Fe2" joined; " 2" in a tokenizer with such tokens):
         # what decides the count decides here too.
-        return (*key, state.countdown[1] if _continuing(state) else grammar.max_atoms - state.atom_count)
+        return tuple(e for e, _ in state.element_counts), grammar.max_atoms - state.atom_count
     if state.section is Section.COUNT:
         due = _count_due(state, grammar)
-        return ("due", due) if due else ("room", grammar.max_atoms - state.atom_count)
+        return ("due", due) if due else ("room", _count_room(state, grammar))
     return None
 
 
@@ -563,18 +620,50 @@ def _countdown_key(state: State, grammar: Grammar) -> tuple | None:
 _IMAGES = np.array([(i, j, k) for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)], dtype=float)
 
 
+def _orbit_counted(state: State, grammar: Grammar) -> bool:
+    """Whether a site's count is taken off by its orbit: a site-count asymmetric unit, its group written."""
+    return grammar.options.site_counts and state.group is not None
+
+
+def _within_count(state: State, z: np.ndarray) -> np.ndarray:
+    """For each candidate last coordinate `z` of an asymmetric unit's site: whether its orbit holds no more atoms
+    than its element line counts (the element's atoms still to write)."""
+    x, y = state.line_numbers
+    points = np.stack([np.full(len(z), x), np.full(len(z), y), z], axis=1)
+    return orbit_sizes(state.group, _symmetric(state.group, state.lattice), points) <= state.countdown[1]
+
+
 def _far_enough(state: State, z: np.ndarray, min_distance: float) -> np.ndarray:
-    """For each candidate last coordinate `z` of the atom being written: whether it keeps `min_distance`
-    from every atom before it (nearest of the 27 neighbouring images)."""
-    if not state.sites:
-        return np.ones(len(z), dtype=bool)
+    """For each candidate last coordinate `z` of the atom being written: whether it keeps `min_distance` from every
+    atom before it (nearest of the 27 neighbouring images). In an asymmetric unit the atoms are the copies the group
+    makes of each site (nearest image by rounding, so an oblique cell may hide a contact that reading back finds),
+    the candidate's own among them: those within ORBIT_MERGE_ANGSTROM are one atom with it, the others must keep
+    the distance too."""
     x, y = state.line_numbers
     candidates = np.stack([np.full(len(z), x), np.full(len(z), y), z], axis=1)
+    if state.group is not None:
+        lattice = _symmetric(state.group, state.lattice)
+        own = copy_distances(state.group, lattice, candidates)
+        ok = ~((own >= ORBIT_MERGE_ANGSTROM) & (own < min_distance)).any(axis=1)
+        if state.sites:
+            delta = candidates[:, None, :] - _copies(state.group, state.sites)[None, :, :]
+            ok &= np.linalg.norm((delta - np.round(delta)) @ lattice.matrix, axis=-1).min(axis=1) >= min_distance
+        return ok
+    if not state.sites:
+        return np.ones(len(z), dtype=bool)
     delta = candidates[:, None, :] - np.array(state.sites)[None, :, :]
     delta = delta - np.round(delta)
     shifted = delta[:, :, None, :] + _IMAGES[None, None, :, :]
     distances = np.linalg.norm(shifted @ _matrix(state.lattice), axis=-1)
     return distances.min(axis=(1, 2)) >= min_distance
+
+
+@lru_cache(maxsize=4096)
+def _copies(group: int, sites: tuple[tuple[float, float, float], ...]) -> np.ndarray:
+    """Every copy `group` makes of the complete sites of an asymmetric unit, once each (fractional, in [0, 1))."""
+    rotations, translations = operations(group)
+    copies = (np.einsum("oij,nj->noi", rotations, np.array(sites)) + translations).reshape(-1, 3)
+    return np.unique(np.round(copies % 1.0, 4) % 1.0, axis=0)
 
 
 @lru_cache(maxsize=4096)
@@ -714,18 +803,24 @@ class GrammarLogitsProcessor(LogitsProcessor):
         # With a least volume, which lattice numbers may follow depends on those already written.
         sized = grammar.min_volume is not None and state.section in (Section.LENGTHS, Section.ANGLES)
         volume = (grammar.min_volume, state.line_numbers, state.lattice) if sized else None
+        # In a site-count asymmetric unit whether the last coordinate may end its site depends on the site's orbit.
+        orbit = state.section is Section.COORDS and state.column == 2 and _orbit_counted(state, grammar)
+        site = (state.group, state.lattice, state.line_numbers, state.countdown) if orbit else None
         key = (grammar.options, grammar.max_atoms, unit, state.shape_key(), counted, _countdown_key(state, grammar),
-               volume)
+               volume, site)
         cached = self._masks.get(key)
         if cached is None:
             mask = torch.tensor([self._token_allowed(state, text, grammar) for text in self.texts], dtype=torch.bool)
             mask = torch.nn.functional.pad(mask, (0, max(0, width - len(mask))))[:width]
             cached = self._masks[key] = (mask.to(device), bool(mask.any()))
         mask, any_allowed = cached
-        # Only while the last coordinate is still open: once written, the distance is settled.
+        # Only while the last coordinate is still open: once written, the distance and the orbit are settled.
         writing_z = state.section is Section.COORDS and state.column == 2
-        if grammar.min_distance and writing_z and not _number_done(state.partial, grammar.options.coord_decimals):
-            mask = self._keep_distance(state, grammar, mask)  # never empties a mask
+        if writing_z and not _number_done(state.partial, grammar.options.coord_decimals):
+            if grammar.min_distance:
+                mask = self._prefer(state, grammar, mask, lambda z: _far_enough(state, z, grammar.min_distance))
+            if _orbit_counted(state, grammar):
+                mask = self._prefer(state, grammar, mask, lambda z: _within_count(state, z))
         return mask, any_allowed
 
     def _token_allowed(self, state: State, text: str | None, grammar: Grammar) -> bool:
@@ -737,10 +832,13 @@ class GrammarLogitsProcessor(LogitsProcessor):
             return any(t and advance(after, t, grammar) is not None for t in self.texts)
         return True
 
-    def _keep_distance(self, state: State, grammar: Grammar, mask: torch.Tensor) -> torch.Tensor:
-        """`mask` less the tokens that finish the last coordinate too close to an earlier atom (unless every
-        one does: then the atom is written anyway, rather than steered astray, and `attempt_row` in
-        `crystext.sample.samples_csv` makes the attempt an error row with the two atoms' distance)."""
+    def _prefer(
+        self, state: State, grammar: Grammar, mask: torch.Tensor, keep: Callable[[np.ndarray], np.ndarray]
+    ) -> torch.Tensor:
+        """`mask` less the tokens that finish the last coordinate at a value `keep` refuses: too close to an earlier
+        atom (`_far_enough`), or an orbit larger than its count (`_within_count`). Unless every one is refused: then
+        the atom is written anyway rather than steered astray, and reading it back judges it (`attempt_row` in
+        `crystext.sample.samples_csv` makes two atoms too close an error row with their distance)."""
         ids, values = [], []
         for token_id in mask.nonzero().flatten().tolist():
             number = state.partial + (self.texts[token_id] or "").split(" ")[0].split("\n")[0]
@@ -749,6 +847,12 @@ class GrammarLogitsProcessor(LogitsProcessor):
                 values.append(float(number))
         if not ids:
             return mask
+        refused = ~keep(np.array(values))
+        if not refused.any() or refused.all():
+            return mask
+        mask = mask.clone()
+        mask[torch.tensor(ids, device=mask.device)[torch.from_numpy(refused).to(mask.device)]] = False
+        return mask
         too_close = ~_far_enough(state, np.array(values), grammar.min_distance)
         if not too_close.any() or too_close.all():
             return mask

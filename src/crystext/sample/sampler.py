@@ -293,7 +293,8 @@ class Sampler:
         if config.force_composition and attributes.formula:
             units = 1 if self.cell_formula else None  # a cell formula is the whole cell
             grammar = Grammar.for_formula(attributes.formula, self.text_format, config.max_atoms, units)
-            return replace(grammar, min_distance=config.min_distance, min_volume=min_volume)
+            return replace(grammar, min_distance=config.min_distance, min_volume=min_volume,
+                           spacegroup=attributes.spacegroup)
         return Grammar(self.text_format, config.max_atoms, min_distance=config.min_distance, min_volume=min_volume,
                        spacegroup=attributes.spacegroup)
 
