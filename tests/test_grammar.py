@@ -509,6 +509,19 @@ def test_processor_keeps_an_asymmetric_units_orbit_within_its_count() -> None:
     assert finished <= allowed_after(text.replace("Na4", "Na24"), Grammar(options))
 
 
+def test_processor_keeps_an_asymmetric_units_first_coordinates_where_its_count_can_be_met() -> None:
+    """Fm-3m's only orbits of 4 are 4a (0, 0, 0) and 4b (1/2, 1/2, 1/2): after "Na4" the first coordinate is 0 or
+    1/2 or within a grid step of them (x = 1/4 leaves orbits of 8 at best), and after x = 0 so is the second; an
+    orbit of 8 (8c, 1/4 1/4 1/4) may also start at 1/4."""
+    options = FormatOptions(asymmetric_unit=True, site_counts=True, joined_counts=True)
+    finished = {f"{i / 100:.2f}" for i in range(100)}
+    near_special = {"0.00", "0.01", "0.49", "0.50", "0.51", "0.99"}
+    for text in ("Na4\n", "Na4\n0.00 "):
+        allowed = allowed_after("225\n" + CUBE + text, Grammar(options)) & finished
+        assert {"0.00", "0.50"} <= allowed <= near_special, text
+    assert {"0.25", "0.75"} <= allowed_after("225\n" + CUBE + "Na8\n", Grammar(options))
+
+
 @pytest.mark.parametrize(("sites", "expected"), [(O_SITES, True), ("O 3\n0.00 0.00 0.00", False)])
 def test_a_site_count_text_ends_only_when_its_last_element_is_done(sites: str, expected: bool) -> None:
     assert can_end(advance(State(), CUBE + sites, COUNTED), COUNTED) is expected

@@ -29,7 +29,15 @@ from pymatgen.core import Composition, Lattice
 from transformers import LogitsProcessor, PreTrainedTokenizerBase
 
 from crystext.constants import MAX_VOLUME_PER_ATOM, MAX_VOLUME_RATIO, MIN_VOLUME_PER_ATOM, MIN_VOLUME_RATIO
-from crystext.geometry import ORBIT_MERGE_ANGSTROM, copy_distances, operations, orbit_sizes, symmetric_lattice
+from crystext.geometry import (
+    ORBIT_GRID,
+    ORBIT_MERGE_ANGSTROM,
+    copy_distances,
+    operations,
+    orbit_sizes,
+    smallest_orbits,
+    symmetric_lattice,
+)
 from crystext.textformat import ELEMENT_SYMBOLS, SPACEGROUPS, FormatOptions
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -625,12 +633,21 @@ def _orbit_counted(state: State, grammar: Grammar) -> bool:
     return grammar.options.site_counts and state.group is not None
 
 
-def _within_count(state: State, z: np.ndarray) -> np.ndarray:
-    """For each candidate last coordinate `z` of an asymmetric unit's site: whether its orbit holds no more atoms
-    than its element line counts (the element's atoms still to write)."""
-    x, y = state.line_numbers
-    points = np.stack([np.full(len(z), x), np.full(len(z), y), z], axis=1)
-    return orbit_sizes(state.group, _symmetric(state.group, state.lattice), points) <= state.countdown[1]
+def _within_count(state: State, values: np.ndarray) -> np.ndarray:
+    """For each candidate value of the coordinate an asymmetric unit's site is writing: whether its orbit can still
+    hold no more atoms than its element line counts (the element's atoms still to write): for the last coordinate
+    the orbit of the written lattice, for the first two the smallest the rest of the grid allows
+    (`geometry.smallest_orbits`)."""
+    count = state.countdown[1]
+    if state.column == 2:
+        x, y = state.line_numbers
+        points = np.stack([np.full(len(values), x), np.full(len(values), y), values], axis=1)
+        return orbit_sizes(state.group, _symmetric(state.group, state.lattice), points) <= count
+    by_x, by_xy = smallest_orbits(state.group)
+    cells = np.rint(np.asarray(values) * ORBIT_GRID).astype(int) % ORBIT_GRID
+    if state.column == 0:
+        return by_x[cells] <= count
+    return by_xy[round(state.line_numbers[0] * ORBIT_GRID) % ORBIT_GRID, cells] <= count
 
 
 def _far_enough(state: State, z: np.ndarray, min_distance: float) -> np.ndarray:
@@ -814,13 +831,12 @@ class GrammarLogitsProcessor(LogitsProcessor):
             mask = torch.nn.functional.pad(mask, (0, max(0, width - len(mask))))[:width]
             cached = self._masks[key] = (mask.to(device), bool(mask.any()))
         mask, any_allowed = cached
-        # Only while the last coordinate is still open: once written, the distance and the orbit are settled.
-        writing_z = state.section is Section.COORDS and state.column == 2
-        if writing_z and not _number_done(state.partial, grammar.options.coord_decimals):
-            if grammar.min_distance:
-                mask = self._prefer(state, grammar, mask, lambda z: _far_enough(state, z, grammar.min_distance))
-            if _orbit_counted(state, grammar):
-                mask = self._prefer(state, grammar, mask, lambda z: _within_count(state, z))
+        # Only while a coordinate is still open: once written, the distance (the last one) and the orbit are settled.
+        writing = state.section is Section.COORDS and not _number_done(state.partial, grammar.options.coord_decimals)
+        if writing and state.column == 2 and grammar.min_distance:
+            mask = self._prefer(state, grammar, mask, lambda z: _far_enough(state, z, grammar.min_distance))
+        if writing and _orbit_counted(state, grammar):
+            mask = self._prefer(state, grammar, mask, lambda value: _within_count(state, value))
         return mask, any_allowed
 
     def _token_allowed(self, state: State, text: str | None, grammar: Grammar) -> bool:
@@ -835,10 +851,10 @@ class GrammarLogitsProcessor(LogitsProcessor):
     def _prefer(
         self, state: State, grammar: Grammar, mask: torch.Tensor, keep: Callable[[np.ndarray], np.ndarray]
     ) -> torch.Tensor:
-        """`mask` less the tokens that finish the last coordinate at a value `keep` refuses: too close to an earlier
-        atom (`_far_enough`), or an orbit larger than its count (`_within_count`). Unless every one is refused: then
-        the atom is written anyway rather than steered astray, and reading it back judges it (`attempt_row` in
-        `crystext.sample.samples_csv` makes two atoms too close an error row with their distance)."""
+        """`mask` less the tokens that finish the coordinate being written at a value `keep` refuses: too close to an
+        earlier atom (`_far_enough`), or an orbit larger than its count (`_within_count`). Unless every one is
+        refused: then the atom is written anyway rather than steered astray, and reading it back judges it
+        (`attempt_row` in `crystext.sample.samples_csv` makes two atoms too close an error row with their distance)."""
         ids, values = [], []
         for token_id in mask.nonzero().flatten().tolist():
             number = state.partial + (self.texts[token_id] or "").split(" ")[0].split("\n")[0]
