@@ -487,6 +487,38 @@ def test_counted_asymmetric_unit_counts_each_element_down_by_its_orbits(
     assert (state is not None and can_end(state, COUNTED_ORBITS)) is complete
 
 
+@pytest.mark.parametrize(
+    ("group", "lattice", "accepted"),
+    [
+        (225, "4.0 4.0 4.0\n90 90 90\n", True),
+        (225, "4.0 4.1", False),  # cubic: b and c are a
+        (225, "4.0 4.0 4.0\n90 90 91", False),
+        (194, "4.1 4.1 18.4\n90 90 120\n", True),
+        (194, "4.1 4.1 18.4\n90 90 90", False),  # hexagonal axes: gamma 120
+        (136, "4.6 4.6 3.0\n90 90 90\n", True),
+        (136, "4.6 4.5", False),
+        (14, "5.0 6.0 7.0\n90 101 90\n", True),  # monoclinic: beta free, alpha and gamma right angles
+        (14, "5.0 6.0 7.0\n91", False),
+        (2, "5.0 6.0 7.0\n81 101 95\n", True),
+    ],
+)
+def test_an_asymmetric_units_lattice_is_its_crystal_systems(group: int, lattice: str, accepted: bool) -> None:
+    """The group is written before the lattice, so the lattice takes the form its crystal system has in the standard
+    cell that reading expands the orbits on: equal lengths and fixed angles are written as such."""
+    grammar = Grammar(FormatOptions(asymmetric_unit=True), spacegroup=group)
+    assert (advance(grammar.start, lattice, grammar) is not None) is accepted
+
+
+def test_an_asymmetric_units_least_volume_counts_the_lengths_its_system_ties() -> None:
+    """A cube of at least 125 A^3 needs a >= 5.0 A (b and c will equal it), a hexagonal cell of at least 86.6 A^3
+    with c at most 100 A needs a**2 * 100 * sin(120) >= 86.6: a >= 1.0."""
+    cubic = Grammar(FormatOptions(asymmetric_unit=True), spacegroup=225, min_volume=125.0)
+    assert advance(cubic.start, "4.9 ", cubic) is None and advance(cubic.start, "5.0 5.0 5.0\n90 90 90\n", cubic)
+    hexagonal = Grammar(FormatOptions(asymmetric_unit=True), spacegroup=194, min_volume=86.6)
+    assert advance(hexagonal.start, "0.9 ", hexagonal) is None and advance(hexagonal.start, "1.0 ", hexagonal)
+    assert advance(hexagonal.start, "1.0 1.0 99.9", hexagonal) is None  # 86.5 A^3
+
+
 def test_a_forced_composition_on_a_counted_asymmetric_unit_fixes_each_elements_count() -> None:
     forced = replace(COUNTED_ORBITS, composition={"Na": 3, "Cl": 1}, units=4)  # Na12Cl4, a cell formula
     whole = "Na12\n0.00 0.00 0.00\nNa8\n0.25 0.25 0.25\nCl4\n0.00 0.00 0.50"

@@ -33,6 +33,7 @@ from crystext.geometry import (
     ORBIT_GRID,
     ORBIT_MERGE_ANGSTROM,
     copy_distances,
+    crystal_system,
     operations,
     orbit_sizes,
     smallest_orbits,
@@ -244,14 +245,25 @@ def _step_group(state: State, char: str) -> State | None:
 
 def _step_lengths(state: State, char: str, grammar: Grammar) -> State | None:
     """The lengths line: three lengths in LENGTH_RANGE (whose product, with a `min_volume`, is at least that: the
-    cell's volume is at most the product); its newline starts the angles."""
+    cell's volume is at most the product; in an asymmetric unit those its crystal system makes equal to the first
+    written as it); its newline starts the angles."""
     decimals = grammar.options.length_decimals
+    fixed = _fixed_lattice_text(state, decimals)
     bounds = LENGTH_RANGE
-    if grammar.min_volume:  # the lengths still to come at their longest must reach the volume
-        longest = LENGTH_RANGE[1] ** (2 - state.column)
-        bounds = (max(LENGTH_RANGE[0], grammar.min_volume / (math.prod(state.line_numbers) * longest)), bounds[1])
+    if grammar.min_volume and fixed is None:  # the lengths still to come at their longest must reach the volume
+        system = crystal_system(state.group) if state.group is not None else "triclinic"
+        ties = _TIED_LENGTHS.get(system, (False, False))  # b, c
+        tied = sum(ties[column - 1] for column in range(max(1, state.column + 1), 3))  # later lengths equal to a
+        least = grammar.min_volume / _LEAST_ANGLE_FRACTION.get(system, 1.0)  # a hexagonal cell's is sin(120)
+        longest = LENGTH_RANGE[1] ** (2 - state.column - tied)
+        low = (least / (math.prod(state.line_numbers) * longest)) ** (1 / (1 + tied))
+        bounds = (max(LENGTH_RANGE[0], low), bounds[1])
     if _is_number_char(char):
+        if fixed is not None:
+            return replace(state, partial=state.partial + char) if fixed.startswith(state.partial + char) else None
         return _extend_lattice_number(state, char, decimals, bounds)
+    if fixed is not None and state.partial != fixed:
+        return None
     numbers = _close_number(state, char, decimals, bounds)
     if numbers is None:
         return None
@@ -264,18 +276,50 @@ def _step_angles(state: State, char: str, grammar: Grammar) -> State | None:
     """The angles line: three angles in ANGLE_RANGE that give a real cell (of at least `min_volume`, when the
     grammar has one); its newline starts the first atom."""
     decimals = grammar.options.angle_decimals
+    fixed = _fixed_lattice_text(state, decimals)
     least = _least_fraction(state, grammar)
     if _is_number_char(char):
+        if fixed is not None:
+            return replace(state, partial=state.partial + char) if fixed.startswith(state.partial + char) else None
         return _extend_lattice_number(state, char, decimals, ANGLE_RANGE, least)
+    if fixed is not None and state.partial != fixed:
+        return None
     numbers = _close_number(state, char, decimals, ANGLE_RANGE)
     if numbers is None:
         return None
-    if not _angles_possible(numbers, least):
+    if fixed is None and not _angles_possible(numbers, least):
         return None  # "10" could have become "100", but as written no third angle gives a real (large enough) cell
     if len(numbers) < 3:
         return _next_column(state, numbers)
     return State(section=Section.ELEMENT, element_counts=state.element_counts, lattice=state.lattice + numbers,
                  group=state.group)
+
+
+#: Crystal systems whose standard cell has b (then c) equal to a, and the angles each fixes (alpha, beta, gamma; None:
+#: free), as spglib's standard conventional cells write them (trigonal groups on hexagonal axes).
+_TIED_LENGTHS = {"tetragonal": (True, False), "trigonal": (True, False), "hexagonal": (True, False),
+                 "cubic": (True, True)}
+_FIXED_ANGLES = {"monoclinic": (90, None, 90), "orthorhombic": (90, 90, 90), "tetragonal": (90, 90, 90),
+                 "trigonal": (90, 90, 120), "hexagonal": (90, 90, 120), "cubic": (90, 90, 90)}
+#: A cell's volume over the product of its lengths where its crystal system fixes it below 1.
+_LEAST_ANGLE_FRACTION = {"trigonal": math.sin(math.radians(120)), "hexagonal": math.sin(math.radians(120))}
+
+
+def _fixed_lattice_text(state: State, decimals: int) -> str | None:
+    """In an asymmetric unit, the lattice number being written as its group's crystal system fixes it (a length
+    equal to the first, a right or 120-degree angle), written with `decimals` places; None where it is free."""
+    if state.group is None:
+        return None
+    system = crystal_system(state.group)
+    if state.section is Section.LENGTHS:
+        if state.column == 0 or not _TIED_LENGTHS.get(system, (False, False))[state.column - 1]:
+            return None
+        value = state.line_numbers[0]
+    else:
+        value = _FIXED_ANGLES.get(system, (None, None, None))[state.column]
+        if value is None:
+            return None
+    return f"{value:.{decimals}f}"
 
 
 def _step_element(state: State, char: str, grammar: Grammar) -> State | None:
@@ -820,11 +864,14 @@ class GrammarLogitsProcessor(LogitsProcessor):
         # With a least volume, which lattice numbers may follow depends on those already written.
         sized = grammar.min_volume is not None and state.section in (Section.LENGTHS, Section.ANGLES)
         volume = (grammar.min_volume, state.line_numbers, state.lattice) if sized else None
+        # In an asymmetric unit its group's crystal system fixes some lattice numbers (and the least of the others).
+        lattice_rule = state.section in (Section.LENGTHS, Section.ANGLES) and state.group is not None
+        system = (state.group and crystal_system(state.group), _fixed_lattice_text(state, 8)) if lattice_rule else None
         # In a site-count asymmetric unit whether the last coordinate may end its site depends on the site's orbit.
         orbit = state.section is Section.COORDS and state.column == 2 and _orbit_counted(state, grammar)
         site = (state.group, state.lattice, state.line_numbers, state.countdown) if orbit else None
         key = (grammar.options, grammar.max_atoms, unit, state.shape_key(), counted, _countdown_key(state, grammar),
-               volume, site)
+               volume, site, system)
         cached = self._masks.get(key)
         if cached is None:
             mask = torch.tensor([self._token_allowed(state, text, grammar) for text in self.texts], dtype=torch.bool)
