@@ -144,18 +144,26 @@ def copy_distances(group: int, lattice: Lattice, points: np.ndarray) -> np.ndarr
 @cache
 def smallest_orbits(group: int) -> tuple[np.ndarray, np.ndarray]:
     """(ORBIT_GRID,) and (ORBIT_GRID, ORBIT_GRID): the smallest orbit in `group`'s conventional cell of a point on the
-    grid with a given first coordinate (over every second and third), and with given first two (over every third),
-    copies within ORBIT_DUPLICATE_FRACTION of the point in each coordinate counted as the point. For steering a
-    site's first coordinates to where an orbit of its size is left; seconds for the 192 operations of Fm-3m, once."""
-    rotations, translations = (a.astype(np.float32) for a in operations(group))
-    steps = np.arange(ORBIT_GRID, dtype=np.float32) / ORBIT_GRID
-    rest = np.stack(np.meshgrid(steps, steps, indexing="ij"), axis=-1).reshape(-1, 2)  # every (y, z)
-    by_xy = np.empty((ORBIT_GRID, ORBIT_GRID), dtype=int)
-    for i, x in enumerate(steps):
-        points = np.concatenate([np.full((len(rest), 1), x, dtype=np.float32), rest], axis=1)
-        delta = np.einsum("oij,nj->noi", rotations, points) + translations - points[:, None, :]
-        kept = (np.abs(delta - np.round(delta)) < ORBIT_DUPLICATE_FRACTION).all(axis=-1).sum(axis=1)
-        by_xy[i] = np.rint(len(rotations) / kept).reshape(ORBIT_GRID, ORBIT_GRID).min(axis=1)
+    grid with a given first coordinate (over every second and third), and with given first two (over every third).
+    An operation leaves a point where it is when each coordinate of the copy is within 1.5 grid steps of the point's
+    (so 0.33 0.67 sits on a threefold axis), and the orbit is the operations over those that do. For steering a
+    site's first coordinates to where an orbit of its size is left; about a second for Fm-3m's 192 operations, once."""
+    rotations, translations = operations(group)
+    steps = np.arange(ORBIT_GRID) / ORBIT_GRID
+    axes = (steps[:, None, None], steps[None, :, None], steps[None, None, :])
+    shape = (ORBIT_GRID,) * 3
+
+    @cache
+    def on(row: tuple[int, int, int], shift: float) -> np.ndarray:
+        """Where one coordinate of the copy, row . p + shift (row of W - 1), is within tolerance of p's."""
+        value = sum(c * axis for c, axis in zip(row, axes) if c) + shift
+        return np.broadcast_to(np.abs(value - np.round(value)) < 1.5 / ORBIT_GRID, shape)
+
+    kept = np.zeros(shape, dtype=np.int16)  # operations that leave each grid point where it is
+    for moved, shift in zip(np.rint(rotations - np.eye(3)).astype(int), translations):
+        kept += on(tuple(moved[0]), round(shift[0] % 1.0, 6)) & on(tuple(moved[1]), round(shift[1] % 1.0, 6)) & on(
+            tuple(moved[2]), round(shift[2] % 1.0, 6))
+    by_xy = np.rint(len(rotations) / kept).astype(int).min(axis=2)
     return by_xy.min(axis=1), by_xy
 
 
