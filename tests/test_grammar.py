@@ -472,8 +472,10 @@ COUNTED_ORBITS = Grammar(FormatOptions(asymmetric_unit=True, site_counts=True, j
         ("Na12\n0.00 0.00 0.00\nNa12", False, False),  # the count after an orbit of 4 is 8
         ("Na4\n0.00 0.00 0.00", True, True),
         ("Na4\n0.10 0.20 0.30\nCl4", True, False),  # a general position's 192 atoms: Na is over, not due
-        ("Na24", True, False),  # a conventional cell's atoms: up to 4 lattice points times the cap of 6
+        ("Na24", True, False),  # a conventional cell's atoms: Fm-3m's 4 lattice points times the cap of 6
         ("Na25", False, False),
+        ("Na12\n0.00 0.00 0.00\nNa8\n0.25 0.25 0.25\nCl12", True, False),  # 12 of the 24 left for Cl
+        ("Na12\n0.00 0.00 0.00\nNa8\n0.25 0.25 0.25\nCl13", False, False),
         ("Na12\n0.00 0.00 0.00\nNa 8", False, False),  # the count joins the symbol
     ],
 )

@@ -12,7 +12,7 @@ from pymatgen.core import Element, Lattice, Structure
 from crystext.constants import SPACEGROUP_SYMPREC
 
 __all__ = ["CRYSTAL_SYSTEMS", "asymmetric_unit", "closest_pair", "copy_distances", "crystal_system", "expand_orbits",
-           "operations", "orbit_sizes", "smallest_orbits", "spacegroup_number", "symmetric_lattice"]
+           "lattice_points", "operations", "orbit_sizes", "smallest_orbits", "spacegroup_number", "symmetric_lattice"]
 
 #: Crystal systems by the largest space-group number they hold.
 CRYSTAL_SYSTEMS = (("triclinic", 2), ("monoclinic", 15), ("orthorhombic", 74), ("tetragonal", 142),
@@ -165,6 +165,13 @@ def smallest_orbits(group: int) -> tuple[np.ndarray, np.ndarray]:
             tuple(moved[2]), round(shift[2] % 1.0, 6))
     by_xy = np.rint(len(rotations) / kept).astype(int).min(axis=2)
     return by_xy.min(axis=1), by_xy
+
+
+def lattice_points(group: int) -> int:
+    """The lattice points of `group`'s conventional cell (1 primitive, 2 body- or base-centred, 3 rhombohedral on
+    hexagonal axes, 4 face-centred): its operations that are pure translations."""
+    rotations, _ = operations(group)
+    return int(np.all(rotations == np.eye(3), axis=(1, 2)).sum())
 
 
 @cache

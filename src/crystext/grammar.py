@@ -34,6 +34,7 @@ from crystext.geometry import (
     ORBIT_MERGE_ANGSTROM,
     copy_distances,
     crystal_system,
+    lattice_points,
     operations,
     orbit_sizes,
     smallest_orbits,
@@ -173,6 +174,7 @@ class State:
     # or in an asymmetric unit less its orbit's size; below 0 when an orbit was larger than its count)
     left: int = 0
     group: int | None = None  # asymmetric-unit form: the space group the text states
+    stated: int = 0  # site-count asymmetric unit: the atoms the first count lines of its elements state together
 
     @property
     def atom_count(self) -> int:
@@ -354,7 +356,9 @@ def _step_count(state: State, char: str, grammar: Grammar) -> State | None:
     if char == "\n":
         if not state.partial or not (int(state.partial) == due if due else int(state.partial) <= room):
             return None
-        return replace(state, section=Section.COORDS, partial="", countdown=(symbol, int(state.partial)))
+        count = int(state.partial)
+        stated = state.stated + (count if not state.countdown[1] else 0)  # a new element's count adds its atoms
+        return replace(state, section=Section.COORDS, partial="", countdown=(symbol, count), stated=stated)
     partial = state.partial + char
     if not char.isdigit() or partial[0] == "0" or not (str(due).startswith(partial) if due else int(partial) <= room):
         return None
@@ -363,9 +367,10 @@ def _step_count(state: State, char: str, grammar: Grammar) -> State | None:
 
 def _count_room(state: State, grammar: Grammar) -> int:
     """Site-count form: the largest count the element line being written may state when none is due: what the atom
-    cap leaves for this atom and those to come, or in an asymmetric unit its conventional cell's largest."""
+    cap leaves for this atom and those to come, or in an asymmetric unit what it leaves of the conventional cell's
+    atoms (the cap times the group's lattice points) after the counts of the elements before."""
     if grammar.options.asymmetric_unit:
-        return grammar.cell_atoms
+        return lattice_points(state.group) * grammar.max_atoms - state.stated
     return grammar.max_atoms - state.atom_count + 1
 
 
@@ -394,7 +399,7 @@ def _step_coords(state: State, char: str, grammar: Grammar) -> State | None:
     left = state.countdown[1] - _site_size(state, site) if grammar.options.site_counts else 0
     after = State(
         section=Section.ELEMENT, element_counts=state.element_counts, lattice=state.lattice,
-        sites=state.sites + (site,), countdown=state.countdown, left=left, group=state.group,
+        sites=state.sites + (site,), countdown=state.countdown, left=left, group=state.group, stated=state.stated,
     )
     if not _element_allowed("", after, grammar):
         return None  # no further atom fits (the atom cap, or no room for another whole formula unit)
@@ -658,7 +663,8 @@ def _countdown_key(state: State, grammar: Grammar) -> tuple | None:
             return "due", state.countdown[0], state.left
         # A token may run on from the symbol into its count ("Fe2" joined; " 2" in a tokenizer with such tokens):
         # what decides the count decides here too.
-        return tuple(e for e, _ in state.element_counts), grammar.max_atoms - state.atom_count
+        room = _count_room(state, grammar) if grammar.options.asymmetric_unit else grammar.max_atoms - state.atom_count
+        return tuple(e for e, _ in state.element_counts), room
     if state.section is Section.COUNT:
         due = _count_due(state, grammar)
         return ("due", due) if due else ("room", _count_room(state, grammar))
