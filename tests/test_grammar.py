@@ -476,6 +476,7 @@ COUNTED_ORBITS = Grammar(FormatOptions(asymmetric_unit=True, site_counts=True, j
         ("Na25", False, False),
         ("Na12\n0.00 0.00 0.00\nNa8\n0.25 0.25 0.25\nCl12", True, False),  # 12 of the 24 left for Cl
         ("Na12\n0.00 0.00 0.00\nNa8\n0.25 0.25 0.25\nCl13", False, False),
+        ("Na13", False, False),  # an F-centred cell holds its atoms in fours
         ("Na12\n0.00 0.00 0.00\nNa 8", False, False),  # the count joins the symbol
     ],
 )
@@ -528,6 +529,12 @@ def test_a_forced_composition_on_a_counted_asymmetric_unit_fixes_each_elements_c
     assert not can_end(advance(forced.start, CUBE + whole.split("\nCl")[0], forced), forced)  # Cl still to come
     for bad in ("Na4", "Cl5", "K4"):
         assert advance(forced.start, CUBE + bad + "\n", forced) is None, bad
+    # unprompted, the group line offers only groups whose orbits can hold the counts: Na12Cl4 fits an F cell (4
+    # lattice points), NaCl (1 unit) no centred cell
+    free = replace(forced, spacegroup=None)
+    assert advance(free.start, "225\n", free) is not None
+    single = replace(free, units=1)
+    assert advance(single.start, "225\n", single) is None and advance(single.start, "221\n", single) is not None
     with pytest.raises(ValueError, match="only in the site-count form, with the formula units fixed"):
         Grammar.for_formula("NaCl", FormatOptions(asymmetric_unit=True, site_counts=True))
 

@@ -222,7 +222,7 @@ def can_end(state: State, grammar: Grammar) -> bool:
 def _step(state: State, char: str, grammar: Grammar) -> State | None:
     """The state after one more character, or None if it leaves the grammar."""
     if state.section is Section.GROUP:
-        return _step_group(state, char)
+        return _step_group(state, char, grammar)
     if state.section is Section.LENGTHS:
         return _step_lengths(state, char, grammar)
     if state.section is Section.ANGLES:
@@ -234,15 +234,29 @@ def _step(state: State, char: str, grammar: Grammar) -> State | None:
     return _step_coords(state, char, grammar)
 
 
-def _step_group(state: State, char: str) -> State | None:
+def _step_group(state: State, char: str, grammar: Grammar) -> State | None:
     """The space-group line of the asymmetric-unit form: a number of the International Tables without leading
-    zeros; its newline starts the lengths."""
+    zeros (with a forced composition in the site-count form, a group whose lattice points divide its counts); its
+    newline starts the lengths."""
     if char == "\n":
-        return State(group=int(state.partial)) if state.partial and int(state.partial) in SPACEGROUPS else None
+        return State(group=int(state.partial)) if state.partial and int(state.partial) in _groups(grammar) else None
     partial = state.partial + char
-    if not (char.isdigit() and partial[0] != "0" and int(partial) <= SPACEGROUPS[-1]):
+    if not (char.isdigit() and partial[0] != "0" and any(str(g).startswith(partial) for g in _groups(grammar))):
         return None
     return replace(state, partial=partial)
+
+
+def _groups(grammar: Grammar) -> tuple[int, ...]:
+    """The space groups an asymmetric unit may state: all, or with a forced composition in the site-count form those
+    whose conventional cell can hold its counts (each orbit holds a multiple of the group's lattice points)."""
+    if grammar.composition is None or not grammar.options.site_counts or grammar.units is None:
+        return tuple(SPACEGROUPS)
+    return _groups_dividing(math.gcd(*(n * grammar.units for n in grammar.composition.values())))
+
+
+@cache
+def _groups_dividing(counts_gcd: int) -> tuple[int, ...]:
+    return tuple(g for g in SPACEGROUPS if counts_gcd % lattice_points(g) == 0)
 
 
 def _step_lengths(state: State, char: str, grammar: Grammar) -> State | None:
@@ -352,17 +366,24 @@ def _step_count(state: State, char: str, grammar: Grammar) -> State | None:
     leaves room for; its newline starts the coordinates."""
     symbol = state.countdown[0]
     due = _count_due(state, grammar)
-    room = _count_room(state, grammar)
+    counts = (due,) if due else _free_counts(state, grammar)
     if char == "\n":
-        if not state.partial or not (int(state.partial) == due if due else int(state.partial) <= room):
+        if not state.partial or int(state.partial) not in counts:
             return None
         count = int(state.partial)
         stated = state.stated + (count if not state.countdown[1] else 0)  # a new element's count adds its atoms
         return replace(state, section=Section.COORDS, partial="", countdown=(symbol, count), stated=stated)
     partial = state.partial + char
-    if not char.isdigit() or partial[0] == "0" or not (str(due).startswith(partial) if due else int(partial) <= room):
+    if not char.isdigit() or partial[0] == "0" or not any(str(k).startswith(partial) for k in counts):
         return None
     return replace(state, partial=partial)
+
+
+def _free_counts(state: State, grammar: Grammar) -> range:
+    """Site-count form: the counts a new element's line may state: from 1 to what the atom cap leaves, in an
+    asymmetric unit multiples of its group's lattice points (each orbit of a centred cell holds a multiple)."""
+    step = lattice_points(state.group) if grammar.options.asymmetric_unit else 1
+    return range(step, _count_room(state, grammar) + 1, step)
 
 
 def _count_room(state: State, grammar: Grammar) -> int:
@@ -663,11 +684,11 @@ def _countdown_key(state: State, grammar: Grammar) -> tuple | None:
             return "due", state.countdown[0], state.left
         # A token may run on from the symbol into its count ("Fe2" joined; " 2" in a tokenizer with such tokens):
         # what decides the count decides here too.
-        room = _count_room(state, grammar) if grammar.options.asymmetric_unit else grammar.max_atoms - state.atom_count
+        room = _free_counts(state, grammar) if grammar.options.asymmetric_unit else grammar.max_atoms - state.atom_count
         return tuple(e for e, _ in state.element_counts), room
     if state.section is Section.COUNT:
         due = _count_due(state, grammar)
-        return ("due", due) if due else ("room", _count_room(state, grammar))
+        return ("due", due) if due else ("counts", _free_counts(state, grammar))
     return None
 
 
@@ -876,8 +897,8 @@ class GrammarLogitsProcessor(LogitsProcessor):
         # In a site-count asymmetric unit whether the last coordinate may end its site depends on the site's orbit.
         orbit = state.section is Section.COORDS and state.column == 2 and _orbit_counted(state, grammar)
         site = (state.group, state.lattice, state.line_numbers, state.countdown) if orbit else None
-        key = (grammar.options, grammar.max_atoms, unit, state.shape_key(), counted, _countdown_key(state, grammar),
-               volume, site, system)
+        key = (grammar.options, grammar.max_atoms, unit, grammar.units, state.shape_key(), counted,
+               _countdown_key(state, grammar), volume, site, system)
         cached = self._masks.get(key)
         if cached is None:
             mask = torch.tensor([self._token_allowed(state, text, grammar) for text in self.texts], dtype=torch.bool)
