@@ -269,8 +269,7 @@ class Sampler:
                 if writer.valid + sum(1 for r in rows if r["cif"]) >= config.n:
                     break
                 rows.append(attempt_row(f"s{first + i:07d}", mode, attributes.to_dict(), head + done.text, done.error,
-                                        min_distance, _requirement(attributes) if config.only_matching else None,
-                                        config.max_atoms))
+                                        min_distance, _requirement(attributes) if config.only_matching else None))
             writer.append(rows)
             added = sum(1 for r in rows if r["cif"])
             new_valid += added

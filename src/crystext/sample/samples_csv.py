@@ -40,15 +40,12 @@ def attempt_row(
     error: str = "",
     min_distance: float | None = None,
     requirement: Callable[[Structure], str] | None = None,
-    max_atoms: int | None = None,
 ) -> dict[str, str]:
     """One output row: the raw text and its CIF, or why it has none (`error`: the sampler's own reason, if any).
 
     A CIF only where it reads back, and, with `min_distance` (A), where no two atoms are closer: atoms closer
-    than that are where the grammar's distance constraint gave way, finding no room for an atom. With `max_atoms`,
-    an asymmetric unit whose orbits make more atoms than that is refused too (the grammar caps the sites written,
-    not the copies the group makes of them). A `requirement` is one more reason to refuse the structure (its
-    message, or "" to keep it).
+    than that are where the grammar's distance constraint gave way, finding no room for an atom. A
+    `requirement` is one more reason to refuse the structure (its message, or "" to keep it).
     """
     cif = ""
     if not error:
@@ -56,9 +53,6 @@ def attempt_row(
             crystal = CrystalText.from_str(text)
             structure = crystal.to_structure()
             error = _crowded(structure, min_distance, crystal.spacegroup) if min_distance else ""
-            if not error and crystal.spacegroup is not None and max_atoms and len(structure) > max_atoms:
-                error = (f"space group {crystal.spacegroup}'s copies of its {crystal.num_sites} sites make "
-                         f"{len(structure)} atoms in the primitive cell, more than max_atoms={max_atoms}")
             error = error or (requirement(structure) if requirement else "")
             cif = "" if error else structure.to(fmt="cif")
             error = error or _unreadable(cif)
