@@ -42,7 +42,7 @@ from crystext.files import CsvLog, write_atomic
 from crystext.geometry import CRYSTAL_SYSTEMS, crystal_system
 from crystext.prompts import Attributes, cell_formula
 from crystext.stability.relax import BUDGETS
-from crystext.textformat import CrystalText
+from crystext.textformat import CrystalText, FormatOptions
 
 if TYPE_CHECKING:
     from crystext.data import Dataset
@@ -100,15 +100,17 @@ def draw_prompts(test: pd.DataFrame, n: int) -> dict[str, list[Prompt]]:
 
 
 def stated_as_cells(
-    prompts: dict[str, list[Prompt]], test: pd.DataFrame, asymmetric_unit: bool = False
+    prompts: dict[str, list[Prompt]], test: pd.DataFrame, options: FormatOptions | None = None
 ) -> dict[str, list[Prompt]]:
     """The prompts with each formula stated as the prompted crystal's whole cell (Ti2Zn2O6 for two TiZnO3 units), as
-    a model trained with `--cell-formula` reads it: its conventional cell for a model that writes asymmetric units."""
+    a model trained with `--cell-formula` reads it: its conventional cell where the model answers with an asymmetric
+    unit (`options`, the model's text format)."""
     def as_cell(prompt: Prompt) -> Prompt:
         if prompt.attributes.formula is None:
             return prompt
         structure = Structure.from_str(test.iloc[prompt.row]["cif"], fmt="cif")
-        crystal = CrystalText.from_structure(structure, asymmetric_unit)
+        asymmetric = (options or FormatOptions()).answering(prompt.attributes.spacegroup).asymmetric_unit
+        crystal = CrystalText.from_structure(structure, asymmetric)
         return Prompt(prompt.row, replace(prompt.attributes, formula=cell_formula(crystal)))
     return {kind: [as_cell(p) for p in kind_prompts] for kind, kind_prompts in prompts.items()}
 
@@ -485,7 +487,7 @@ def main() -> int:
     test = pd.read_csv(TEST_CSV, keep_default_na=False)
     prompts = draw_prompts(test, args.prompts)
     if args.formula_form == "cell":
-        prompts = stated_as_cells(prompts, test, sampler.text_format.asymmetric_unit)
+        prompts = stated_as_cells(prompts, test, sampler.text_format)
     # The reference set evaluation needs: the prompted rows, so that only they are fingerprinted.
     reference = args.work / "reference.csv"
     write_atomic(reference, test.iloc[sorted(p.row for ps in prompts.values() for p in ps)].to_csv(index=False))

@@ -136,7 +136,7 @@ def measure(
     from crystext.prompts import Attributes, cell_formula
     from crystext.train import relabel, to_examples
 
-    examples, _ = to_examples(read_split(SHARED / "mp_20", split), options is not None and options.asymmetric_unit)
+    examples, _ = to_examples(read_split(SHARED / "mp_20", split), options)
     rng = np.random.default_rng(seed)
     chosen = [examples[i] for i in rng.permutation(len(examples))[:rows]]
     if cell:

@@ -139,3 +139,23 @@ def test_formulas_stated_as_cells_count_the_prompted_crystals_atoms() -> None:
     cells = conditional.stated_as_cells(prompts, test)
     assert cells["formula"] == [conditional.Prompt(0, Attributes(formula="Na4Cl4", spacegroup=225))]
     assert cells["spacegroup"] == prompts["spacegroup"]
+
+
+def test_a_model_of_both_forms_is_prompted_with_the_cell_it_will_write() -> None:
+    """A model that answers a stated group with an asymmetric unit (`asymmetric_when_grouped`) is asked for the
+    conventional cell there (Na4Cl4 with group 225), and for the cell as read where no group is stated (the 2-atom
+    primitive rock salt: NaCl)."""
+    from pymatgen.core import Lattice, Structure
+
+    from crystext.prompts import Attributes
+    from crystext.textformat import FormatOptions
+
+    primitive = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"],
+                                          [[0, 0, 0], [0.5, 0.5, 0.5]]).get_primitive_structure()
+    test = pd.DataFrame({"pretty_formula": ["NaCl"], "cif": [primitive.to(fmt="cif")]})
+    prompts = {"formula": [conditional.Prompt(0, Attributes(formula="NaCl"))],
+               "formula_spacegroup": [conditional.Prompt(0, Attributes(formula="NaCl", spacegroup=225))]}
+    both = FormatOptions(site_counts=True, asymmetric_when_grouped=True)
+    cells = conditional.stated_as_cells(prompts, test, both)
+    assert cells["formula"] == [conditional.Prompt(0, Attributes(formula="NaCl"))]
+    assert cells["formula_spacegroup"] == [conditional.Prompt(0, Attributes(formula="Na4Cl4", spacegroup=225))]

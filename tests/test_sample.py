@@ -446,3 +446,22 @@ def test_an_asymmetric_unit_model_writes_the_space_group_it_is_asked_for(model_d
     assert sum(group == 62 for group in groups) >= len(groups) / 2, groups
     for row in rows(free):
         assert 1 <= int(row["raw_text"].split("\n")[0]) <= 230
+
+
+def test_a_model_of_both_forms_answers_a_stated_group_with_an_asymmetric_unit_and_nothing_stated_with_a_cell(
+        model_dir, tmp_path) -> None:
+    """With `asymmetric_when_grouped` the sampler starts a space-group prompt's text with the group line (its
+    crystals then read back with the group) and leaves an unprompted one the whole-cell form: lengths first."""
+    both = tmp_path / "both"
+    shutil.copytree(model_dir, both)
+    info = json.loads((both / "crystext.json").read_text())
+    info["text_format"].update(asymmetric_when_grouped=True)
+    (both / "crystext.json").write_text(json.dumps(info))
+    sampler = Sampler.from_pretrained(both)
+    asked, free = tmp_path / "asked.csv", tmp_path / "free.csv"
+    sampler.sample(small(n=4, batch_size=4, max_atoms=3), asked, conditions=[Attributes(spacegroup=62)],
+                   progress=False)
+    sampler.sample(small(n=4, max_atoms=3), free, progress=False)
+    assert all(row["raw_text"].startswith("62\n") for row in rows(asked))
+    for row in rows(free):
+        assert len(row["raw_text"].split("\n")[0].split()) == 3, row["raw_text"]  # three lengths, no group line

@@ -467,7 +467,7 @@ def test_asymmetric_unit_training_keeps_the_recipes_counts_and_cell_formulas(tin
     with pytest.raises(ValueError, match="asymmetric_unit cannot go with translate"):
         tiny_config(tmp_path / "x", tiny_data, text_format=FormatOptions(asymmetric_unit=True))
 
-    examples, _ = to_examples(read_split(tiny_data, "train"), asymmetric_unit=True)
+    examples, _ = to_examples(read_split(tiny_data, "train"), FormatOptions(asymmetric_unit=True))
     pair = make_pair(examples[0], np.random.default_rng(0), TrainConfig(
         out=tmp_path, data_dir=tiny_data, translate=False, infill_fraction=0.0,
         text_format=FormatOptions(asymmetric_unit=True)))
@@ -485,3 +485,48 @@ def test_a_relabelled_asymmetric_unit_states_its_conventional_cells_formula(tiny
     new_na, new_cl = (swapped.species[crystal.species.index(e)] for e in ("Na", "Cl"))
     assert formula == f"{new_na}3{new_cl}" and swapped.multiplicities == crystal.multiplicities
     assert cell_formula(swapped) == f"{new_na}12{new_cl}4"
+
+
+def test_one_model_answers_a_stated_group_with_its_asymmetric_unit_and_anything_else_with_its_cell(
+        tiny_data, tmp_path, capsys) -> None:
+    """`--asymmetric-when-grouped` continuing an asymmetric-unit run: a generation example whose prompt states a space
+    group is that group's asymmetric unit (group line first, the conventional cell's formula stated), every other
+    example the whole cell as read (the first line a lattice, the cell's own formula); the recipe's asymmetric-only
+    form is replaced, and the flag carries over to a continued run."""
+    from crystext.cli import main
+
+    options = FormatOptions(site_counts=True, joined_counts=True, asymmetric_when_grouped=True)
+    with pytest.raises(ValueError, match="asymmetric_when_grouped writes whole cells"):
+        FormatOptions(asymmetric_unit=True, asymmetric_when_grouped=True)
+    assert options.answering(225).asymmetric_unit and not options.answering(None).asymmetric_unit
+    assert FormatOptions(asymmetric_unit=True).answering(None).asymmetric_unit  # one form only: unchanged
+
+    examples, _ = to_examples(read_split(tiny_data, "train"), options)
+    config = TrainConfig(out=tmp_path, data_dir=tiny_data, translate=True, infill_fraction=0.0, attribute_rate=1.0,
+                         cell_formula=True, text_format=options)
+    rng = np.random.default_rng(0)
+    for example in examples[:10]:
+        grouped = make_pair(example, rng, config)
+        group = example.attributes.spacegroup
+        assert grouped.prompt.startswith(f"bulk crystal. formula {cell_formula(example.unit)}. space group {group}.")
+        assert int(grouped.completion.split("\n")[0]) == group == example.unit.spacegroup
+        expanded = decode(grouped.completion).composition
+        assert expanded.reduced_formula == example.crystal.to_structure().composition.reduced_formula
+        plain = make_pair(example, rng, dataclasses.replace(config, attribute_rate=0.0))
+        assert "space group" not in plain.prompt and len(plain.completion.split("\n")[0].split()) == 3  # lengths
+        assert decode(plain.completion).composition == example.crystal.to_structure().composition
+
+    first = train(tiny_config(tmp_path / "first", tiny_data, max_steps=1, cell_formula=True, translate=False,
+                              text_format=FormatOptions(site_counts=True, asymmetric_unit=True)))
+    common = ["train", "--data-dir", str(tiny_data), "--splits", "train", "--max-steps", "1", "--batch-size", "4",
+              "--eval-every", "1"]
+    assert main([*common, "--model", str(first), "--out", str(tmp_path / "both"), "--asymmetric-when-grouped"]) == 0
+    assert "asymmetric units for stated space groups" in capsys.readouterr().err
+    info = json.loads((tmp_path / "both" / "crystext.json").read_text())["text_format"]
+    assert info["asymmetric_when_grouped"] is True and info["asymmetric_unit"] is False
+    assert "a crystal whose prompt states a space group as its asymmetric unit" in (
+        tmp_path / "both" / "README.md").read_text()
+    assert earlier_recipe(str(tmp_path / "both"))["asymmetric_when_grouped"] is True
+    assert main([*common, "--model", str(tmp_path / "both"), "--out", str(tmp_path / "on")]) == 0
+    kept = json.loads((tmp_path / "on" / "crystext.json").read_text())["text_format"]
+    assert kept["asymmetric_when_grouped"] is True and kept["asymmetric_unit"] is False

@@ -48,7 +48,7 @@ _TRAIN_FLAGS = option_flags((*_TRAIN_NUMBERS, "holdout", "attribute_rate", "unco
 _LORA_FLAGS = option_flags(("rank", "alpha", "dropout", "target_modules"), rank="--lora-rank", alpha="--lora-alpha",
                            dropout="--lora-dropout", target_modules="--lora-targets")
 _FORMAT_FLAGS = option_flags(("length_decimals", "angle_decimals", "coord_decimals", "site_counts", "joined_counts",
-                               "asymmetric_unit"))
+                               "asymmetric_unit", "asymmetric_when_grouped"))
 _SAMPLE_FLAGS = option_flags(("n", "batch_size", "temperature", "top_p", "max_atoms", "min_distance", "max_new_tokens",
                               "max_attempts", "seed", "guidance_scale"), n="-n")
 #: Longest file name (without .cif) `decode` gives a crystal; longer ids are cut.
@@ -163,6 +163,11 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
                         "per orbit, so that a model asked for a group writes it by construction; no translation; site "
                         "counts count each element's atoms in the conventional cell down orbit by orbit, and a cell "
                         "formula is the conventional cell's (default: off, or as the run that wrote --model did)")
+    parser.add_argument("--asymmetric-when-grouped", action=argparse.BooleanOptionalAction,
+                        help="one model, both forms: a crystal whose prompt states a space group is written as its "
+                        "asymmetric unit (as --asymmetric-unit writes it), any other as its whole cell, so that "
+                        "formulas and unprompted crystals keep the whole-cell form (replaces a recipe's "
+                        "--asymmetric-unit; default: off, or as the run that wrote --model did)")
     parser.add_argument("--cell-formula", action=argparse.BooleanOptionalAction,
                         help="prompts state the formula of the whole cell (Ti2Zn2O6), so the model copies each count; "
                         "a model trained so reads --formula NaCl as a 2-atom cell (default: the reduced formula, or as "
@@ -465,7 +470,10 @@ def _train(args: argparse.Namespace) -> int:
     use_lora = earlier.get("lora", True) if args.lora is None else args.lora
     if use_lora and earlier.get("lora"):  # a LoRA run goes on training its own adapters (`load_pretrained`)
         lora = LoraSettings(**model_info(args.model)["model"]["lora"])
-    asymmetric = earlier.get("asymmetric_unit", False) if args.asymmetric_unit is None else args.asymmetric_unit
+    grouped = (earlier.get("asymmetric_when_grouped", False) if args.asymmetric_when_grouped is None
+               else args.asymmetric_when_grouped)
+    asymmetric = (earlier.get("asymmetric_unit", False) and not grouped if args.asymmetric_unit is None
+                  else args.asymmetric_unit)
     if asymmetric:  # an asymmetric unit's origin is its group's: a recipe's translation does not carry over to one
         earlier = {**earlier, "translate": False}
     translate = earlier.get("translate", True) if args.translate is None else args.translate
@@ -476,17 +484,20 @@ def _train(args: argparse.Namespace) -> int:
     joined_counts = site_counts and (earlier.get("joined_counts", False) if args.joined_counts is None
                                      else args.joined_counts)
     cell_formula = earlier.get("cell_formula", False) if args.cell_formula is None else args.cell_formula
-    if earlier and None in (args.lora, args.translate, site_flag, args.joined_counts, args.cell_formula):
+    if earlier and None in (args.lora, args.translate, site_flag, args.joined_counts, args.cell_formula,
+                            args.asymmetric_unit, args.asymmetric_when_grouped):
         extras = [(name, flag) for on, name, flag in ((site_counts, "site counts", "site-counts"),
                                                       (joined_counts, "joined counts", "joined-counts"),
                                                       (cell_formula, "cell formulas", "cell-formula"),
-                                                      (asymmetric, "asymmetric units", "asymmetric-unit")) if on]
+                                                      (asymmetric, "asymmetric units", "asymmetric-unit"),
+                                                      (grouped, "asymmetric units for stated space groups",
+                                                       "asymmetric-when-grouped")) if on]
         print(f"continuing the recipe of {args.model}: {'LoRA adapters' if use_lora else 'all weights'}, coordinates "
               f"{'translated' if translate else 'as written'}{''.join(f', {name}' for name, _ in extras)} "
               f"(--[no-]lora, --[no-]translate{''.join(f', --[no-]{flag}' for _, flag in extras)} to change)",
               file=sys.stderr)
     text_format = _settings(FormatOptions, _FORMAT_FLAGS, site_counts=site_counts, joined_counts=joined_counts,
-                            asymmetric_unit=asymmetric)
+                            asymmetric_unit=asymmetric, asymmetric_when_grouped=grouped)
     config = _settings(
         TrainConfig,
         _TRAIN_FLAGS,

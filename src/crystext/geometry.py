@@ -11,12 +11,20 @@ from pymatgen.core import Element, Lattice, Structure
 
 from crystext.constants import SPACEGROUP_SYMPREC
 
-__all__ = ["CRYSTAL_SYSTEMS", "asymmetric_unit", "closest_pair", "copy_distances", "crystal_system", "expand_orbits",
-           "lattice_points", "operations", "orbit_sizes", "smallest_orbits", "spacegroup_number", "symmetric_lattice"]
+__all__ = ["CRYSTAL_SYSTEMS", "FIXED_ANGLES", "TIED_LENGTHS", "asymmetric_unit", "closest_pair", "copy_distances",
+           "crystal_system", "expand_orbits", "lattice_points", "operations", "orbit_copies", "orbit_sizes",
+           "smallest_orbits", "spacegroup_number", "symmetric_lattice"]
 
 #: Crystal systems by the largest space-group number they hold.
 CRYSTAL_SYSTEMS = (("triclinic", 2), ("monoclinic", 15), ("orthorhombic", 74), ("tetragonal", 142),
                    ("trigonal", 167), ("hexagonal", 194), ("cubic", 230))
+#: Crystal systems whose standard conventional cell has b (then c) equal to a, and the angles (alpha, beta, gamma) each
+#: fixes (None: free), as spglib's standard cells write them (trigonal groups on hexagonal axes); a system not named
+#: (triclinic) ties and fixes nothing.
+TIED_LENGTHS = {"tetragonal": (True, False), "trigonal": (True, False), "hexagonal": (True, False),
+                "cubic": (True, True)}
+FIXED_ANGLES = {"monoclinic": (90, None, 90), "orthorhombic": (90, 90, 90), "tetragonal": (90, 90, 90),
+                "trigonal": (90, 90, 120), "hexagonal": (90, 90, 120), "cubic": (90, 90, 90)}
 #: Fractional distance within which a group's copies of one written site are the same site, and the distance (A)
 #: within which two sites left after that are merged (a coordinate rounded off a special position).
 ORBIT_DUPLICATE_FRACTION = 0.02
@@ -84,20 +92,12 @@ def asymmetric_unit(
 def symmetric_lattice(group: int, lengths: Sequence[float], angles: Sequence[float]) -> Lattice:
     """The lattice of `group`'s crystal system nearest to the written one: the lengths its symmetry makes equal
     averaged, the angles it fixes set (trigonal groups on hexagonal axes, as spglib's standard cells write them)."""
-    a, b, c = lengths
-    alpha, beta, gamma = angles
     system = crystal_system(group)
-    if system == "triclinic":
-        return Lattice.from_parameters(a, b, c, alpha, beta, gamma)
-    if system == "monoclinic":
-        return Lattice.from_parameters(a, b, c, 90, beta, 90)
-    if system == "orthorhombic":
-        return Lattice.from_parameters(a, b, c, 90, 90, 90)
-    if system == "tetragonal":
-        return Lattice.tetragonal((a + b) / 2, c)
-    if system in ("trigonal", "hexagonal"):
-        return Lattice.hexagonal((a + b) / 2, c)
-    return Lattice.cubic((a + b + c) / 3)
+    tied = 1 + sum(TIED_LENGTHS.get(system, (False, False)))  # a and the lengths equal to it
+    mean = sum(lengths[:tied]) / tied
+    fixed = FIXED_ANGLES.get(system, (None, None, None))
+    return Lattice.from_parameters(*([mean] * tied + list(lengths[tied:])),
+                                   *(angle if value is None else value for angle, value in zip(angles, fixed)))
 
 
 def expand_orbits(
@@ -134,11 +134,16 @@ def orbit_sizes(group: int, lattice: Lattice, points: np.ndarray) -> np.ndarray:
 def copy_distances(group: int, lattice: Lattice, points: np.ndarray) -> np.ndarray:
     """(points, operations): the distance (A) from each fractional point to its copy under each of `group`'s
     operations, nearest image by rounding the fractional difference."""
-    rotations, translations = operations(group)
     points = np.atleast_2d(points)
-    copies = np.einsum("oij,nj->noi", rotations, points) + translations
-    delta = copies - points[:, None, :]
+    delta = orbit_copies(group, points) - points[:, None, :]
     return np.linalg.norm((delta - np.round(delta)) @ lattice.matrix, axis=-1)
+
+
+def orbit_copies(group: int, points: np.ndarray) -> np.ndarray:
+    """(points, operations, 3): each fractional point moved by each of `group`'s operations (not wrapped into the
+    cell)."""
+    rotations, translations = operations(group)
+    return np.einsum("oij,nj->noi", rotations, np.atleast_2d(points)) + translations
 
 
 @cache

@@ -30,12 +30,14 @@ from transformers import LogitsProcessor, PreTrainedTokenizerBase
 
 from crystext.constants import MAX_VOLUME_PER_ATOM, MAX_VOLUME_RATIO, MIN_VOLUME_PER_ATOM, MIN_VOLUME_RATIO
 from crystext.geometry import (
+    FIXED_ANGLES,
     ORBIT_GRID,
     ORBIT_MERGE_ANGSTROM,
+    TIED_LENGTHS,
     copy_distances,
     crystal_system,
     lattice_points,
-    operations,
+    orbit_copies,
     orbit_sizes,
     smallest_orbits,
     symmetric_lattice,
@@ -268,19 +270,15 @@ def _step_lengths(state: State, char: str, grammar: Grammar) -> State | None:
     bounds = LENGTH_RANGE
     if grammar.min_volume and fixed is None:  # the lengths still to come at their longest must reach the volume
         system = crystal_system(state.group) if state.group is not None else "triclinic"
-        ties = _TIED_LENGTHS.get(system, (False, False))  # b, c
+        ties = TIED_LENGTHS.get(system, (False, False))  # b, c
         tied = sum(ties[column - 1] for column in range(max(1, state.column + 1), 3))  # later lengths equal to a
-        least = grammar.min_volume / _LEAST_ANGLE_FRACTION.get(system, 1.0)  # a hexagonal cell's is sin(120)
+        least = grammar.min_volume / _fixed_volume_fraction(system)  # a hexagonal cell's is sin(120)
         longest = LENGTH_RANGE[1] ** (2 - state.column - tied)
         low = (least / (math.prod(state.line_numbers) * longest)) ** (1 / (1 + tied))
         bounds = (max(LENGTH_RANGE[0], low), bounds[1])
     if _is_number_char(char):
-        if fixed is not None:
-            return replace(state, partial=state.partial + char) if fixed.startswith(state.partial + char) else None
-        return _extend_lattice_number(state, char, decimals, bounds)
-    if fixed is not None and state.partial != fixed:
-        return None
-    numbers = _close_number(state, char, decimals, bounds)
+        return _extend_lattice_number(state, char, decimals, bounds, fixed=fixed)
+    numbers = _close_number(state, char, decimals, bounds, fixed)
     if numbers is None:
         return None
     if len(numbers) < 3:
@@ -295,12 +293,8 @@ def _step_angles(state: State, char: str, grammar: Grammar) -> State | None:
     fixed = _fixed_lattice_text(state, decimals)
     least = _least_fraction(state, grammar)
     if _is_number_char(char):
-        if fixed is not None:
-            return replace(state, partial=state.partial + char) if fixed.startswith(state.partial + char) else None
-        return _extend_lattice_number(state, char, decimals, ANGLE_RANGE, least)
-    if fixed is not None and state.partial != fixed:
-        return None
-    numbers = _close_number(state, char, decimals, ANGLE_RANGE)
+        return _extend_lattice_number(state, char, decimals, ANGLE_RANGE, least, fixed)
+    numbers = _close_number(state, char, decimals, ANGLE_RANGE, fixed)
     if numbers is None:
         return None
     if fixed is None and not _angles_possible(numbers, least):
@@ -311,14 +305,11 @@ def _step_angles(state: State, char: str, grammar: Grammar) -> State | None:
                  group=state.group)
 
 
-#: Crystal systems whose standard cell has b (then c) equal to a, and the angles each fixes (alpha, beta, gamma; None:
-#: free), as spglib's standard conventional cells write them (trigonal groups on hexagonal axes).
-_TIED_LENGTHS = {"tetragonal": (True, False), "trigonal": (True, False), "hexagonal": (True, False),
-                 "cubic": (True, True)}
-_FIXED_ANGLES = {"monoclinic": (90, None, 90), "orthorhombic": (90, 90, 90), "tetragonal": (90, 90, 90),
-                 "trigonal": (90, 90, 120), "hexagonal": (90, 90, 120), "cubic": (90, 90, 90)}
-#: A cell's volume over the product of its lengths where its crystal system fixes it below 1.
-_LEAST_ANGLE_FRACTION = {"trigonal": math.sin(math.radians(120)), "hexagonal": math.sin(math.radians(120))}
+def _fixed_volume_fraction(system: str) -> float:
+    """A cell's volume over the product of its lengths where its crystal system fixes every angle; 1 (the most any
+    angles give) where some are free."""
+    angles = FIXED_ANGLES.get(system, (None, None, None))
+    return 1.0 if None in angles else _volume_fraction(angles)
 
 
 def _fixed_lattice_text(state: State, decimals: int) -> str | None:
@@ -328,11 +319,11 @@ def _fixed_lattice_text(state: State, decimals: int) -> str | None:
         return None
     system = crystal_system(state.group)
     if state.section is Section.LENGTHS:
-        if state.column == 0 or not _TIED_LENGTHS.get(system, (False, False))[state.column - 1]:
+        if state.column == 0 or not TIED_LENGTHS.get(system, (False, False))[state.column - 1]:
             return None
         value = state.line_numbers[0]
     else:
-        value = _FIXED_ANGLES.get(system, (None, None, None))[state.column]
+        value = FIXED_ANGLES.get(system, (None, None, None))[state.column]
         if value is None:
             return None
     return f"{value:.{decimals}f}"
@@ -450,22 +441,26 @@ def _is_number_char(char: str) -> bool:
 
 
 def _extend_lattice_number(
-    state: State, char: str, decimals: int, bounds: tuple[float, float], least: float = 0.0
+    state: State, char: str, decimals: int, bounds: tuple[float, float], least: float = 0.0, fixed: str | None = None
 ) -> State | None:
     """`char` added to a length or angle, if the number can still end in `bounds` (and, for an angle, give a real
-    cell whose volume is at least `least` times the product of its lengths)."""
+    cell whose volume is at least `least` times the product of its lengths), or where the crystal system fixes the
+    number, if it is still a start of its `fixed` text."""
     partial = state.partial + char
+    if fixed is not None:
+        return replace(state, partial=partial) if fixed.startswith(partial) else None
     live = _number_prefix(partial, decimals, _LATTICE_INT_DIGITS) and _reachable(partial, decimals, state, bounds,
                                                                                   least)
     return replace(state, partial=partial) if live else None
 
 
 def _close_number(
-    state: State, char: str, decimals: int, bounds: tuple[float, float] | None = None
+    state: State, char: str, decimals: int, bounds: tuple[float, float] | None = None, fixed: str | None = None
 ) -> tuple[float, ...] | None:
-    """The line's numbers so far if `char` may end the number being written: it is complete and in `bounds`,
-    and `char` is a space after the first two numbers or a newline after the third. None otherwise."""
-    if not _number_done(state.partial, decimals):
+    """The line's numbers so far if `char` may end the number being written: it is complete and in `bounds` (all of
+    its `fixed` text, where the crystal system fixes it), and `char` is a space after the first two numbers or a
+    newline after the third. None otherwise."""
+    if not _number_done(state.partial, decimals) or fixed not in (None, state.partial):
         return None
     value = float(state.partial)
     if bounds is not None and not bounds[0] <= value <= bounds[1]:
@@ -749,8 +744,7 @@ def _far_enough(state: State, z: np.ndarray, min_distance: float) -> np.ndarray:
 @lru_cache(maxsize=4096)
 def _copies(group: int, sites: tuple[tuple[float, float, float], ...]) -> np.ndarray:
     """Every copy `group` makes of the complete sites of an asymmetric unit, once each (fractional, in [0, 1))."""
-    rotations, translations = operations(group)
-    copies = (np.einsum("oij,nj->noi", rotations, np.array(sites)) + translations).reshape(-1, 3)
+    copies = orbit_copies(group, np.array(sites)).reshape(-1, 3)
     return np.unique(np.round(copies % 1.0, 4) % 1.0, axis=0)
 
 

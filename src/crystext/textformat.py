@@ -19,7 +19,9 @@ way a formula writes it, so the tokens after an element in the text are those af
 
 With `FormatOptions(asymmetric_unit=True)` a first line states the space group, the lattice is the group's standard
 conventional cell, and one site is written per orbit; reading expands the orbits with the group's operations, so a
-crystal read back has the group it states (by construction, where a prompt asks for one)::
+crystal read back has the group it states (by construction, where a prompt asks for one); with
+`asymmetric_when_grouped` a model writes that form only where its prompt states a space group, and whole cells
+elsewhere::
 
     225
     5.6 5.6 5.6
@@ -88,13 +90,25 @@ class FormatOptions:
     site_counts: bool = False
     joined_counts: bool = False
     asymmetric_unit: bool = False
+    # One model, both forms: a crystal whose prompt states a space group is written as its asymmetric unit (the group
+    # it states is then the group it reads back with), any other as its whole cell (`answering`).
+    asymmetric_when_grouped: bool = False
 
     def __post_init__(self) -> None:
         if self.joined_counts and not self.site_counts:
             raise ValueError("joined_counts needs site_counts: it is how the site counts are written")
+        if self.asymmetric_when_grouped and self.asymmetric_unit:
+            raise ValueError("asymmetric_when_grouped writes whole cells where no space group is stated: it cannot go "
+                             "with asymmetric_unit, which writes every crystal as its asymmetric unit")
         for name in ("length_decimals", "angle_decimals", "coord_decimals"):
             if not 0 <= getattr(self, name) <= 8:
                 raise ValueError(f"{name} must be between 0 and 8, got {getattr(self, name)}")
+
+    def answering(self, spacegroup: int | None) -> FormatOptions:
+        """The form a crystal is written in for a prompt that states `spacegroup` (None: states none)."""
+        if not self.asymmetric_when_grouped:
+            return self
+        return replace(self, asymmetric_unit=spacegroup is not None, asymmetric_when_grouped=False)
 
     @property
     def count_separator(self) -> str:

@@ -130,13 +130,15 @@ class Example:
     id: str
     crystal: CrystalText
     attributes: Attributes
+    unit: CrystalText | None = None  # its asymmetric unit too, for prompts stating a space group (`answering`)
 
     @classmethod
-    def from_record(cls, record: Record, asymmetric_unit: bool = False) -> Example:
-        """The example for one dataset record (its asymmetric unit, or every site); raises CrystalTextError if the
-        text format cannot hold it."""
-        crystal = CrystalText.from_structure(record.structure, asymmetric_unit)
-        return cls(record.id, crystal, Attributes.from_properties(record.properties))
+    def from_record(cls, record: Record, options: FormatOptions) -> Example:
+        """The example for one dataset record in the form `options` writes (its asymmetric unit, or every site, or
+        both); raises CrystalTextError if the text format cannot hold it."""
+        crystal = CrystalText.from_structure(record.structure, options.asymmetric_unit)
+        unit = CrystalText.from_structure(record.structure, True) if options.asymmetric_when_grouped else None
+        return cls(record.id, crystal, Attributes.from_properties(record.properties), unit)
 
 
 @dataclass
@@ -148,13 +150,17 @@ class TrainState:
     tokens_seen: int = 0
 
 
-def to_examples(dataset: Dataset, asymmetric_unit: bool = False) -> tuple[list[Example], list[tuple[str, str]]]:
-    """Examples for every record the text format can hold, and (id, reason) for the others. Finding each crystal's
-    asymmetric unit takes about 10 ms, so that shows progress."""
+def to_examples(
+    dataset: Dataset, options: FormatOptions | None = None
+) -> tuple[list[Example], list[tuple[str, str]]]:
+    """Examples for every record the text format (`options`, default the paper's) can hold, and (id, reason) for the
+    others. Finding each crystal's asymmetric unit takes about 10 ms, so that shows progress."""
+    options = options or FormatOptions()
     examples, skipped = [], []
-    for record in tqdm(dataset, desc="asymmetric units", disable=not asymmetric_unit):
+    units = options.asymmetric_unit or options.asymmetric_when_grouped
+    for record in tqdm(dataset, desc="asymmetric units", disable=not units):
         try:
-            examples.append(Example.from_record(record, asymmetric_unit))
+            examples.append(Example.from_record(record, options))
         except CrystalTextError as err:
             skipped.append((record.id, str(err)))
     return examples, skipped
@@ -181,9 +187,12 @@ def make_pair(example: Example, rng: np.random.Generator, config: TrainConfig) -
         attributes = Attributes(formula=formula)
     else:
         attributes = example.attributes.subset(rng, config.attribute_rate)
+    if example.unit is not None and attributes.spacegroup is not None:
+        crystal = example.unit  # a stated group is answered with an asymmetric unit, which is never translated
     if config.cell_formula and attributes.formula is not None:
         attributes = replace(attributes, formula=cell_formula(crystal))
-    return Pair(*generation_example(crystal, attributes, config.text_format), generation=True)
+    options = config.text_format.answering(attributes.spacegroup)
+    return Pair(*generation_example(crystal, attributes, options), generation=True)
 
 
 def relabel(crystal: CrystalText, rng: np.random.Generator) -> tuple[CrystalText, str]:
@@ -451,14 +460,15 @@ def earlier_recipe(model: str) -> dict[str, bool]:
             "site_counts": model_format(info).site_counts,
             "joined_counts": model_format(info).joined_counts,
             "cell_formula": model_cell_formula(info),
-            "asymmetric_unit": model_format(info).asymmetric_unit}
+            "asymmetric_unit": model_format(info).asymmetric_unit,
+            "asymmetric_when_grouped": model_format(info).asymmetric_when_grouped}
 
 
 def load_examples(config: TrainConfig) -> tuple[list[Example], list[Example]]:
     """The training and held-out examples of `config`'s data, saying how many structures were skipped and why."""
     kept, held = training_set(config.data_dir, config.splits, config.holdout, config.seed, max_atoms=config.max_atoms)
-    examples, skipped = to_examples(kept, config.text_format.asymmetric_unit)
-    held_examples, _ = to_examples(held, config.text_format.asymmetric_unit)
+    examples, skipped = to_examples(kept, config.text_format)
+    held_examples, _ = to_examples(held, config.text_format)
     if not examples:
         raise ValueError(f"no usable training structures in {config.data_dir}")
     if kept.skipped or skipped:
@@ -475,7 +485,8 @@ def build_model(
         model, tokenizer, _ = load_model(checkpoint, trainable=True)  # a LoRA checkpoint's adapters go on training
         return model, tokenizer
     if config.model.is_scratch:
-        tokenizer = train_scratch_tokenizer(e.crystal.to_str(config.text_format) for e in examples)
+        crystals = (c for e in examples for c in (e.crystal, e.unit) if c is not None)
+        tokenizer = train_scratch_tokenizer(c.to_str(config.text_format) for c in crystals)
         return build_scratch_model(config.model.name, tokenizer, config.seed), tokenizer
     torch.manual_seed(config.seed)
     return load_pretrained(config.model)
@@ -597,7 +608,9 @@ def write_model_card(out: Path, config: TrainConfig, state: TrainState, n_train:
         stated += (f"; {config.relabel_rate:.0%} of the others state only the formula of the crystal with its "
                    "elements swapped for random ones (to teach copying the formula)")
     if config.cell_formula:
-        cell = "conventional cell's" if config.text_format.asymmetric_unit else "whole cell's"
+        cell = ("conventional cell's" if config.text_format.asymmetric_unit
+                else "conventional cell's with a space group, else the whole cell's"
+                if config.text_format.asymmetric_when_grouped else "whole cell's")
         stated += f"; a stated formula is the {cell} (Ti2Zn2O6), not the reduced one"
     if config.element_weight != 1:
         counts = " and its count" if config.text_format.site_counts else ""
@@ -612,6 +625,10 @@ def write_model_card(out: Path, config: TrainConfig, state: TrainState, n_train:
     if config.text_format.asymmetric_unit:
         counted += ("; asymmetric units: the space group on a first line, its standard conventional cell, one site "
                     "per orbit, expanded by the group when read")
+    if config.text_format.asymmetric_when_grouped:
+        counted += ("; a crystal whose prompt states a space group as its asymmetric unit (the group on a first line, "
+                    "its standard conventional cell, one site per orbit, expanded by the group when read), any other "
+                    "as its whole cell")
     if config.text_format.site_counts and config.text_format.asymmetric_unit:
         counted += f"; each element line counting down its atoms in the cell, orbit by orbit (`O{sep}12`, `O{sep}4`)"
     elif config.text_format.site_counts:

@@ -283,19 +283,20 @@ class Sampler:
     def text_head(self, attributes: Attributes) -> str:
         """The start of the crystal text that the prompt decides, written for the model: in the asymmetric-unit
         form the space group asked for (so the crystal read back has it), else nothing."""
-        if self.text_format.asymmetric_unit and attributes.spacegroup is not None:
+        if self.text_format.answering(attributes.spacegroup).asymmetric_unit and attributes.spacegroup is not None:
             return f"{attributes.spacegroup}\n"
         return ""
 
     def _grammar(self, attributes: Attributes, config: SampleConfig) -> Grammar:
         floor = config.volume_floor and self.cell_formula and attributes.formula
         min_volume = min_cell_volume(attributes.formula) if floor else None
+        options = self.text_format.answering(attributes.spacegroup)
         if config.force_composition and attributes.formula:
             units = 1 if self.cell_formula else None  # a cell formula is the whole cell
-            grammar = Grammar.for_formula(attributes.formula, self.text_format, config.max_atoms, units)
+            grammar = Grammar.for_formula(attributes.formula, options, config.max_atoms, units)
             return replace(grammar, min_distance=config.min_distance, min_volume=min_volume,
                            spacegroup=attributes.spacegroup)
-        return Grammar(self.text_format, config.max_atoms, min_distance=config.min_distance, min_volume=min_volume,
+        return Grammar(options, config.max_atoms, min_distance=config.min_distance, min_volume=min_volume,
                        spacegroup=attributes.spacegroup)
 
     def infill(
