@@ -394,7 +394,7 @@ def write_results(
          f"{'grammar and 0.5 A minimum distance' if not args.no_constraint else 'no constraint'}"
          f"{', forced composition' if args.force_composition else ''}"
          f"{', no volume floor' if args.no_volume_floor else ''}, guidance {args.guidance}, formulas stated "
-         f"{'as the whole cell (Ti2Zn2O6)' if args.formula_form == 'cell' else 'reduced (TiZnO3)'}. Rates are over "
+         f"{args.cell_form if args.formula_form == 'cell' else 'reduced (TiZnO3)'}. Rates are over "
          "every attempt that asked (an unreadable attempt misses). Element set: the sample has exactly the "
          "requested elements (the formula, or other counts); missing elements: only some of them (it stopped "
          "early); foreign element: one not requested. Volume/atom ratio: the median, over readable attempts of a "
@@ -483,6 +483,10 @@ def main() -> int:
     sampler = Sampler.from_pretrained(args.model)
     if args.formula_form == "model":
         args.formula_form = "cell" if sampler.cell_formula else "reduced"
+    forms = sampler.text_format  # which cell a stated formula counts: the one the model writes for the prompt
+    args.cell_form = ("as the conventional cell (rock salt: Na4Cl4)" if forms.asymmetric_unit
+                      else "as the whole cell (Ti2Zn2O6), the conventional cell where a space group is stated too"
+                      if forms.asymmetric_when_grouped else "as the whole cell (Ti2Zn2O6)")
     check_work(args)
     test = pd.read_csv(TEST_CSV, keep_default_na=False)
     prompts = draw_prompts(test, args.prompts)
