@@ -18,7 +18,7 @@ from __future__ import annotations
 import enum
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cache, lru_cache
 from pathlib import Path
@@ -754,6 +754,37 @@ def _matrix(lattice: tuple[float, ...]) -> np.ndarray:
     return Lattice.from_parameters(*lattice).matrix
 
 
+@dataclass
+class _TokenTrie:
+    """The token texts as a prefix tree: each node one more character, with the tokens whose text ends there."""
+
+    children: dict[str, _TokenTrie] = field(default_factory=dict)
+    tokens: list[int] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, texts: Sequence[str | None]) -> _TokenTrie:
+        root = cls()
+        for token, text in enumerate(texts):
+            if not text:  # special tokens, and any that add no text, never keep the grammar
+                continue
+            node = root
+            for char in text:
+                node = node.children.setdefault(char, cls())
+            node.tokens.append(token)
+        return root
+
+    def walk(self, state: State, grammar: Grammar, any_token: bool = False) -> Iterator[tuple[State, _TokenTrie]]:
+        """(state after, node) for every node below this one whose text keeps the grammar from `state` (with
+        `any_token`, only those where a token ends)."""
+        for char, child in self.children.items():
+            after = _step(state, char, grammar)
+            if after is None:
+                continue
+            if child.tokens or not any_token:
+                yield after, child
+            yield from child.walk(after, grammar, any_token)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Token-text recovery
 
@@ -810,6 +841,7 @@ class GrammarLogitsProcessor(LogitsProcessor):
         self._prompt_length: int | None = None  # input length at the first call
         self._length: int | None = None  # input length at the latest call
         self._masks: dict[tuple, tuple[torch.Tensor, bool]] = {}  # (mask, whether it allows any token)
+        self._trie = _TokenTrie.of(self.texts)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         self._check_lifetime(input_ids)
@@ -895,8 +927,9 @@ class GrammarLogitsProcessor(LogitsProcessor):
                _countdown_key(state, grammar), volume, site, system)
         cached = self._masks.get(key)
         if cached is None:
-            mask = torch.tensor([self._token_allowed(state, text, grammar) for text in self.texts], dtype=torch.bool)
-            mask = torch.nn.functional.pad(mask, (0, max(0, width - len(mask))))[:width]
+            mask = torch.zeros(max(width, len(self.texts)), dtype=torch.bool)
+            mask[list(self._allowed_tokens(state, grammar))] = True
+            mask = mask[:width]
             cached = self._masks[key] = (mask.to(device), bool(mask.any()))
         mask, any_allowed = cached
         # Only while a coordinate is still open: once written, the distance (the last one) and the orbit are settled.
@@ -907,14 +940,14 @@ class GrammarLogitsProcessor(LogitsProcessor):
             mask = self._prefer(state, grammar, mask, lambda value: _within_count(state, value))
         return mask, any_allowed
 
-    def _token_allowed(self, state: State, text: str | None, grammar: Grammar) -> bool:
-        """Whether `text` keeps the grammar and, if it stops inside an element symbol, some token can finish it."""
-        after = advance(state, text, grammar) if text else None
-        if after is None:
-            return False
-        if after.section is Section.ELEMENT and after.partial:
-            return any(t and advance(after, t, grammar) is not None for t in self.texts)
-        return True
+    def _allowed_tokens(self, state: State, grammar: Grammar) -> Iterator[int]:
+        """The tokens whose text keeps the grammar after `state` and, if it stops inside an element symbol, that some
+        token can finish. Walked over the tokens' prefix tree, so a prefix the grammar refuses is stepped once, not once
+        per token it starts (a lattice number refuses every element and coordinate token at their first character)."""
+        for after, node in self._trie.walk(state, grammar):
+            if after.section is Section.ELEMENT and after.partial and not any(self._trie.walk(after, grammar, True)):
+                continue
+            yield from node.tokens
 
     def _prefer(
         self, state: State, grammar: Grammar, mask: torch.Tensor, keep: Callable[[np.ndarray], np.ndarray]
