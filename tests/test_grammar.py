@@ -25,6 +25,7 @@ from crystext.grammar import (
     _far_enough,
     _number_done,
     _number_prefix,
+    _step,
     _unit_volumes,
     advance,
     can_end,
@@ -894,3 +895,33 @@ def test_an_asymmetric_unit_starts_with_its_space_group_unless_the_prompt_wrote_
     assert Grammar(spacegroup=225).start == State()  # the other forms have no group line
     with pytest.raises(ValueError, match="only in the site-count form"):
         Grammar.for_formula("NaCl", FormatOptions(asymmetric_unit=True))
+
+
+def test_the_prefix_tree_walk_allows_exactly_the_tokens_a_token_by_token_check_allows() -> None:
+    """The processor's masks (the token texts walked as a prefix tree) equal a check of every token's text from each
+    state of a real crystal's text, in the site-count cell form and the counted asymmetric-unit form, through
+    lattice, element, count and coordinate lines; X (a start of Xe that no token ends) is refused."""
+    tokenizer = shipped_tokenizer()
+    processor = GrammarLogitsProcessor(tokenizer, [], len(tokenizer.get_vocab()))
+
+    def every_token(state: State, grammar: Grammar) -> list[int]:
+        allowed = []
+        for token, text in enumerate(processor.texts):
+            after = advance(state, text, grammar) if text else None
+            if after is not None and not (after.section is Section.ELEMENT and after.partial and not any(
+                    other and advance(after, other, grammar) is not None for other in processor.texts)):
+                allowed.append(token)
+        return allowed
+
+    cell = FormatOptions(site_counts=True, joined_counts=True)
+    counted = FormatOptions(asymmetric_unit=True, site_counts=True, joined_counts=True)
+    cases = [(Grammar(cell, 8, min_volume=40.0), "5.6 5.6 5.6\n90 90 90\nNa4\n0.00 0.00 0.00\nNa3\n0.50 0.50 0.0"),
+             (Grammar(counted, 8, spacegroup=225), "5.6 5.6 5.6\n90 90 90\nNa12\n0.00 0.00 0.00\nNa8\n0.25 0.2")]
+    for grammar, text in cases:
+        state, steps = grammar.start, 0
+        for char in text:
+            assert sorted(processor._allowed_tokens(state, grammar)) == every_token(state, grammar), (text, state)
+            state, steps = _step(state, char, grammar), steps + 1
+        assert state is not None and steps == len(text)
+    tiny = GrammarLogitsProcessor(tiny_tokenizer(), [], 13)
+    assert 10 not in set(tiny._allowed_tokens(advance(State(), "4.0 4.0 4.0\n90 90 90\n", Grammar()), Grammar()))
