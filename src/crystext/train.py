@@ -633,6 +633,8 @@ def write_model_card(out: Path, config: TrainConfig, state: TrainState, n_train:
         counted += f"; each element line counting down its atoms in the cell, orbit by orbit (`O{sep}12`, `O{sep}4`)"
     elif config.text_format.site_counts:
         counted += f"; each element line counting down its atoms, `Fe{sep}2`, `Fe{sep}1`"
+        if config.text_format.asymmetric_when_grouped:
+            counted += " (in an asymmetric unit its atoms in the conventional cell, orbit by orbit)"
     card = f"""---
 library_name: transformers
 tags: [crystext, crystal-generation, materials]
