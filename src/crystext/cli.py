@@ -484,8 +484,7 @@ def _train(args: argparse.Namespace) -> int:
     joined_counts = site_counts and (earlier.get("joined_counts", False) if args.joined_counts is None
                                      else args.joined_counts)
     cell_formula = earlier.get("cell_formula", False) if args.cell_formula is None else args.cell_formula
-    if earlier and None in (args.lora, args.translate, site_flag, args.joined_counts, args.cell_formula,
-                            args.asymmetric_unit, args.asymmetric_when_grouped):
+    if earlier and None in (args.lora, args.translate, site_flag, args.joined_counts, args.cell_formula):
         extras = [(name, flag) for on, name, flag in ((site_counts, "site counts", "site-counts"),
                                                       (joined_counts, "joined counts", "joined-counts"),
                                                       (cell_formula, "cell formulas", "cell-formula"),
