@@ -426,16 +426,20 @@ def test_infill_into_an_existing_file_needs_resume_and_adds_only_new_answers(mod
     assert len(ids) == len(set(ids)) == 3
 
 
+def sampler_writing(model_dir: Path, copy: Path, **text_format: bool) -> Sampler:
+    """A sampler of the test model copied to `copy` with its text format changed as given."""
+    shutil.copytree(model_dir, copy)
+    info = json.loads((copy / "crystext.json").read_text())
+    info["text_format"].update(text_format)
+    (copy / "crystext.json").write_text(json.dumps(info))
+    return Sampler.from_pretrained(copy)
+
+
 def test_an_asymmetric_unit_model_writes_the_space_group_it_is_asked_for(model_dir, tmp_path) -> None:
     """A model trained on asymmetric units (here an untrained one, so the orbits are its guesses) is given the asked
     group as the first line of its text: every crystal read back has that group (or, if its sites happen to sit on
     special positions, a supergroup), and unprompted it writes a group line of its own."""
-    orbits = tmp_path / "orbits"
-    shutil.copytree(model_dir, orbits)
-    info = json.loads((orbits / "crystext.json").read_text())
-    info["text_format"].update(asymmetric_unit=True)
-    (orbits / "crystext.json").write_text(json.dumps(info))
-    sampler = Sampler.from_pretrained(orbits)
+    sampler = sampler_writing(model_dir, tmp_path / "orbits", asymmetric_unit=True)
     asked, free = tmp_path / "asked.csv", tmp_path / "free.csv"
     sampler.sample(small(n=6, batch_size=6, max_atoms=3), asked, conditions=[Attributes(spacegroup=62)],
                    progress=False)
@@ -452,12 +456,7 @@ def test_a_model_of_both_forms_answers_a_stated_group_with_an_asymmetric_unit_an
         model_dir, tmp_path) -> None:
     """With `asymmetric_when_grouped` the sampler starts a space-group prompt's text with the group line (its
     crystals then read back with the group) and leaves an unprompted one the whole-cell form: lengths first."""
-    both = tmp_path / "both"
-    shutil.copytree(model_dir, both)
-    info = json.loads((both / "crystext.json").read_text())
-    info["text_format"].update(asymmetric_when_grouped=True)
-    (both / "crystext.json").write_text(json.dumps(info))
-    sampler = Sampler.from_pretrained(both)
+    sampler = sampler_writing(model_dir, tmp_path / "both", asymmetric_when_grouped=True)
     asked, free = tmp_path / "asked.csv", tmp_path / "free.csv"
     sampler.sample(small(n=4, batch_size=4, max_atoms=3), asked, conditions=[Attributes(spacegroup=62)],
                    progress=False)
