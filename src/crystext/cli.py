@@ -470,8 +470,8 @@ def _train(args: argparse.Namespace) -> int:
     use_lora = earlier.get("lora", True) if args.lora is None else args.lora
     if use_lora and earlier.get("lora"):  # a LoRA run goes on training its own adapters (`load_pretrained`)
         lora = LoraSettings(**model_info(args.model)["model"]["lora"])
-    grouped = (earlier.get("asymmetric_when_grouped", False) if args.asymmetric_when_grouped is None
-               else args.asymmetric_when_grouped)
+    grouped = (earlier.get("asymmetric_when_grouped", False) and not args.asymmetric_unit
+               if args.asymmetric_when_grouped is None else args.asymmetric_when_grouped)  # one replaces the other
     asymmetric = (earlier.get("asymmetric_unit", False) and not grouped if args.asymmetric_unit is None
                   else args.asymmetric_unit)
     if asymmetric:  # an asymmetric unit's origin is its group's: a recipe's translation does not carry over to one
