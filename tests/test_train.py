@@ -522,6 +522,7 @@ def test_one_model_answers_a_stated_group_with_its_asymmetric_unit_and_anything_
     common = ["train", "--data-dir", str(tiny_data), "--splits", "train", "--max-steps", "1", "--batch-size", "4",
               "--eval-every", "1"]
     assert main([*common, "--model", str(first), "--out", str(tmp_path / "both"), "--asymmetric-when-grouped"]) == 0
+    assert "asymmetric units for stated space groups" in capsys.readouterr().err
     info = json.loads((tmp_path / "both" / "crystext.json").read_text())["text_format"]
     assert info["asymmetric_when_grouped"] is True and info["asymmetric_unit"] is False
     assert "a crystal whose prompt states a space group as its asymmetric unit" in (
