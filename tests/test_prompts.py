@@ -8,6 +8,7 @@ import pytest
 from pymatgen.core import Lattice, Structure
 from transformers import AutoTokenizer
 
+from crystext.geometry import wyckoff_multiplicities
 from crystext.model import DEFAULT_MODEL_DIR
 from crystext.prompts import Attributes, cell_formula, infill_example, infill_prompt, plain_formula
 from crystext.textformat import CrystalText, FormatOptions
@@ -50,6 +51,33 @@ def test_a_typed_formula_is_put_in_the_order_crystal_texts_list_elements(shared_
     for cif in pd.read_csv(shared_data / "mp_20" / "test.csv", nrows=200)["cif"]:
         formula = cell_formula(CrystalText.from_structure(Structure.from_str(cif, fmt="cif")))
         assert Attributes(formula=formula).in_site_order().formula == formula
+
+
+@pytest.mark.parametrize("group, sizes", [
+    (1, (1,)), (62, (4, 8)), (186, (2, 6, 12)), (199, (8, 12, 24)), (166, (3, 6, 9, 18, 36)),
+    (225, (4, 8, 24, 32, 48, 96, 192)),
+])
+def test_a_groups_orbit_sizes_are_its_wyckoff_multiplicities(group: int, sizes: tuple[int, ...]) -> None:
+    """As the International Tables list them for the conventional cell (R-3m on hexagonal axes; I2_13's 12b is no
+    multiple of its smallest orbit, 8a)."""
+    assert wyckoff_multiplicities(group) == sizes
+
+
+def test_a_formula_stated_with_a_group_is_scaled_to_a_cell_the_group_holds(shared_data) -> None:
+    """The fewest formula units whose counts the group's orbits can add up to; a formula already such a cell's, or
+    stated without a group, is kept as typed; one no cell holds within the cap is refused, naming both."""
+    for formula, group, cell in (("NaCl", 225, "Na4Cl4"), ("GaN", 186, "Ga2N2"), ("LiFePO4", 62, "Li4Fe4P4O16"),
+                                 ("SiO2", 227, "Si8O16"), ("Li0.5FePO4", 62, "Li4Fe8P8O32"), ("CsCl", 221, "CsCl"),
+                                 ("Na8Cl8", 225, "Na8Cl8"), ("NaCl", 1, "NaCl")):
+        assert Attributes(formula, group).in_conventional_cell(52) == Attributes(cell, group)
+    assert Attributes("NaCl").in_conventional_cell(52) == Attributes("NaCl")
+    with pytest.raises(ValueError, match=r"^no cell of space group 225 with at most 20 atoms holds formula LiFePO4 "
+                                         r"\(its orbits hold 4, 8, 24, 32, 48, 96, 192 atoms\)$"):
+        Attributes("LiFePO4", 225).in_conventional_cell(5)
+    for cif in pd.read_csv(shared_data / "mp_20" / "test.csv", nrows=100)["cif"]:  # real cells are kept as they are
+        crystal = CrystalText.from_structure(Structure.from_str(cif, fmt="cif"), asymmetric_unit=True)
+        stated = Attributes(cell_formula(crystal), crystal.spacegroup)
+        assert stated.in_conventional_cell(20) == stated
 
 
 def test_formulas_are_stated_without_brackets_in_the_crystal_order() -> None:

@@ -155,6 +155,35 @@ def test_a_cell_formula_model_says_how_it_reads_a_formula(model_dir, tmp_path, c
             "(ClNa as NaCl)") in capsys.readouterr().err
 
 
+def test_a_formula_stated_with_a_group_asks_a_cell_formula_model_for_a_cell_the_group_holds(
+        model_dir, tmp_path, capsys) -> None:
+    """A model that reads a formula stated with a space group as that group's conventional cell (`--cell-formula`
+    with asymmetric units for stated groups) would read NaCl in 225 as 2 atoms, which no Fm-3m cell holds: `sample`
+    asks for Na4Cl4, says so, and records the prompt as asked; the same typed to a reduced-formula model stays NaCl.
+    A formula no cell of the group holds within --max-atoms is refused in one line."""
+    both = tmp_path / "both"
+    shutil.copytree(model_dir, both)
+    info = json.loads((both / "crystext.json").read_text())
+    info["text_format"].update(asymmetric_when_grouped=True)
+    (both / "crystext.json").write_text(json.dumps({**info, "cell_formula": True}))
+    asked = {}
+    for model in (both, model_dir):
+        out = tmp_path / f"{model.name}.csv"
+        main(["sample", "--model", str(model), "--formula", "NaCl", "--spacegroup", "225", "-n", "1",
+              "--max-attempts", "2", "--max-atoms", "4", "-o", str(out)])
+        asked[model] = ({json.dumps(json.loads(row["conditions"])) for row in rows(out)}, capsys.readouterr().err)
+    assert asked[both][0] == {json.dumps({"formula": "Na4Cl4", "spacegroup": 225})}
+    assert ("1 formula(s) stated with a space group asked as the fewest formula units that group's conventional cell "
+            "holds, as the model reads them (NaCl in 225 as Na4Cl4)") in asked[both][1]
+    assert asked[model_dir][0] == {json.dumps({"formula": "NaCl", "spacegroup": 225})}
+    assert "asked as the fewest formula units" not in asked[model_dir][1]
+    assert main(["sample", "--model", str(both), "--formula", "LiFePO4", "--spacegroup", "225", "-n", "1",
+                 "--max-atoms", "5", "-o", str(tmp_path / "none.csv")]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "crystext sample: error: no cell of space group 225 with at most 20 atoms holds formula LiFePO4 (its orbits "
+        "hold 4, 8, 24, 32, 48, 96, 192 atoms)")
+
+
 def test_a_cell_formula_model_forced_writes_exactly_the_cell_asked(sampler, tmp_path) -> None:
     """Forced, a `--cell-formula` model writes the stated atoms, not as many units as the cell's volume holds."""
     cell = Sampler(sampler.model, sampler.tokenizer, cell_formula=True)

@@ -551,12 +551,17 @@ def _sample(args: argparse.Namespace) -> int:
     except (OSError, ModelError) as err:
         raise CliError(f"cannot load model {args.model or '(default)'}: {str(err).splitlines()[0]}") from None
     if sampler.cell_formula and any(c.formula for c in conditions or []):
-        conventional = any(c.formula and sampler.text_format.answering(c.spacegroup).asymmetric_unit
-                           for c in conditions or [])
         print(f"{args.model} reads a formula as the whole cell's: each element's count is the number of its atoms to "
-              "write (NaCl asks for 2 atoms, Na4Cl4 for 8)" + ("; with a space group, its conventional cell's (rock "
-                                                                "salt in 225 is Na4Cl4)" if conventional else ""),
-              file=sys.stderr)
+              "write (NaCl asks for 2 atoms, Na4Cl4 for 8)", file=sys.stderr)
+    try:
+        scaled = {(c.formula, c.spacegroup): asked for c in conditions or []
+                  if c.formula and (asked := sampler.as_read(c, config.max_atoms).formula) != c.in_site_order().formula}
+    except ValueError as err:
+        raise CliError(str(err)) from None
+    if scaled:
+        (typed, group), asked = next(iter(scaled.items()))
+        print(f"{len(scaled)} formula(s) stated with a space group asked as the fewest formula units that group's "
+              f"conventional cell holds, as the model reads them ({typed} in {group} as {asked})", file=sys.stderr)
     reordered = {c.formula: asked for c in conditions or []
                  if c.formula and (asked := c.in_site_order().formula) != plain_formula(c.formula)}
     if reordered:

@@ -12,13 +12,14 @@ import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
+from functools import cache
 from typing import Any
 
 import numpy as np
 from pymatgen.core import Composition, Structure
 
 from crystext.constants import SPACEGROUP_SYMPREC
-from crystext.geometry import spacegroup_number
+from crystext.geometry import lattice_points, spacegroup_number, wyckoff_multiplicities
 from crystext.textformat import ELEMENT_SYMBOLS, SPACEGROUPS, CrystalText, FormatOptions, element_line_symbol
 
 MASK = "[MASK]"
@@ -89,6 +90,27 @@ class Attributes:
             order = sorted(composition, key=lambda el: (el.X if math.isfinite(el.X) else math.inf, el.symbol))
         return replace(self, formula=_written({el: composition[el] for el in order}))
 
+    def in_conventional_cell(self, max_atoms: int) -> Attributes:
+        """These attributes with the formula scaled to the fewest formula units a conventional cell of the stated
+        space group can hold, each element's count a sum of the group's Wyckoff multiplicities (NaCl in 225 ->
+        Na4Cl4, LiFePO4 in 62 -> Li4Fe4P4O16): for a model that reads a formula stated with a space group as that
+        cell's atoms. Unchanged when it states no formula or no group, or the formula is already such a cell's.
+        Raises ValueError when no cell of at most `max_atoms` atoms per lattice point holds it."""
+        if self.formula is None or self.spacegroup is None:
+            return self
+        composition = Composition(self.formula)
+        total = composition.num_atoms
+        cap = max_atoms * lattice_points(self.spacegroup)
+        fits = _orbit_sums(self.spacegroup, cap)
+        for units in range(1, math.floor(cap / total) + 1):
+            counts = [units * n for n in composition.values()]
+            if all(abs(n - round(n)) < 1e-6 and round(n) in fits for n in counts):
+                return self if units == 1 else replace(self, formula=_written({
+                    el: units * n for el, n in composition.items()}))
+        sizes = ", ".join(map(str, wyckoff_multiplicities(self.spacegroup)))
+        raise ValueError(f"no cell of space group {self.spacegroup} with at most {cap} atoms holds formula "
+                         f"{self.formula} (its orbits hold {sizes} atoms)")
+
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
 
@@ -115,6 +137,16 @@ class Attributes:
             if group != self.spacegroup:
                 misses.append(f"space group {group or 'none found'}, asked {self.spacegroup}")
         return "; ".join(misses)
+
+
+@cache
+def _orbit_sums(group: int, cap: int) -> frozenset[int]:
+    """The atom counts up to `cap` that orbits of `group` can add up to (a position without free parameters used
+    twice counts too: a necessary condition, and the grammar places the sites)."""
+    reachable = [True] + [False] * cap
+    for total in range(1, cap + 1):
+        reachable[total] = any(size <= total and reachable[total - size] for size in wyckoff_multiplicities(group))
+    return frozenset(n for n in range(1, cap + 1) if reachable[n])
 
 
 def formula_problem(formula: str) -> str | None:

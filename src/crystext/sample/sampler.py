@@ -239,7 +239,7 @@ class Sampler:
         where the grammar found no room for an atom is an error row.
         """
         mode = "conditional" if conditions else "unconditional"
-        conditions = [a.in_site_order() for a in conditions] if conditions else [Attributes()]
+        conditions = [self.as_read(a, config.max_atoms) for a in conditions] if conditions else [Attributes()]
         if config.constrained:  # what the grammar cannot keep is refused before any output
             for attributes in set(conditions):
                 self._grammar(attributes, config)
@@ -279,6 +279,15 @@ class Sampler:
         bar.close()
         refused = sum(1 for r in writer.rows if r["error"].startswith(UNMET_PROMPT))
         return SampleSummary(writer.valid, len(writer.rows), time.perf_counter() - started, refused)
+
+    def as_read(self, attributes: Attributes, max_atoms: int) -> Attributes:
+        """The attributes as this model reads them: the formula's elements in the order it writes them, and where it
+        reads a formula stated with a space group as that group's conventional cell's, scaled to one such a cell
+        can hold (`Attributes.in_conventional_cell`: NaCl in 225 asks for 2 atoms no Fm-3m cell holds)."""
+        if (self.cell_formula and attributes.spacegroup is not None
+                and self.text_format.answering(attributes.spacegroup).asymmetric_unit):
+            attributes = attributes.in_conventional_cell(max_atoms)
+        return attributes.in_site_order()
 
     def text_head(self, attributes: Attributes) -> str:
         """The start of the crystal text that the prompt decides, written for the model: in the asymmetric-unit
