@@ -528,6 +528,10 @@ def test_one_model_answers_a_stated_group_with_its_asymmetric_unit_and_anything_
     assert "a crystal whose prompt states a space group as its asymmetric unit" in (
         tmp_path / "both" / "README.md").read_text()
     assert earlier_recipe(str(tmp_path / "both"))["asymmetric_when_grouped"] is True
-    assert main([*common, "--model", str(tmp_path / "both"), "--out", str(tmp_path / "on")]) == 0
+    # Every older flag given, the form carried over all the same: the run says so.
+    assert main([*common, "--model", str(tmp_path / "both"), "--out", str(tmp_path / "on"), "--no-lora",
+                 "--no-translate", "--site-counts", "--no-joined-counts", "--cell-formula"]) == 0
+    assert (f"continuing the recipe of {tmp_path / 'both'}: all weights, coordinates as written, site counts, cell "
+            "formulas, asymmetric units for stated space groups") in capsys.readouterr().err
     kept = json.loads((tmp_path / "on" / "crystext.json").read_text())["text_format"]
     assert kept["asymmetric_when_grouped"] is True and kept["asymmetric_unit"] is False

@@ -484,7 +484,13 @@ def _train(args: argparse.Namespace) -> int:
     joined_counts = site_counts and (earlier.get("joined_counts", False) if args.joined_counts is None
                                      else args.joined_counts)
     cell_formula = earlier.get("cell_formula", False) if args.cell_formula is None else args.cell_formula
-    if earlier and None in (args.lora, args.translate, site_flag, args.joined_counts, args.cell_formula):
+    unset = {"lora": args.lora, "translate": args.translate, "site_counts": site_flag,
+             "joined_counts": args.joined_counts, "cell_formula": args.cell_formula,
+             "asymmetric_unit": args.asymmetric_unit, "asymmetric_when_grouped": args.asymmetric_when_grouped}
+    # Said when a flag left out takes the earlier run's setting where a fresh run would take another (LoRA and
+    # translation on, every text form off).
+    fresh = {name: name in ("lora", "translate") for name in unset}
+    if earlier and any(given is None and earlier[name] != fresh[name] for name, given in unset.items()):
         extras = [(name, flag) for on, name, flag in ((site_counts, "site counts", "site-counts"),
                                                       (joined_counts, "joined counts", "joined-counts"),
                                                       (cell_formula, "cell formulas", "cell-formula"),
