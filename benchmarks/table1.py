@@ -7,7 +7,9 @@ as `crystext sample` does by default; 1.0 without any constraint; 0.7 with the g
 check; top-p 0.9, at most --max-atoms atoms),
 each scored with `crystext evaluate` (CDVAE protocol) against the MP-20 test split, with MP-20
 train + val as the training set for novelty, and a seeded random `--stability-n` of its attempts
-relaxed with CHGNet and placed on the offline hull. Every step writes into --work and resumes, so a
+relaxed with CHGNet and placed on the offline hull (`--stability-n 0`: none, and the hull is not loaded;
+`--no-novelty`: no novelty or S.U.N., and MP-20 train + val are neither read nor fingerprinted, which takes
+about 45 minutes on 2 cores the first time). Every step writes into --work and resumes, so a
 killed run is continued by running the same command. Writes benchmarks/results/table1_NAME.md/.json
 (--runs does some of the runs, by folder name; the table keeps those an earlier invocation with the same
 settings finished).
@@ -81,10 +83,8 @@ def _timings(folder: Path) -> dict[str, float]:
 
 def run_one(label: str, temperature: float, constrained: bool, min_distance: float | None, args: argparse.Namespace,
             sampler, reference, training) -> dict:
-    from crystext.data import Dataset
     from crystext.evaluate import EvaluateConfig, ProtocolSettings, evaluate
     from crystext.sample import SampleConfig
-    from crystext.stability import StabilityConfig, read_samples, relax_and_place
 
     folder = args.work / folder_name(label)
     folder.mkdir(parents=True, exist_ok=True)
@@ -93,12 +93,33 @@ def run_one(label: str, temperature: float, constrained: bool, min_distance: flo
                           constrained=constrained, min_distance=min_distance, max_atoms=args.max_atoms, seed=0)
     # Sampling speed is known only if every invocation that wrote samples.csv finished and was timed.
     speed_known = not samples.exists() or "sampling" in _timings(folder)
-    summary, _ = timed("sampling", folder, lambda: sampler.sample(config, samples, resume=samples.exists()))
-    evaluation, _ = timed("evaluate", folder, lambda: evaluate(
-        samples, SHARED / "mp_20" / "test.csv", TRAIN_SPLITS,
+    summary, timings = timed("sampling", folder, lambda: sampler.sample(config, samples, resume=samples.exists()))
+    evaluation, timings = timed("evaluate", folder, lambda: evaluate(
+        samples, SHARED / "mp_20" / "test.csv", TRAIN_SPLITS if args.novelty else None,
         # Samples' fingerprints cached too, so a resumed invocation does not redo a finished run's evaluation.
         config=EvaluateConfig(protocol=ProtocolSettings("cdvae"), cache_samples=True)), redone_on=summary.attempts)
     evaluation.write(folder / "eval")
+
+    m = evaluation.metrics
+    # Sampling speed: structures that are valid (structure and composition) per second of sampling.
+    valid_per_s = m["valid"] * m["n_counted"] / timings["sampling"] if speed_known else None
+    stability, timings = relax_some(samples, folder, args, reference, training) if args.stability_n else ({}, timings)
+    # S.U.N. by crystext.evaluate.sun's one definition (stable after relaxation, unique among the stable relaxed
+    # structures, novel against MP-20 train + val), over the relaxed subset; Unique and Novel as generated.
+    sun = (stability.get("sun") or {}).get("stable", {}).get("rate_all")
+    row = (m["struct_valid"], m["comp_valid"], m["cov_recall"], m["cov_precision"], m["wdist_density"],
+           m["wdist_num_elems"], stability.get("metastable", {}).get("rate_all"),
+           stability.get("stable", {}).get("rate_all"), m.get("uniqueness"), m.get("novelty_matcher"), sun, valid_per_s)
+    return {"label": label, "temperature": temperature, "constrained": constrained, "min_distance": min_distance,
+            "command": command(), "row": row,
+            "attempts": summary.attempts, "parseable": summary.valid, "timings_seconds": timings,
+            "relaxed": stability.get("samples", 0), "stability_errors": stability.get("errors", 0), "metrics": m}
+
+
+def relax_some(samples: Path, folder: Path, args: argparse.Namespace, reference, training) -> tuple[dict, dict]:
+    """Relax a seeded random `--stability-n` of a run's attempts and place them on the hull; the summary and timings."""
+    from crystext.data import Dataset
+    from crystext.stability import StabilityConfig, read_samples, relax_and_place
 
     everything = read_samples(samples)
     ids = [r.id for r in everything.records] + [rid for rid, _ in everything.skipped]
@@ -107,23 +128,9 @@ def run_one(label: str, temperature: float, constrained: bool, min_distance: flo
     subset = Dataset([r for r in everything.records if r.id in chosen],
                      [(rid, why) for rid, why in everything.skipped if rid in chosen], everything.source)
     output = folder / "stability.csv"
-    stability, timings = timed("stability", folder, lambda: relax_and_place(
+    return timed("stability", folder, lambda: relax_and_place(
         subset, reference, output,
         StabilityConfig(backend="chgnet", relax=BUDGETS[args.budget], resume=output.exists()), training))
-
-    m = evaluation.metrics
-    # S.U.N. by crystext.evaluate.sun's one definition (stable after relaxation, unique among the stable relaxed
-    # structures, novel against MP-20 train + val), over the relaxed subset; Unique and Novel as generated.
-    sun = (stability.get("sun") or {}).get("stable", {}).get("rate_all")
-    # Sampling speed: structures that are valid (structure and composition) per second of sampling.
-    valid_per_s = m["valid"] * m["n_counted"] / timings["sampling"] if speed_known else None
-    row = (m["struct_valid"], m["comp_valid"], m["cov_recall"], m["cov_precision"], m["wdist_density"],
-           m["wdist_num_elems"], stability["metastable"]["rate_all"], stability["stable"]["rate_all"],
-           m.get("uniqueness"), m.get("novelty_matcher"), sun, valid_per_s)
-    return {"label": label, "temperature": temperature, "constrained": constrained, "min_distance": min_distance,
-            "command": command(), "row": row,
-            "attempts": summary.attempts, "parseable": summary.valid, "timings_seconds": timings,
-            "relaxed": stability["samples"], "stability_errors": stability["errors"], "metrics": m}
 
 
 def command() -> str:
@@ -155,7 +162,7 @@ def settings(args: argparse.Namespace) -> dict:
     """What a table's numbers depend on, besides the code: runs made with other settings do not mix."""
     return {"model": str(args.model or "shipped"), "work": str(args.work), "n": args.n,
             "stability_n": args.stability_n, "max_atoms": args.max_atoms, "batch_size": args.batch_size,
-            "budget": args.budget}
+            "budget": args.budget, "novelty": args.novelty}
 
 
 def write_table(args: argparse.Namespace, runs: list[dict]) -> str:
@@ -189,7 +196,9 @@ def write_table(args: argparse.Namespace, runs: list[dict]) -> str:
          "over the relaxed attempts (crystext.evaluate.sun). The constrained runs (T=0.7, T=1.0) mask, as each atom's "
          "last coordinate is chosen, the "
          "values within 0.5 A of an earlier atom, so their structural validity measures that constraint as much as "
-         "the model; 'grammar only' and 'no constraint' show the model's own."),
+         "the model; 'grammar only' and 'no constraint' show the model's own."
+         + ("" if args.stability_n else " No relaxations here (--stability-n 0).")
+         + ("" if args.novelty else " Novelty and S.U.N. not measured (--no-novelty).")),
         "",
         "| Run | " + " | ".join(COLUMNS) + " |",
         "|---|" + "---:|" * len(COLUMNS),
@@ -201,7 +210,7 @@ def write_table(args: argparse.Namespace, runs: list[dict]) -> str:
               "| Run | attempts | relaxed | sampling (s) | evaluate (s) | stability (s) |",
               "|---|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['label']} | {r['attempts']} | {r['relaxed']} | {r['timings_seconds']['sampling']} | "
-              f"{r['timings_seconds']['evaluate']} | {r['timings_seconds']['stability']} |" for r in runs]
+              f"{r['timings_seconds']['evaluate']} | {r['timings_seconds'].get('stability', '–')} |" for r in runs]
     markdown = "\n".join(lines) + "\n"
     write_atomic(out / f"table1_{args.name}.md", markdown)
     return markdown
@@ -218,6 +227,8 @@ def main() -> int:
     parser.add_argument("--max-atoms", type=int, default=20, help="largest cell sampled (MP-20's largest is 20)")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "table1")
     parser.add_argument("--name", default="default")
+    parser.add_argument("--no-novelty", dest="novelty", action="store_false",
+                        help="skip novelty and S.U.N. (MP-20 train + val are not fingerprinted)")
     parser.add_argument("--runs", nargs="+", choices=[folder_name(r[0]) for r in RUNS],
                         help="only these runs, by folder name (default: all, in the paper's order)")
     args = parser.parse_args()
@@ -225,10 +236,11 @@ def main() -> int:
     from crystext.sample import Sampler
     from crystext.stability import default_reference
 
-    # Loaded once for all the runs: the model, the hull, and the training structures for S.U.N.
+    # Loaded once for all the runs: the model, the hull, and the training structures for S.U.N. (each only if used).
     sampler = Sampler.from_pretrained(args.model)
-    reference = default_reference(SHARED)
-    training = Dataset.concat([read_structures(p) for p in TRAIN_SPLITS], source="MP-20 train + val")
+    reference = default_reference(SHARED) if args.stability_n else None
+    training = (Dataset.concat([read_structures(p) for p in TRAIN_SPLITS], source="MP-20 train + val")
+                if args.novelty and args.stability_n else None)
     done = earlier_runs(args)
     for label, temperature, constrained, min_distance in RUNS:
         if args.runs and folder_name(label) not in args.runs:
