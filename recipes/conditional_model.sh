@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The recipe that teaches a crystext model to follow the formula in its prompt (issue #19): continue a trained
-# model (default: the shipped one) on generation examples that state attributes (0.8 each, none in 0.15),
+# model (default: recipes/scratch_small, where the default model's chain starts) on generation examples that state attributes (0.8 each, none in 0.15),
 # a share of them relabelled (elements swapped for random others, the cell scaled to their volumes, the new
 # formula stated, so only copying from the prompt lowers their loss), with the tokens where a composition is
 # decided weighed 20 times (README "conditional generation" has the measurements behind each setting).
@@ -17,7 +17,7 @@
 # continuing it), to continue from (FROM).
 # Seed 0 keeps the shipped model's 5% holdout, so the validation losses of the two compare.
 set -euo pipefail
-from=${1:-$(python -c "from crystext.model import DEFAULT_MODEL_DIR; print(DEFAULT_MODEL_DIR)")}
+from=${1:-recipes/scratch_small}
 out=${2:-runs/conditional}
 data=${3:-../shared/data/mp_20}
 resume=()

@@ -196,11 +196,9 @@ def test_a_cell_formula_model_forced_writes_exactly_the_cell_asked(sampler, tmp_
 
 def test_a_cell_formula_models_lattice_holds_the_stated_atoms(tmp_path) -> None:
     """A stated cell formula floors the cell's volume at what MP-20 gives those atoms (`min_cell_volume`); the same
-    seeds without the floor write smaller cells (the shipped model, read as if it had learnt cell formulas, writes
+    seeds without the floor write smaller cells (recipes/scratch_small, read as if it had learnt cell formulas, writes
     the small cells it knows). A reduced-formula model has no floor: NaCl may be any number of units."""
-    from crystext.model import DEFAULT_MODEL_DIR
-
-    sampler = Sampler.from_pretrained(DEFAULT_MODEL_DIR)
+    sampler = Sampler.from_pretrained(Path(__file__).resolve().parents[1] / "recipes" / "scratch_small")
     cell = Sampler(sampler.model, sampler.tokenizer, sampler.text_format, cell_formula=True)
     floor = min_cell_volume("Na6Cl6")
     volumes = {}
@@ -384,7 +382,9 @@ def test_the_shipped_model_counts_the_nacl_that_read_back(tmp_path, capsys) -> N
           "--spacegroup", "225", "--force-composition", "-o", str(out)])
     written = rows(out)
     readable = [Structure.from_str(r["cif"], fmt="cif") for r in written if r["cif"]]
-    assert f"{len(readable)} valid structures from 4 attempts" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert f"{len(readable)} valid structures from 4 attempts" in said
+    assert "the default model reads a formula as the whole cell's" in said and "NaCl in 225 as Na4Cl4" in said
     assert all(structural_problem(s) is None for s in readable)
     for structure in map(decode, (r["raw_text"] for r in written)):
         per_atom = structure.volume / len(structure)

@@ -557,8 +557,8 @@ def _sample(args: argparse.Namespace) -> int:
     except (OSError, ModelError) as err:
         raise CliError(f"cannot load model {args.model or '(default)'}: {str(err).splitlines()[0]}") from None
     if sampler.cell_formula and any(c.formula for c in conditions or []):
-        print(f"{args.model} reads a formula as the whole cell's: each element's count is the number of its atoms to "
-              "write (NaCl asks for 2 atoms, Na4Cl4 for 8)", file=sys.stderr)
+        print(f"{args.model or 'the default model'} reads a formula as the whole cell's: each element's count is the "
+              "number of its atoms to write (NaCl asks for 2 atoms, Na4Cl4 for 8)", file=sys.stderr)
     try:
         scaled = {(c.formula, c.spacegroup): asked for c in conditions or []
                   if c.formula and (asked := sampler.as_read(c, config.max_atoms).formula) != c.in_site_order().formula}

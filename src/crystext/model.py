@@ -44,7 +44,7 @@ WHOLE_NUMBERS = (
 )
 #: File in a model directory that records how crystext made it.
 CRYSTEXT_CONFIG = "crystext.json"
-#: The model shipped inside the package (recipes/default_model.sh), used when no model is named.
+#: The model shipped inside the package (its model card lists the recipe), used when no model is named.
 DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
 
 
