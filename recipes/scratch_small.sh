@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The first step of crystext's default model (recipes/scratch_small; until it learnt to follow prompts, the whole
-# recipe): scratch-small (LLaMA architecture, ~6.5M parameters, the project's word-level tokenizer) on MP-20 train + val, 5% held out for the
-# validation loss, multitask (generation with random attributes + 1/3 infill), seed 0.
+# recipe): scratch-small (LLaMA architecture, ~6.5M parameters, the project's word-level tokenizer) on MP-20
+# train + val, 5% held out for the validation loss, multitask (generation with random attributes + 1/3 infill), seed 0.
 # Coordinates are kept as written (--no-translate): a 6.5M-parameter model with a few epochs learns
 # the special positions (0, 1/4, 1/3, 1/2, ...) crystals sit on, where random shifts would ask it to
 # learn modular arithmetic first; the paper's shift augmentation suits large pretrained models.
