@@ -2,8 +2,9 @@
 # The recipe that teaches a crystext model to follow the formula in its prompt (issue #19): continue a trained
 # model (default: recipes/scratch_small, where the default model's chain starts) on generation examples that state
 # attributes (0.8 each, none in 0.15), a share of them relabelled (elements swapped for random others, the cell
-# scaled to their volumes, the new formula stated, so only copying from the prompt lowers their loss), with the tokens where a composition is
-# decided weighed 20 times (README "conditional generation" has the measurements behind each setting).
+# scaled to their volumes, the new formula stated, so only copying from the prompt lowers their loss), with the
+# tokens where a composition is decided weighed 20 times (README "conditional generation" has the measurements
+# behind each setting).
 # One cosine schedule: the early high learning rate teaches copying, the late low one restores chemistry.
 #
 #   bash recipes/conditional_model.sh [FROM] [OUT] [DATA_DIR] [TRAIN FLAGS...]    # start, or continue after a kill
