@@ -172,6 +172,20 @@ def test_the_step_cap_places_the_structure_and_flags_it(rock_salt: Structure, re
                                  "optimizer": "FIRE"}
 
 
+def test_a_too_dense_crystal_is_a_valid_sample_that_failed(rock_salt: Structure, reference, tmp_path: Path) -> None:
+    """A cell valid by the 0.5 A rule but denser than any known crystal is not relaxed (each step would take
+    minutes): its row is an error, and it stays in the denominator of the rates over valid samples."""
+    dense = Structure(Lattice.cubic(1.9), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])  # 1.65 A apart, 3.43 A^3/atom
+    samples = Dataset([Record("dense", dense), Record("salt", rock_salt)])
+    config = StabilityConfig(relax=NO_TIMEOUT, workers=1, progress=False)
+    summary = relax_and_place(samples, reference, tmp_path / "out.csv", config)
+    rows = pd.read_csv(tmp_path / "out.csv", dtype=str, keep_default_na=False).set_index("id")
+    assert rows.loc["dense", "error"] == "too dense: 3.43 A^3 per atom < 4"
+    assert rows.loc["dense", "steps"] == "0" and rows.loc["dense", "e_above_hull"] == ""
+    assert summary["valid"] == 2 and summary["errors"] == {"too dense": 1}
+    assert summary["metastable"]["rate_valid"] == 0.5
+
+
 def test_the_same_rows_with_one_or_two_workers(rock_salt: Structure, reference, tmp_path: Path) -> None:
     """With a budget in steps the rows depend on the crystals only, not on how the work is spread."""
     samples = Dataset([Record(f"r{i}", _rattled(rock_salt, i)) for i in range(3)])

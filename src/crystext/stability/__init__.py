@@ -38,6 +38,7 @@ from crystext.stability.relax import (
     check_structure,
     load_backend,
     mp2020_energy,
+    too_dense,
 )
 
 __all__ = [
@@ -66,4 +67,5 @@ __all__ = [
     "relax_and_place",
     "shipped_reference",
     "summary_path",
+    "too_dense",
 ]
