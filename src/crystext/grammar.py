@@ -823,7 +823,7 @@ class GrammarLogitsProcessor(LogitsProcessor):
     reads the token generate appended since its previous call, so it must see every step of one generation
     in turn; it raises RuntimeError when called with another batch size than `len(grammars)` (beams or
     several sequences per prompt) or with an input that is not one token longer than on its previous call
-    (reused for another generation).
+    (reused for another generation). A decoder that drops ended rows from its batch says which stay with `keep`.
 
     `dead_ends` maps a batch row to a one-line reason why its text stopped short of a legitimate end:
     no token continues the grammar (the row may then only emit end of sequence, so its text ends there), or
@@ -837,6 +837,7 @@ class GrammarLogitsProcessor(LogitsProcessor):
         self.eos = tokenizer.eos_token_id
         self.grammars = grammars
         self.states: list[State | None] = [g.start for g in grammars]  # None once a row has ended
+        self.rows = list(range(len(grammars)))  # the batch row each state belongs to (fewer, once `keep` drops some)
         self.dead_ends: dict[int, str] = {}
         self._prompt_length: int | None = None  # input length at the first call
         self._length: int | None = None  # input length at the latest call
@@ -863,11 +864,17 @@ class GrammarLogitsProcessor(LogitsProcessor):
             elif not any_allowed:  # a dead end: end the text here, and say why it stopped
                 allowed[row, self.eos] = True
                 text = self._row_text(input_ids, row)
-                self.dead_ends[row] = (
+                self.dead_ends[self.rows[row]] = (
                     f"constrained decoding reached a dead end after {text[-_REASON_TAIL:]!r}"
                     " (no token continues the grammar)"
                 )
         return scores.masked_fill(~allowed, -math.inf)
+
+    def keep(self, positions: Sequence[int]) -> None:
+        """Follow only the rows at these positions of the current batch, in this order (the others have ended)."""
+        self.states = [self.states[i] for i in positions]
+        self.grammars = [self.grammars[i] for i in positions]
+        self.rows = [self.rows[i] for i in positions]
 
     def _check_lifetime(self, input_ids: torch.LongTensor) -> None:
         """Refuse a call that does not continue this processor's generation by one token."""
@@ -894,10 +901,11 @@ class GrammarLogitsProcessor(LogitsProcessor):
             text = self.texts[token] if token < len(self.texts) else None
             after = advance(state, text, grammar) if text is not None else None
             finished = after is None and token == self.eos and can_end(state, grammar)
-            if after is None and not finished and row not in self.dead_ends:
+            if after is None and not finished and self.rows[row] not in self.dead_ends:
                 written = self._row_text(input_ids[:, :-1], row)
                 shown = repr(text) if text is not None else f"special token {token}"
-                self.dead_ends[row] = f"sampled {shown}, which leaves the grammar, after {written[-_REASON_TAIL:]!r}"
+                self.dead_ends[self.rows[row]] = (
+                    f"sampled {shown}, which leaves the grammar, after {written[-_REASON_TAIL:]!r}")
             self.states[row] = after
 
     def _row_text(self, input_ids: torch.LongTensor, row: int) -> str:
@@ -969,10 +977,4 @@ class GrammarLogitsProcessor(LogitsProcessor):
             return mask
         mask = mask.clone()
         mask[torch.tensor(ids, device=mask.device)[torch.from_numpy(refused).to(mask.device)]] = False
-        return mask
-        too_close = ~_far_enough(state, np.array(values), grammar.min_distance)
-        if not too_close.any() or too_close.all():
-            return mask
-        mask = mask.clone()
-        mask[torch.tensor(ids, device=mask.device)[torch.from_numpy(too_close).to(mask.device)]] = False
         return mask

@@ -11,17 +11,17 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import torch
 from pymatgen.core import Structure
 from tqdm.auto import tqdm
-from transformers import LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from crystext.constants import MIN_INTERATOMIC_DISTANCE
 from crystext.grammar import DEFAULT_MAX_ATOMS, Grammar, GrammarLogitsProcessor, min_cell_volume
 from crystext.model import device, load_model, model_cell_formula, model_format
 from crystext.prompts import Attributes
+from crystext.sample.decode import Decoding, decode
 from crystext.sample.infill import Substitution, rank_substitutions
 from crystext.sample.samples_csv import SampleWriter, attempt_row
 from crystext.textformat import FormatOptions
@@ -125,7 +125,7 @@ class Sampler:
         self.cell_formula = cell_formula  # it reads a stated formula as the whole cell's (`TrainConfig.cell_formula`)
         self.model = model.to(self.device).eval()
         if self.device.type == "cpu":
-            # Decoding step by step with a preallocated cache, plain attention beats SDPA on a CPU
+            # Decoding a token at a time, plain attention beats SDPA on a CPU
             # (benchmarks/results/sample_default.md); on a GPU the fused kernel stays.
             self.model.set_attn_implementation("eager")
         self.tokenizer = tokenizer
@@ -139,7 +139,7 @@ class Sampler:
     def token_budget(self, max_atoms: int) -> int:
         """Tokens a crystal of `max_atoms` atoms may take: the count for the widest such text, with a margin.
 
-        It sizes the preallocated cache, whose length every decoding step pays for.
+        It bounds a completion's length, and so the KV cache the automatic batch is sized for.
         """
         options = self.text_format
         length = f"{88.8888:.{options.length_decimals}f}"
@@ -151,7 +151,7 @@ class Sampler:
         return math.ceil(TOKEN_MARGIN * len(self.tokenizer(widest, add_special_tokens=False)["input_ids"])) + 1
 
     def auto_batch_size(self, tokens: int) -> int:
-        """The batch whose preallocated KV cache of `tokens` positions fits the memory allowance (1 to AUTO_BATCH_MAX).
+        """The batch whose KV cache of `tokens` positions per row fits the memory allowance (1 to AUTO_BATCH_MAX).
 
         A small model on a CPU gets AUTO_BATCH_MAX; a 7B model on a GPU what a quarter of the GPU's memory holds.
         """
@@ -175,54 +175,29 @@ class Sampler:
         bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
         return bos + self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
 
-    @torch.no_grad()
     def generate(
         self, prompts: Sequence[str], grammars: Sequence[Grammar] | None, config: SampleConfig, seed: int
     ) -> list[Completion]:
-        """Complete each prompt once (batched, with KV cache); constrained when `grammars` is given.
-
-        A fresh grammar processor per call: it holds the state of each row of this batch.
-        """
+        """Complete each prompt once (batched, each row leaving the batch at its end: `decode`); constrained when
+        `grammars` is given. A fresh grammar processor per call: it holds the state of each row of this batch."""
         encoded = [self.prompt_ids(p) for p in prompts]
-        width = max(len(ids) for ids in encoded)
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in encoded], device=self.device)
-        attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], device=self.device)
         limit = self._new_tokens(config)
+        width = max(len(ids) for ids in encoded)
         limit = min(limit, getattr(self.model.config, "max_position_embeddings", limit + width) - width)
-        processors = LogitsProcessorList()
         grammar = None
         if grammars is not None:
             vocab = self.model.get_output_embeddings().weight.shape[0]
             grammar = GrammarLogitsProcessor(self.tokenizer, list(grammars), vocab)
-            processors.append(grammar)
+        unconditional = Attributes().to_prompt()
+        guide = config.guidance_scale != 1 and any(p != unconditional for p in prompts)
+        settings = Decoding(max_new_tokens=limit, eos=self.tokenizer.eos_token_id, pad=self.tokenizer.pad_token_id,
+                            temperature=config.temperature, top_p=config.top_p,
+                            guidance_scale=config.guidance_scale if guide else 1.0)
         torch.manual_seed(seed)
-        output = self.model.generate(
-            **self._guidance(prompts, config.guidance_scale),
-            input_ids=input_ids,
-            attention_mask=attention,
-            do_sample=True,
-            temperature=config.temperature,
-            top_p=config.top_p,
-            max_new_tokens=limit,
-            logits_processor=processors,
-            pad_token_id=pad,
-            eos_token_id=self.tokenizer.eos_token_id,
-            cache_implementation="static",  # preallocated: a growing cache is copied at every token
-        )
-        texts = self.tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
+        output = decode(self.model, encoded, settings, grammar, self.prompt_ids(unconditional) if guide else None)
+        texts = self.tokenizer.batch_decode(output, skip_special_tokens=True)
         dead_ends = grammar.dead_ends if grammar is not None else {}
         return [Completion(text, dead_ends.get(row, "")) for row, text in enumerate(texts)]
-
-    def _guidance(self, prompts: Sequence[str], scale: float) -> dict[str, Any]:
-        """transformers' classifier-free guidance arguments: the unconditional prompt as the negative branch (none
-        at scale 1, or when no prompt states anything)."""
-        unconditional = Attributes().to_prompt()
-        if scale == 1 or all(p == unconditional for p in prompts):
-            return {}
-        ids = torch.tensor([self.prompt_ids(unconditional)] * len(prompts), device=self.device)
-        return {"guidance_scale": scale, "negative_prompt_ids": ids,
-                "negative_prompt_attention_mask": torch.ones_like(ids)}
 
     def sample(
         self,

@@ -1,0 +1,102 @@
+"""Batched sampling that drops each sequence from the batch as soon as it ends.
+
+transformers' `generate` runs every row of a batch until the longest has ended: a 4-atom crystal (about 47
+tokens) waits, and is computed on, while a 20-atom one in the same batch takes 200. Here a row leaves the batch,
+and its keys and values the cache, at its end token, so a batch costs about the tokens its rows write
+(benchmarks/results/sample_decode.md measures the difference).
+
+The sampling itself is `generate`'s: the grammar's mask first, then temperature, top-k and top-p,
+and one multinomial draw per row; classifier-free guidance mixes log-probabilities as transformers'
+`UnbatchedClassifierFreeGuidanceLogitsProcessor` does, with the unconditional prompts decoded in the same batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import (
+    DynamicCache,
+    LogitsProcessorList,
+    PreTrainedModel,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from crystext.grammar import GrammarLogitsProcessor
+
+__all__ = ["TOP_K", "Decoding", "decode", "guided"]
+
+#: Tokens kept before top-p: transformers' default, which every crystext sample before its own loop was drawn with.
+TOP_K = 50
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """What a decode needs besides the model and prompts: the sampling settings and the special tokens."""
+
+    max_new_tokens: int
+    eos: int
+    pad: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    guidance_scale: float = 1.0
+
+
+def guided(conditional: torch.Tensor, unconditional: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance: log p(x|c) + (scale - 1) (log p(x|c) - log p(x)), from the two branches' logits."""
+    conditional, unconditional = conditional.log_softmax(-1), unconditional.log_softmax(-1)
+    return scale * (conditional - unconditional) + unconditional
+
+
+@torch.no_grad()
+def decode(
+    model: PreTrainedModel,
+    prompts: list[list[int]],
+    settings: Decoding,
+    grammar: GrammarLogitsProcessor | None = None,
+    negative: list[int] | None = None,
+) -> torch.Tensor:
+    """Sample one completion of each prompt (token ids, left-padded together); returns the new tokens per row,
+    `pad` after a row's end token. `grammar` (one grammar per prompt) masks each live row's next token and follows
+    the rows that stay; with `negative` (the unconditional prompt) each row is guided away from it by the scale."""
+    device = model.device
+    batch = len(prompts)
+    branches = [*prompts, *([negative] * batch)] if negative is not None and settings.guidance_scale != 1 else prompts
+    width = max(len(ids) for ids in branches)
+    input_ids = torch.tensor([[settings.pad] * (width - len(ids)) + ids for ids in branches], device=device)
+    attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in branches], device=device)
+    warpers = LogitsProcessorList([*([grammar] if grammar else []), TemperatureLogitsWarper(settings.temperature),
+                                   TopKLogitsWarper(TOP_K), TopPLogitsWarper(settings.top_p)])
+    sequences = torch.full((batch, width + settings.max_new_tokens), settings.pad, dtype=torch.long, device=device)
+    sequences[:, :width] = input_ids[:batch]
+    rows = torch.arange(batch, device=device)  # the batch row of each live sequence
+    cache = DynamicCache(config=model.config)
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    step_ids, step_positions = input_ids, positions
+    for step in range(settings.max_new_tokens):
+        logits = model(input_ids=step_ids, attention_mask=attention, position_ids=step_positions,
+                       past_key_values=cache, use_cache=True).logits[:, -1].float()
+        live = len(rows)
+        scores = guided(logits[:live], logits[live:], settings.guidance_scale) if len(logits) > live else logits
+        scores = warpers(sequences[rows, : width + step], scores)
+        token = torch.multinomial(scores.softmax(-1), 1).squeeze(1)
+        sequences[rows, width + step] = token
+        going = token != settings.eos
+        if not going.all():
+            if not going.any():
+                break
+            keep = going.nonzero().squeeze(1)
+            if grammar is not None:
+                grammar.keep(keep.tolist())
+            rows, token = rows[keep], token[keep]
+            branch = torch.cat([keep, keep + live]) if len(logits) > live else keep
+            cache.batch_select_indices(branch)
+            attention, positions = attention[branch], positions[branch]
+        both = token.repeat(len(attention) // len(token))  # the guided token feeds the unconditional branch too
+        step_ids = both[:, None]
+        positions = positions[:, -1:] + 1
+        step_positions = positions
+        attention = torch.cat([attention, attention.new_ones(len(attention), 1)], 1)
+    return sequences[:, width:]
