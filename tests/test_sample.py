@@ -72,7 +72,7 @@ def test_automatic_batch_fits_the_kv_cache_in_the_memory_allowance(sampler, monk
     # keys and values, every layer and head: bytes one sequence of 100 positions caches
     per_sequence = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * 100
     per_sequence *= sampler.model.dtype.itemsize
-    assert sampler.auto_batch_size(100) == 256  # a tiny model on a CPU: the cap
+    assert sampler.auto_batch_size(100) == sampler_module.AUTO_BATCH_MAX == 512  # a tiny model on a CPU: the cap
     monkeypatch.setattr(sampler_module, "AUTO_CACHE_CPU_BYTES", 10 * per_sequence + 1)
     assert sampler.auto_batch_size(100) == 10
     assert sampler.auto_batch_size(100_000) == 1  # never zero, however long the crystals
@@ -97,7 +97,7 @@ def test_last_batch_is_sized_to_the_structures_still_wanted(sampler, tmp_path, m
     assert sizes == [5, 3]  # 2 still wanted after the first batch, plus one spare; not a second batch of 5
     sizes.clear()
     sampler.sample(small(n=3, batch_size=None), tmp_path / "auto.csv", progress=False)
-    assert sizes == [4]  # the automatic batch is 256, but 3 structures need only 3 + 1 attempts
+    assert sizes == [4]  # the automatic batch is 512, but 3 structures need only 3 + 1 attempts
 
 
 def test_token_budget_counts_whole_number_tokens(sampler) -> None:

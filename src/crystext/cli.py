@@ -192,7 +192,7 @@ def _sample_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--out", type=Path, default=Path("samples.csv"), help="samples CSV (one row per attempt)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run up to -n")
     parser.add_argument("--batch-size", type=int,
-                        help="sequences decoded together (default: as many as fit in memory, at most 256)")
+                        help="sequences decoded together (default: as many as fit in memory, at most 512)")
     parser.add_argument("--temperature", type=float, default=SampleConfig.temperature)
     parser.add_argument("--top-p", type=float, default=SampleConfig.top_p)
     parser.add_argument("--seed", type=int, default=SampleConfig.seed)
