@@ -840,11 +840,12 @@ _REASON_TAIL = 40
 class GrammarLogitsProcessor(LogitsProcessor):
     """Masks tokens that would take each sequence out of the crystal grammar (one grammar per batch row).
 
-    Lifetime: it holds the grammar state of each row, so build a fresh one for every `generate` call. It
-    reads the token generate appended since its previous call, so it must see every step of one generation
-    in turn; it raises RuntimeError when called with another batch size than `len(grammars)` (beams or
-    several sequences per prompt) or with an input that is not one token longer than on its previous call
-    (reused for another generation). A decoder that drops ended rows from its batch says which stay with `keep`.
+    Lifetime: it holds the grammar state of each row, so build a fresh one for every generation (a
+    `crystext.sample.decode` or a transformers `generate` call). It reads the token appended since its previous
+    call, so it must see every step of one generation in turn; it raises RuntimeError when called with another
+    batch size than `len(grammars)` (beams or several sequences per prompt) or with an input that is not one token
+    longer than on its previous call (reused for another generation). A decoder that drops ended rows from its
+    batch says which stay with `keep`.
 
     `dead_ends` maps a batch row to a one-line reason why its text stopped short of a legitimate end:
     no token continues the grammar (the row may then only emit end of sequence, so its text ends there), or
@@ -912,7 +913,7 @@ class GrammarLogitsProcessor(LogitsProcessor):
             )
 
     def _advance_rows(self, input_ids: torch.LongTensor) -> None:
-        """Move each live row's state past the token generate appended; a row ends on a token the grammar
+        """Move each live row's state past the token appended since the last call; a row ends on a token the grammar
         cannot take, recorded in `dead_ends` unless it is the end token where the text may end."""
         for row, token in enumerate(input_ids[:, -1].tolist()):
             state = self.states[row]

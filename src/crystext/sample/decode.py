@@ -3,7 +3,9 @@
 transformers' `generate` runs every row of a batch until the longest has ended: a 4-atom crystal (about 47
 tokens) waits, and is computed on, while a 20-atom one in the same batch takes 200. Here a row leaves the batch,
 and its keys and values the cache, at its end token, so a batch costs about the tokens its rows write
-(benchmarks/results/sample_decode.md measures the difference).
+(benchmarks/results/sample_both3_decode.md against sample_both3_generate.md). Working out the grammar's mask in
+a thread while the model computes the logits was tried and gained nothing on 2 cores, where the model's own two
+threads fill them.
 
 The sampling itself is `generate`'s: the grammar's mask first, then temperature, top-k and top-p,
 and one multinomial draw per row; classifier-free guidance mixes log-probabilities as transformers'
@@ -94,9 +96,7 @@ def decode(
             branch = torch.cat([keep, keep + live]) if len(logits) > live else keep
             cache.batch_select_indices(branch)
             attention, positions = attention[branch], positions[branch]
-        both = token.repeat(len(attention) // len(token))  # the guided token feeds the unconditional branch too
-        step_ids = both[:, None]
-        positions = positions[:, -1:] + 1
-        step_positions = positions
+        step_ids = token.repeat(len(attention) // len(token))[:, None]  # the unconditional branch follows too
+        positions = step_positions = positions[:, -1:] + 1
         attention = torch.cat([attention, attention.new_ones(len(attention), 1)], 1)
     return sequences[:, width:]

@@ -29,7 +29,8 @@ from crystext.textformat import FormatOptions
 #: Head room over the token count of the widest crystal text, when no token limit is given.
 TOKEN_MARGIN = 1.1
 #: Largest batch chosen automatically: rows leave the batch as they end, so a larger one keeps more rows busy; past it
-#: a CPU gains nothing (benchmarks/results/sample_both3_decode.md: 7.5 valid/s at 256, 9.5 at 512, 9.0 at 1,000).
+#: a CPU gains nothing (benchmarks/results/sample_both3_decode.md: 7.5 valid/s at 256, 9.5 at 512; 1,000 ad hoc no
+#: better).
 AUTO_BATCH_MAX = 512
 #: Memory an automatic batch's KV cache may take: this many bytes on a CPU, this share of the GPU's memory
 #: (its total, not what is free at the moment, so the same GPU always gets the same batch and the same samples).
