@@ -14,6 +14,7 @@ and one multinomial draw per row; classifier-free guidance mixes log-probabiliti
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -75,11 +76,12 @@ def decode(
     sequences[:, :width] = input_ids[:batch]
     rows = torch.arange(batch, device=device)  # the batch row of each live sequence
     cache = DynamicCache(config=model.config)
+    cache_name = _cache_argument(model)
     positions = (attention.cumsum(-1) - 1).clamp(min=0)
     step_ids, step_positions = input_ids, positions
     for step in range(settings.max_new_tokens):
         logits = model(input_ids=step_ids, attention_mask=attention, position_ids=step_positions,
-                       past_key_values=cache, use_cache=True).logits[:, -1].float()
+                       use_cache=True, **{cache_name: cache}).logits[:, -1].float()
         live = len(rows)
         scores = guided(logits[:live], logits[live:], settings.guidance_scale) if len(logits) > live else logits
         scores = warpers(sequences[rows, : width + step], scores)
@@ -100,3 +102,10 @@ def decode(
         positions = step_positions = positions[:, -1:] + 1
         attention = torch.cat([attention, attention.new_ones(len(attention), 1)], 1)
     return sequences[:, width:]
+
+
+def _cache_argument(model: PreTrainedModel) -> str:
+    """The name the model's forward takes its cache by: `cache` in transformers from 5.24 (`past_key_values`, which
+    older models take, is deprecated there and goes in 5.40); a LoRA model is asked of the model it wraps."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
