@@ -78,9 +78,9 @@ def decode(
     cache = DynamicCache(config=model.config)
     cache_name = _cache_argument(model)
     positions = (attention.cumsum(-1) - 1).clamp(min=0)
-    step_ids, step_positions = input_ids, positions
+    step_ids = input_ids
     for step in range(settings.max_new_tokens):
-        logits = model(input_ids=step_ids, attention_mask=attention, position_ids=step_positions,
+        logits = model(input_ids=step_ids, attention_mask=attention, position_ids=positions,
                        use_cache=True, **{cache_name: cache}).logits[:, -1].float()
         live = len(rows)
         scores = guided(logits[:live], logits[live:], settings.guidance_scale) if len(logits) > live else logits
@@ -99,7 +99,7 @@ def decode(
             cache.batch_select_indices(branch)
             attention, positions = attention[branch], positions[branch]
         step_ids = token.repeat(len(attention) // len(token))[:, None]  # the unconditional branch follows too
-        positions = step_positions = positions[:, -1:] + 1
+        positions = positions[:, -1:] + 1
         attention = torch.cat([attention, attention.new_ones(len(attention), 1)], 1)
     return sequences[:, width:]
 
