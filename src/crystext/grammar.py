@@ -255,7 +255,7 @@ def _step_group(state: State, char: str, grammar: Grammar) -> State | None:
     if char == "\n":
         return State(group=int(state.partial)) if state.partial and int(state.partial) in _groups(grammar) else None
     partial = state.partial + char
-    if not (char.isdigit() and partial[0] != "0" and any(str(g).startswith(partial) for g in _groups(grammar))):
+    if partial not in _numeral_prefixes(_groups(grammar)):
         return None
     return _changed(state, partial=partial)
 
