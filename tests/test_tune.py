@@ -130,6 +130,7 @@ def test_rounds_move_a_tiny_model_toward_a_synthetic_reward_and_keep_every_round
     assert set(info["tuned"]) == {"round_1", "round_2"}
     card = (last / "README.md").read_text()
     assert card.count("## Post-training (crystext tune)") == 1 and "| 2 | " in card and "reference: start" in card
+    assert f"from `{model_dir}`" in card  # the run's starting model, not the round's
 
 
 def test_a_run_killed_mid_round_resumes_to_the_uninterrupted_state(model_dir, tmp_path) -> None:

@@ -438,13 +438,14 @@ def update_model(config: TuneConfig, number: int, model: Path | None, pairs: Seq
     return summary
 
 
-def model_card(start: Path | None, config: TuneConfig, rounds: Mapping[str, Any]) -> str:
-    """The starting model's card with what post-training did to it: the run's settings and every round's update."""
+def model_card(model: Path | None, config: TuneConfig, rounds: Mapping[str, Any]) -> str:
+    """The card of the run's starting model (read from `model`, the round's, which carries it) with what
+    post-training did to it: the run's settings and every round's update."""
     from crystext.model import DEFAULT_MODEL_DIR
 
-    card = (start or DEFAULT_MODEL_DIR) / "README.md"
+    card = (model or DEFAULT_MODEL_DIR) / "README.md"
     text = card.read_text().split(TUNED_HEADING)[0].rstrip() if card.is_file() else "# crystext model"
-    lines = [f"{TUNED_HEADING}\n", f"Post-trained by `crystext tune` from `{start or 'the shipped model'}` "
+    lines = [f"{TUNED_HEADING}\n", f"Post-trained by `crystext tune` from `{config.model or 'the shipped model'}` "
              f"(run folder `{config.out}`; its tune.json holds every setting, each round folder its samples, "
              f"scores, pairs and metrics): trl's DPO, beta {config.beta}, learning rate {config.learning_rate}, "
              f"{config.epochs} epoch(s) a round over {config.attempts} attempts' pairs, reference: {config.reference} "
