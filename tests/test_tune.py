@@ -70,6 +70,11 @@ def test_pairs_within_a_size_bin_compare_like_with_like() -> None:
     assert [(p["chosen_id"], p["rejected_id"]) for p in within] == [("a", "c"), ("b", "d")]
     assert written_sites("5.0 5.0 5.0\n90 90 90\nNa\n0.0 0.0 0.0\nCl\n0.5 0.5 0.5\nCl\n0.5") == 3
     assert written_sites("5.0 5.0 5.0\n90 90 90\nXx\n0.0 0.0 0.0\n") == 0
+    # The site-count forms the shipped model writes ("Au2" then "Au1"): each labelled line is one site, so the
+    # size bins pair a 4-site cell only with cells of about its size (this once counted 0 sites, one bin for all).
+    heusler = "6.0 6.0 6.0\n60 60 60\nY1\n0.50 0.50 0.50\nCd1\n0.00 0.00 0.00\nAu2\n0.75 0.75 0.75\nAu1\n0.25 0.25 0.25"
+    assert written_sites(heusler) == 4
+    assert written_sites(heusler.replace("Au2", "Au 2").replace("Au1", "Au 1")) == 4
 
 
 def sites(text: str) -> int | None:

@@ -32,7 +32,7 @@ from crystext.prompts import Attributes
 from crystext.report import TUNE_RATES, tune_report
 from crystext.sample import SampleConfig, Sampler
 from crystext.stability import HullReference, StabilityConfig, read_rows, relax_and_place
-from crystext.textformat import ELEMENT_SYMBOLS
+from crystext.textformat import ELEMENT_SYMBOLS, element_line_symbol
 
 #: What each round folder holds when the round is done (metrics.json last).
 ROUND_FILES = ("samples.csv", "scores.csv", "pairs.jsonl", "model", "metrics.json")
@@ -273,8 +273,9 @@ class StabilityScorer:
 
 
 def written_sites(text: str) -> int:
-    """How many sites a crystal text lists, read or not: its lines after the lattice that are element symbols."""
-    return sum(1 for line in text.splitlines()[2:] if line.strip() in ELEMENT_SYMBOLS)
+    """How many sites a crystal text lists, read or not: its lines after the lattice that are element lines ("Fe";
+    "Fe3" or "Fe 3" in the site-count forms)."""
+    return sum(1 for line in text.splitlines()[2:] if element_line_symbol(line.strip()) in ELEMENT_SYMBOLS)
 
 
 def preference_pairs(
