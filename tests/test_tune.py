@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -92,9 +93,12 @@ class FewerSites:
 
     def __init__(self, stop_on_call: int | None = None) -> None:
         self.calls, self.stop_on_call = 0, stop_on_call
+        self.probes: list[Path | None] = []
 
-    def __call__(self, samples: Path, folder: Path, earlier: Sequence[Path] = ()) -> tuple[pd.DataFrame, dict]:
+    def __call__(self, samples: Path, folder: Path, earlier: Sequence[Path] = (),
+                 probe: Path | None = None) -> tuple[pd.DataFrame, dict]:
         self.calls += 1
+        self.probes.append(probe)
         assert [p.parent.name for p in earlier] == [f"round_{n:03d}" for n in range(1, len(earlier) + 1)]
         if self.calls == self.stop_on_call:
             raise KeyboardInterrupt
@@ -154,11 +158,24 @@ def test_a_run_killed_mid_round_resumes_to_the_uninterrupted_state(model_dir, tm
             tmp_path / "killed" / "round_002" / name).read_text()
 
 
+def test_a_probe_is_sampled_apart_from_the_rounds_attempts_and_handed_to_the_scorer(model_dir, tmp_path) -> None:
+    scorer = FewerSites()
+    tune(replace(tiny_tune(tmp_path / "run", model_dir, rounds=1), probe=24), scorer, progress=False)
+    folder = tmp_path / "run" / "round_001"
+    assert scorer.probes == [folder / "probe.csv"]
+    probe = pd.read_csv(folder / "probe.csv", dtype=str, keep_default_na=False)
+    attempts = pd.read_csv(folder / "samples.csv", dtype=str, keep_default_na=False)
+    assert len(probe) == 24 and len(attempts) == 64
+    assert probe["raw_text"].tolist() != attempts["raw_text"].tolist()[:24]  # its own seed, not the round's draws
+
+
 def test_tune_settings_refuse_what_makes_no_sense(tmp_path) -> None:
     with pytest.raises(ValueError, match="reference must be 'round' or 'start', got 'base'"):
         TuneConfig(out=tmp_path, reference="base")
     with pytest.raises(ValueError, match="pair_size_bin must be >= 0"):
         TuneConfig(out=tmp_path, pair_size_bin=-1)
+    with pytest.raises(ValueError, match="probe must be >= 0"):
+        TuneConfig(out=tmp_path, probe=-1)
     with pytest.raises(ValueError, match="attempts must be at least 1, got 0"):
         TuneConfig(out=tmp_path, attempts=0)
     with pytest.raises(ValueError, match="repeat_scope must be one of round, run, got 'epoch'"):
@@ -225,6 +242,19 @@ def test_stability_scorer_rewards_stable_new_crystals_over_repeats_known_and_inv
         penalty = rewards.repeat_penalty if s0_penalised else 0.0
         assert table.at["s0", "reward"] == pytest.approx(-min(max(e["s0"], 0), 1.0) - penalty)
         assert table.at["s2", "reward"] == pytest.approx(-min(max(e["s0"], 0), 1.0) - rewards.repeat_penalty)
+
+    # A probe (the round model's further attempts, not relaxed) that also wrote the second crystal: the second now
+    # pays the repeat penalty beside its known penalty, and probe_repeats counts it (1 of 3 valid).
+    probe = tmp_path / "probe.csv"
+    SampleWriter(probe, resume=False).append([attempt_row("p0", "unconditional", {}, texts[1])])
+    scorer.reward = RewardConfig()
+    table, metrics = scorer(samples, tmp_path, [], probe)
+    table = table.set_index("id")
+    assert table["off_probe"].tolist() == [True, False, True, False]
+    assert metrics["probe_repeats"] == pytest.approx(1 / 3)
+    assert table.at["s1", "reward"] == pytest.approx(
+        -min(max(e["s1"], 0), 1.0) - rewards.known_penalty - rewards.repeat_penalty)
+    assert table.at["s0", "reward"] == pytest.approx(-min(max(e["s0"], 0), 1.0))
 
 
 def test_tune_command_runs_rounds_writes_a_report_and_names_bad_settings(model_dir, shared_data, tmp_path,

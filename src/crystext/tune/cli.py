@@ -15,7 +15,7 @@ __all__ = ["HELP", "add_arguments", "run"]
 
 HELP = "post-train a model toward stable crystals: rounds of sample, relax and score, then DPO"
 #: Settings fields and the flags that set them, to name the flag when a setting is refused.
-_FLAGS = option_flags(("rounds", "attempts", "min_margin", "pair_size_bin", "beta", "learning_rate", "epochs",
+_FLAGS = option_flags(("rounds", "attempts", "probe", "min_margin", "pair_size_bin", "beta", "learning_rate", "epochs",
                        "sft_weight", "temperature", "top_p", "max_atoms", "min_distance", "seed", "hull_cap",
                        "repeat_penalty", "repeat_scope", "known_penalty", "balance_weight", "invalid"),
                       batch_size="--update-batch")
@@ -35,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     rounds = parser.add_argument_group("rounds")
     rounds.add_argument("--rounds", type=int, default=TuneConfig.rounds)
     rounds.add_argument("--attempts", type=int, default=TuneConfig.attempts, help="attempts sampled per round")
+    rounds.add_argument("--probe", type=int, default=TuneConfig.probe,
+                        help="further attempts sampled per round and never relaxed: a crystal one of them also writes "
+                        "pays the repeat penalty, so repeats are seen as a large evaluation sees them (0: none)")
     rounds.add_argument("--temperature", type=float, default=SampleConfig.temperature)
     rounds.add_argument("--top-p", type=float, default=SampleConfig.top_p)
     rounds.add_argument("--max-atoms", type=int, default=SampleConfig.max_atoms)
@@ -90,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
         sample = SampleConfig(temperature=args.temperature, top_p=args.top_p, max_atoms=args.max_atoms,
                               batch_size=args.sample_batch, min_distance=args.min_distance or None,
                               constrained=not args.no_constraint)
-        config = TuneConfig(out=args.out, model=args.model, rounds=args.rounds, attempts=args.attempts, sample=sample,
+        config = TuneConfig(out=args.out, model=args.model, rounds=args.rounds, attempts=args.attempts,
+                            probe=args.probe, sample=sample,
                             min_margin=args.min_margin, beta=args.beta, learning_rate=args.learning_rate,
                             epochs=args.epochs, batch_size=args.update_batch, sft_weight=args.sft_weight,
                             pair_size_bin=args.pair_size_bin, reference=args.reference,

@@ -134,6 +134,9 @@ class TuneConfig:
     model: Path | None = None  # a `crystext train` directory; None: the shipped default model
     rounds: int = 4
     attempts: int = 256  # attempts sampled per round, valid or not
+    # Attempts sampled per round beside `attempts`, never relaxed: a crystal one of them also writes counts as a
+    # repeat, so the reward sees the repeats a 1,000-sample evaluation would (a round of a few hundred sees few)
+    probe: int = 0
     sample: SampleConfig = field(default_factory=SampleConfig)  # n and max_attempts are set from `attempts`
     min_margin: float = 0.1  # reward gap below which a pair teaches nothing and is left out
     # Pair only attempts whose cells list a number of sites in one bin of this width (0: any two), so that pairs
@@ -155,6 +158,8 @@ class TuneConfig:
             raise ValueError(f"reference must be 'round' or 'start', got {self.reference!r}")
         if self.pair_size_bin < 0:
             raise ValueError(f"pair_size_bin must be >= 0 (0: pairs across cell sizes), got {self.pair_size_bin}")
+        if self.probe < 0:
+            raise ValueError(f"probe must be >= 0 (0: no probe), got {self.probe}")
         for name in ("rounds", "attempts", "epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -169,6 +174,11 @@ class TuneConfig:
         return replace(self.sample, n=self.attempts, max_attempts=self.attempts,
                        seed=self.seed * ROUND_SEED_STRIDE + number)
 
+    def probe_sample_config(self, number: int) -> SampleConfig:
+        """The sampling settings of round `number`'s probe: `probe` attempts, seeded apart from every round's."""
+        return replace(self.sample, n=self.probe, max_attempts=self.probe,
+                       seed=self.seed * ROUND_SEED_STRIDE + ROUND_SEED_STRIDE // 2 + number)
+
     def settings(self) -> dict[str, Any]:
         """What decides the run's results, as JSON (a resumed run must have the same)."""
         return json.loads(json.dumps(asdict(self), default=str))
@@ -178,11 +188,12 @@ class Scorer(Protocol):
     """Scores a round's samples: a table with one row per attempt (`id`, `reward`, any other columns) and metrics.
 
     `folder` is the round's folder, for anything the scorer wants to keep and resume (a stability CSV); `earlier`
-    the samples CSVs of the run's earlier rounds, oldest first (what a crystal may repeat).
+    the samples CSVs of the run's earlier rounds, oldest first (what a crystal may repeat); `probe` the CSV of the
+    round model's further attempts (`TuneConfig.probe`), or None.
     """
 
-    def __call__(self, samples: Path, folder: Path, earlier: Sequence[Path] = ()) -> tuple[pd.DataFrame,
-                                                                                            dict[str, Any]]: ...
+    def __call__(self, samples: Path, folder: Path, earlier: Sequence[Path] = (),
+                 probe: Path | None = None) -> tuple[pd.DataFrame, dict[str, Any]]: ...
 
 
 class StabilityScorer:
@@ -190,8 +201,9 @@ class StabilityScorer:
 
     Valid (structurally and compositionally) crystals are relaxed through `relax_and_place` (the round's
     stability.csv, resumable); uniqueness and novelty are `crystext.evaluate.sun`'s, on the crystals as
-    generated; the metrics are its rates (metastable, stable and S.U.N. over every attempt), and `new_to_run`, the
-    share of valid crystals that no earlier round of the run wrote.
+    generated; the metrics are its rates (metastable, stable and S.U.N. over every attempt), `new_to_run`, the
+    share of valid crystals that no earlier round of the run wrote, and with a probe `probe_repeats`, the share that
+    one of the probe's attempts also wrote (each such crystal pays the repeat penalty).
     """
 
     def __init__(self, reference: HullReference, training: Sequence, stability: StabilityConfig | None = None,
@@ -213,8 +225,8 @@ class StabilityScorer:
             "reward": asdict(self.reward), "backend": self.stability.backend, "relax": asdict(self.stability.relax),
             "hull": self.reference.summary(), "training_structures": self.n_training}, default=str))
 
-    def __call__(self, samples: Path, folder: Path, earlier: Sequence[Path] = ()) -> tuple[pd.DataFrame,
-                                                                                            dict[str, Any]]:
+    def __call__(self, samples: Path, folder: Path, earlier: Sequence[Path] = (),
+                 probe: Path | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
         from crystext.data import Dataset, Record
         from crystext.evaluate.sun import (
             KnownStructures,
@@ -239,14 +251,23 @@ class StabilityScorer:
         table = pd.DataFrame({"id": ids, "valid": [rid in structures for rid in ids]})
         table["e_above_hull"] = [float(relaxed.at[rid, "e_above_hull"]) if rid in structures else math.nan
                                  for rid in ids]
-        written = KnownStructures.from_structures([s for path in earlier for _, s in parsed_structures(path)
-                                                   if is_valid(s)])
-        for name, flags in (("unique", unique_flags(generated, formulas)),
-                            ("novel", novel_flags(generated, formulas, self.known)),
-                            ("new_to_run", novel_flags(generated, formulas, written))):
-            table[name] = table["id"].map(dict(zip(valid, flags))).eq(True)
-        # The reward's "unique": not a repeat within the scope the reward asks for
+
+        def written(paths: Sequence[Path]) -> KnownStructures:
+            return KnownStructures.from_structures([s for path in paths for _, s in parsed_structures(path)
+                                                    if is_valid(s)])
+
+        def per_attempt(flags: Sequence[bool]) -> pd.Series:  # one flag per valid crystal -> per attempt
+            return table["id"].map(dict(zip(valid, flags))).eq(True)
+
+        table["unique"] = per_attempt(unique_flags(generated, formulas))
+        table["novel"] = per_attempt(novel_flags(generated, formulas, self.known))
+        table["new_to_run"] = per_attempt(novel_flags(generated, formulas, written(earlier)))
+        if probe:
+            table["off_probe"] = per_attempt(novel_flags(generated, formulas, written([probe])))
+        # The reward's "unique": not a repeat within the scope the reward asks for, nor of a probe attempt
         fresh = table["unique"] & (table["new_to_run"] if self.reward.repeat_scope == "run" else True)
+        if probe:
+            fresh &= table["off_probe"]
         values = [feature_values(s) for s in generated]
         for feature in BALANCE_FEATURES:
             excess = over_representation([v[feature] for v in values], self.training_shares[feature], self.n_training)
@@ -264,6 +285,8 @@ class StabilityScorer:
                    "uniqueness": float(table["unique"].sum() / n_valid) if n_valid else math.nan,
                    "novelty": float(table["novel"].sum() / n_valid) if n_valid else math.nan,
                    "new_to_run": float(table["new_to_run"].sum() / n_valid) if n_valid else math.nan,
+                   **({"probe_repeats": float((table["valid"] & ~table["off_probe"]).sum() / n_valid)
+                       if n_valid else math.nan} if probe else {}),
                    **{k: rates[k] for k in ("metastable_rate", "stable_rate", "sun_rate", "msun_rate",
                                              "mean_e_above_hull")},
                    "mean_excess": float(table.loc[table["valid"], "excess"].mean()) if n_valid else math.nan,
@@ -354,9 +377,12 @@ def run_round(config: TuneConfig, number: int, model: Path | None, folder: Path,
     samples = folder / "samples.csv"
     sampler = Sampler.from_pretrained(model)
     sampler.sample(config.round_sample_config(number), samples, resume=samples.exists(), progress=progress)
+    probe = folder / "probe.csv" if config.probe else None
+    if probe:
+        sampler.sample(config.probe_sample_config(number), probe, resume=probe.exists(), progress=progress)
     del sampler
     earlier = [round_folder(config.out, n) / "samples.csv" for n in range(1, number)]
-    table, scored = scorer(samples, folder, earlier)
+    table, scored = scorer(samples, folder, earlier, probe)
     attempts = pd.read_csv(samples, dtype=str, keep_default_na=False)
     table = attempts[["id", "conditions", "raw_text"]].merge(table, on="id", how="left", validate="one_to_one")
     write_atomic(folder / "scores.csv", table.to_csv(index=False))
