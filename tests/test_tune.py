@@ -20,7 +20,7 @@ from crystext.sample.samples_csv import SampleWriter, attempt_row
 from crystext.stability import RelaxConfig, StabilityConfig, shipped_reference
 from crystext.textformat import CrystalText, CrystalTextError
 from crystext.tune import RewardConfig, StabilityScorer, TuneConfig, TuneError, preference_pairs, read_rounds, tune
-from crystext.tune.rounds import changed_settings, feature_shares, over_representation, written_sites
+from crystext.tune.rounds import changed_settings, feature_shares, over_representation, round_line, written_sites
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -167,6 +167,13 @@ def test_a_probe_is_sampled_apart_from_the_rounds_attempts_and_handed_to_the_sco
     attempts = pd.read_csv(folder / "samples.csv", dtype=str, keep_default_na=False)
     assert len(probe) == 24 and len(attempts) == 64
     assert probe["raw_text"].tolist() != attempts["raw_text"].tolist()[:24]  # its own seed, not the round's draws
+
+
+def test_a_rounds_log_line_shows_the_rates_its_scorer_gave() -> None:
+    metrics = {"round": 2, "attempts": 192, "pairs": 80, "reward_mean": -0.4871, "metastable_rate": 0.5573,
+               "probe_repeats": 0.125, "uniqueness": math.nan}
+    assert round_line(metrics) == ("round 2: 192 attempts, 80 pairs, mean reward -0.487; metastable 55.7%, "
+                                   "written by the probe too 12.5%")
 
 
 def test_tune_settings_refuse_what_makes_no_sense(tmp_path) -> None:
