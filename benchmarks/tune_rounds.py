@@ -22,6 +22,8 @@ COLUMNS = (("attempts", "attempts"), ("valid_rate", "valid"), ("metastable_rate"
            ("new_to_run", "new to the run (of valid)"), ("novelty", "novel (of valid)"),
            ("mean_e_above_hull", "mean E_hull"), ("reward_mean", "mean reward"),
            ("pairs", "pairs"))
+#: Columns only a run with a probe (`crystext tune --probe`) has.
+PROBE_COLUMNS = (("probe_repeats", "written by the probe too (of valid)"),)
 
 
 def main() -> int:
@@ -38,18 +40,19 @@ def main() -> int:
     rounds = read_rounds(args.run)
     command = " ".join(["python", *sys.argv])
     record = {"machine": machine(), "command": command, "run": str(args.run), "settings": settings, "rounds": rounds}
+    columns = COLUMNS + (PROBE_COLUMNS if any("probe_repeats" in r for r in rounds) else ())
 
     lines = [f"# crystext tune, run {args.name}: rounds", "", describe(record["machine"], command), "",
              "Each round samples with the model the earlier rounds tuned (round 1: the starting model), relaxes the "
              "valid attempts (CHGNet, steps budget, shipped offline hull unless the settings say otherwise), "
              "pairs them and runs one DPO update. Rates over all attempts except unique and novel (over the "
              "valid); S.U.N. by `crystext.evaluate.sun`'s one definition against the --train structures.", "",
-             "| round | " + " | ".join(h for _, h in COLUMNS) + " | DPO loss first -> last | reward accuracy |",
-             "|---:|" + "---:|" * (len(COLUMNS) + 2)]
+             "| round | " + " | ".join(h for _, h in columns) + " | DPO loss first -> last | reward accuracy |",
+             "|---:|" + "---:|" * (len(columns) + 2)]
     for r in rounds:
         update = r.get("update", {})
         loss = f"{cell(update.get('loss_first'))} -> {cell(update.get('loss_last'))}" if update.get("steps") else "–"
-        lines.append(f"| {r['round']} | " + " | ".join(cell(r.get(k)) for k, _ in COLUMNS)
+        lines.append(f"| {r['round']} | " + " | ".join(cell(r.get(k)) for k, _ in columns)
                      + f" | {loss} | {cell(update.get('reward_accuracy_last'))} |")
     lines += ["", "Settings (tune.json): `" + json.dumps(settings) + "`"]
     if args.note:
