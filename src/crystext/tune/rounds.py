@@ -34,11 +34,10 @@ from crystext.sample import SampleConfig, Sampler
 from crystext.stability import HullReference, StabilityConfig, read_rows, relax_and_place
 from crystext.textformat import ELEMENT_SYMBOLS, element_line_symbol
 
-#: What each round folder holds when the round is done (metrics.json last).
-ROUND_FILES = ("samples.csv", "scores.csv", "pairs.jsonl", "model", "metrics.json")
 #: The heading of the part of a model card that `crystext tune` writes (an earlier one is replaced, not repeated).
 TUNED_HEADING = "## Post-training (crystext tune)"
-#: A round's sampling seed is seed * ROUND_SEED_STRIDE + its number, so rounds never repeat each other's draws.
+#: A round's sampling seed is seed * ROUND_SEED_STRIDE + its number (its probe's: ROUND_SEED_STRIDE // 2 more), so
+#: rounds and probes never repeat each other's draws.
 ROUND_SEED_STRIDE = 1000
 
 
@@ -262,11 +261,10 @@ class StabilityScorer:
         table["unique"] = per_attempt(unique_flags(generated, formulas))
         table["novel"] = per_attempt(novel_flags(generated, formulas, self.known))
         table["new_to_run"] = per_attempt(novel_flags(generated, formulas, written(earlier)))
-        if probe:
-            table["off_probe"] = per_attempt(novel_flags(generated, formulas, written([probe])))
         # The reward's "unique": not a repeat within the scope the reward asks for, nor of a probe attempt
         fresh = table["unique"] & (table["new_to_run"] if self.reward.repeat_scope == "run" else True)
         if probe:
+            table["off_probe"] = per_attempt(novel_flags(generated, formulas, written([probe])))
             fresh &= table["off_probe"]
         values = [feature_values(s) for s in generated]
         for feature in BALANCE_FEATURES:
