@@ -22,8 +22,9 @@ COLUMNS = (("attempts", "attempts"), ("valid_rate", "valid"), ("metastable_rate"
            ("new_to_run", "new to the run (of valid)"), ("novelty", "novel (of valid)"),
            ("mean_e_above_hull", "mean E_hull"), ("reward_mean", "mean reward"),
            ("pairs", "pairs"))
-#: Columns only a run with a probe (`crystext tune --probe`) has.
-PROBE_COLUMNS = (("probe_repeats", "written by the probe too (of valid)"),)
+#: Columns only some runs have: with a probe (`crystext tune --probe`), with prompted attempts (`--prompted`).
+OPTIONAL_COLUMNS = (("probe_repeats", "written by the probe too (of valid)"),
+                    ("prompt_met", "prompted: formula written"))
 
 
 def main() -> int:
@@ -40,7 +41,7 @@ def main() -> int:
     rounds = read_rounds(args.run)
     command = " ".join(["python", *sys.argv])
     record = {"machine": machine(), "command": command, "run": str(args.run), "settings": settings, "rounds": rounds}
-    columns = COLUMNS + (PROBE_COLUMNS if any("probe_repeats" in r for r in rounds) else ())
+    columns = COLUMNS + tuple(c for c in OPTIONAL_COLUMNS if any(c[0] in r for r in rounds))
 
     lines = [f"# crystext tune, run {args.name}: rounds", "", describe(record["machine"], command), "",
              "Each round samples with the model the earlier rounds tuned (round 1: the starting model), relaxes the "

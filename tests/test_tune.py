@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from pymatgen.core import Composition
 from safetensors.torch import load_file
 
 from crystext.data import read_structures
@@ -169,6 +170,44 @@ def test_a_probe_is_sampled_apart_from_the_rounds_attempts_and_handed_to_the_sco
     assert probe["raw_text"].tolist() != attempts["raw_text"].tolist()[:24]  # its own seed, not the round's draws
 
 
+def test_prompted_attempts_state_training_formulas_in_groups_and_pair_within_them(model_dir, shared_data,
+                                                                                    tmp_path) -> None:
+    from crystext.sample import Sampler
+    from crystext.tune.rounds import round_prompts
+
+    training = [r.structure for r in read_structures(shared_data / "mp_20" / "val.csv").records[:30]]
+    config = replace(tiny_tune(tmp_path / "run", model_dir, rounds=1), prompted=0.5, group=4)
+    sampler = Sampler.from_pretrained(model_dir)
+    first = round_prompts(config, 1, training, sampler)
+    assert len(first) == 64 and first[32:] == [Attributes()] * 32
+    formulas = [a.formula for a in first[:32:4]]
+    assert all(first[i].formula == formulas[i // 4] for i in range(32)) and len(set(formulas)) >= 6
+    reduced = {s.composition.reduced_formula for s in training}
+    assert set(formulas) <= reduced  # this model reads a formula as reduced
+    assert round_prompts(config, 2, training, sampler) != first  # each round draws its own crystals
+    sampler.cell_formula = True  # one that reads it as the whole cell's: Ti2Zn2O6 for two TiZnO3 units
+    cells = [a.formula for a in round_prompts(config, 1, training, sampler)[:32:4]]
+    assert [Composition(f).reduced_formula for f in cells] == [Composition(f).reduced_formula for f in formulas]
+    sizes: dict[str, set[int]] = {}
+    for s in training:
+        sizes.setdefault(s.composition.reduced_formula, set()).add(len(s))
+    assert all(Composition(f).num_atoms in sizes[Composition(f).reduced_formula] for f in cells)
+    assert any(Composition(f).num_atoms > Composition(Composition(f).reduced_formula).num_atoms for f in cells)
+    assert round_prompts(replace(config, prompted=0.0), 1, training, sampler) is None
+
+    with pytest.raises(TuneError, match="draw 8 training crystals' formulas a round; 3 given"):
+        tune(config, FewerSites(), progress=False, training=training[:3])
+    tune(config, FewerSites(), progress=False, training=training)
+    folder = tmp_path / "run" / "round_001"
+    attempts = pd.read_csv(folder / "samples.csv", dtype=str, keep_default_na=False)
+    stated = [json.loads(c).get("formula") for c in attempts["conditions"]]
+    assert [f and Composition(f) for f in stated] == [a.formula and Composition(a.formula) for a in first]
+    pairs = [json.loads(line) for line in (folder / "pairs.jsonl").read_text().splitlines()]
+    prompts = {Attributes(formula=f).in_site_order().to_prompt() for f in formulas}
+    assert {p["prompt"] for p in pairs} <= prompts | {Attributes().to_prompt()}
+    assert any(p["prompt"] in prompts for p in pairs)  # pairs within a formula's group, not across
+
+
 def test_a_rounds_log_line_shows_the_rates_its_scorer_gave() -> None:
     metrics = {"round": 2, "attempts": 192, "pairs": 80, "reward_mean": -0.4871, "metastable_rate": 0.5573,
                "probe_repeats": 0.125, "uniqueness": math.nan}
@@ -185,6 +224,10 @@ def test_tune_settings_refuse_what_makes_no_sense(tmp_path) -> None:
         TuneConfig(out=tmp_path, probe=-1)
     with pytest.raises(ValueError, match="attempts must be at least 1, got 0"):
         TuneConfig(out=tmp_path, attempts=0)
+    with pytest.raises(ValueError, match=r"prompted must be a share of the attempts, in \[0, 1\], got 1.5"):
+        TuneConfig(out=tmp_path, prompted=1.5)
+    with pytest.raises(ValueError, match="prompted 0.01 of 256 attempts is not one group of 4"):
+        TuneConfig(out=tmp_path, prompted=0.01)
     with pytest.raises(ValueError, match="repeat_scope must be one of round, run, got 'epoch'"):
         RewardConfig(repeat_scope="epoch")
 
@@ -262,6 +305,28 @@ def test_stability_scorer_rewards_stable_new_crystals_over_repeats_known_and_inv
     assert table.at["s1", "reward"] == pytest.approx(
         -min(max(e["s1"], 0), 1.0) - rewards.known_penalty - rewards.repeat_penalty)
     assert table.at["s0", "reward"] == pytest.approx(-min(max(e["s0"], 0), 1.0))
+
+
+def test_a_prompted_crystal_must_have_its_formula_and_is_not_charged_for_being_known(shared_data, tmp_path) -> None:
+    test = read_structures(shared_data / "mp_20" / "test.csv")
+    first, second = test.records[0].structure, test.records[1].structure
+    asked = {"formula": second.composition.reduced_formula}
+    samples = tmp_path / "samples.csv"
+    SampleWriter(samples, resume=False).append([
+        attempt_row("u0", "unconditional", {}, CrystalText.from_structure(first).to_str()),
+        attempt_row("p0", "conditional", asked, CrystalText.from_structure(second).to_str()),  # as asked, known
+        attempt_row("p1", "conditional", asked, CrystalText.from_structure(first).to_str())])  # another formula
+    scorer = StabilityScorer(shipped_reference(), [test.records[1]],  # the training set holds the second crystal
+                             StabilityConfig(relax=RelaxConfig(max_steps=0), workers=1, progress=False))
+    table, metrics = scorer(samples, tmp_path)
+    table = table.set_index("id")
+    assert table["prompted"].tolist() == [False, True, True]
+    assert table["prompt_met"].tolist() == [True, True, False] and metrics["prompt_met"] == 0.5
+    assert table["novel"].tolist() == [True, False, True] and table["valid"].all()
+    e = table["e_above_hull"]
+    assert table.at["u0", "reward"] == pytest.approx(-min(max(e["u0"], 0), 1.0))
+    assert table.at["p0", "reward"] == pytest.approx(-min(max(e["p0"], 0), 1.0))  # no known penalty
+    assert table.at["p1", "reward"] == RewardConfig().invalid
 
 
 def test_tune_command_runs_rounds_writes_a_report_and_names_bad_settings(model_dir, shared_data, tmp_path,

@@ -182,7 +182,7 @@ def _definition_list(items: Mapping[str, Any]) -> str:
 #: What a tuning report plots per round, where the scorer gives it: (metric, label).
 TUNE_RATES = (("metastable_rate", "metastable"), ("stable_rate", "stable"), ("sun_rate", "S.U.N."),
               ("uniqueness", "unique"), ("new_to_run", "new to the run"), ("probe_repeats", "written by the probe too"),
-              ("novelty", "novel"), ("valid_rate", "valid"))
+              ("novelty", "novel"), ("valid_rate", "valid"), ("prompt_met", "prompted: formula written"))
 
 
 def tune_report(rounds: Sequence[Mapping[str, Any]], title: str = "crystext tune") -> str:

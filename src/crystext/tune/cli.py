@@ -15,10 +15,11 @@ __all__ = ["HELP", "add_arguments", "run"]
 
 HELP = "post-train a model toward stable crystals: rounds of sample, relax and score, then DPO"
 #: Settings fields and the flags that set them, to name the flag when a setting is refused.
-_FLAGS = option_flags(("rounds", "attempts", "probe", "min_margin", "pair_size_bin", "beta", "learning_rate", "epochs",
-                       "sft_weight", "temperature", "top_p", "max_atoms", "min_distance", "seed", "hull_cap",
-                       "repeat_penalty", "repeat_scope", "known_penalty", "balance_weight", "invalid"),
-                      batch_size="--update-batch")
+_FLAGS = option_flags(("rounds", "attempts", "probe", "prompted", "min_margin", "pair_size_bin", "beta",
+                       "learning_rate", "epochs", "sft_weight", "temperature", "top_p", "max_atoms", "min_distance",
+                       "seed", "hull_cap", "repeat_penalty", "repeat_scope", "known_penalty", "balance_weight",
+                       "invalid"),
+                      batch_size="--update-batch", group="--prompt-group")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     rounds.add_argument("--probe", type=int, default=TuneConfig.probe,
                         help="further attempts sampled per round and never relaxed: a crystal one of them also writes "
                         "pays the repeat penalty, so repeats are seen as a large evaluation sees them (0: none)")
+    rounds.add_argument("--prompted", type=float, default=TuneConfig.prompted,
+                        help="share of each round's attempts whose prompt states the formula of a --train crystal "
+                        "drawn for the round (an attempt that writes another earns what an invalid one does; 0: none)")
+    rounds.add_argument("--prompt-group", type=int, default=TuneConfig.group,
+                        help="attempts per stated formula, paired with each other")
     rounds.add_argument("--temperature", type=float, default=SampleConfig.temperature)
     rounds.add_argument("--top-p", type=float, default=SampleConfig.top_p)
     rounds.add_argument("--max-atoms", type=int, default=SampleConfig.max_atoms)
@@ -94,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
                               batch_size=args.sample_batch, min_distance=args.min_distance or None,
                               constrained=not args.no_constraint)
         config = TuneConfig(out=args.out, model=args.model, rounds=args.rounds, attempts=args.attempts,
-                            probe=args.probe, sample=sample,
+                            probe=args.probe, prompted=args.prompted, group=args.prompt_group, sample=sample,
                             min_margin=args.min_margin, beta=args.beta, learning_rate=args.learning_rate,
                             epochs=args.epochs, batch_size=args.update_batch, sft_weight=args.sft_weight,
                             pair_size_bin=args.pair_size_bin, reference=args.reference,
@@ -105,9 +111,9 @@ def run(args: argparse.Namespace) -> int:
     stability_cli.check_paths(args, ("hull_data", "entries", "formation_energies", "elemental_refs", "fill", "train"))
     if args.model is not None and not args.model.is_dir():
         raise TuneError(f"--model {args.model}: no such model directory")
-    scorer = StabilityScorer(stability_cli.hull_reference(args), stability_cli.training_structures(args.train),
-                             stability, reward)
-    model = tune(config, scorer, resume=args.resume)
+    training = stability_cli.training_structures(args.train)
+    scorer = StabilityScorer(stability_cli.hull_reference(args), training, stability, reward)
+    model = tune(config, scorer, resume=args.resume, training=[r.structure for r in training])
     print(f"tuned model: {model}; rounds' metrics in {args.out}/round_*/metrics.json, plots in "
           f"{args.out}/report.html", file=sys.stderr)
     return 0

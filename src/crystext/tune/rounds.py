@@ -1,6 +1,7 @@
 """Post-training toward stable crystals: rounds of sample -> score -> pair -> preference update.
 
-A round: the current model samples a fixed number of attempts with the usual sampler; a `Scorer` gives every
+A round: the current model samples a fixed number of attempts with the usual sampler (unprompted, or some of them
+prompted with a training crystal's formula); a `Scorer` gives every
 attempt a reward (`StabilityScorer`: validity, energy above hull after relaxation, uniqueness in the round,
 novelty against the training set); attempts of one prompt are paired best with worst; trl's `DPOTrainer`
 moves the model toward the better of each pair, against the round's starting model (or the run's) as its
@@ -28,11 +29,11 @@ from pymatgen.core import Structure
 from crystext.constants import METASTABLE_E_HULL
 from crystext.errors import CrystextError
 from crystext.files import write_atomic
-from crystext.prompts import Attributes
+from crystext.prompts import Attributes, cell_formula
 from crystext.report import TUNE_RATES, tune_report
 from crystext.sample import SampleConfig, Sampler
 from crystext.stability import HullReference, StabilityConfig, read_rows, relax_and_place
-from crystext.textformat import ELEMENT_SYMBOLS, element_line_symbol
+from crystext.textformat import ELEMENT_SYMBOLS, CrystalText, element_line_symbol
 
 #: The heading of the part of a model card that `crystext tune` writes (an earlier one is replaced, not repeated).
 TUNED_HEADING = "## Post-training (crystext tune)"
@@ -136,6 +137,11 @@ class TuneConfig:
     # Attempts sampled per round beside `attempts`, never relaxed: a crystal one of them also writes counts as a
     # repeat, so the reward sees the repeats a 1,000-sample evaluation would (a round of a few hundred sees few)
     probe: int = 0
+    # Share of each round's attempts prompted with the formula of a training crystal drawn for the round, `group`
+    # attempts a formula (the rest unprompted): pairs then compare crystals written for one composition, so an update
+    # teaches how to build a crystal rather than which compositions are easy to make stable
+    prompted: float = 0.0
+    group: int = 4
     sample: SampleConfig = field(default_factory=SampleConfig)  # n and max_attempts are set from `attempts`
     min_margin: float = 0.1  # reward gap below which a pair teaches nothing and is left out
     # Pair only attempts whose cells list a number of sites in one bin of this width (0: any two), so that pairs
@@ -159,7 +165,9 @@ class TuneConfig:
             raise ValueError(f"pair_size_bin must be >= 0 (0: pairs across cell sizes), got {self.pair_size_bin}")
         if self.probe < 0:
             raise ValueError(f"probe must be >= 0 (0: no probe), got {self.probe}")
-        for name in ("rounds", "attempts", "epochs", "batch_size"):
+        if not 0 <= self.prompted <= 1:
+            raise ValueError(f"prompted must be a share of the attempts, in [0, 1], got {self.prompted}")
+        for name in ("rounds", "attempts", "group", "epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("min_margin", "beta", "learning_rate", "sft_weight"):
@@ -167,6 +175,13 @@ class TuneConfig:
             if not (math.isfinite(value) and value >= 0) or (name in ("beta", "learning_rate") and value == 0):
                 raise ValueError(f"{name} must be {'positive' if name in ('beta', 'learning_rate') else '>= 0'}, "
                                  f"got {value}")
+        if self.prompted and not self.prompted_formulas:
+            raise ValueError(f"prompted {self.prompted} of {self.attempts} attempts is not one group of {self.group}")
+
+    @property
+    def prompted_formulas(self) -> int:
+        """How many training formulas a round prompts with, `group` attempts each."""
+        return int(round(self.attempts * self.prompted)) // self.group
 
     def round_sample_config(self, number: int) -> SampleConfig:
         """The sampling settings of round `number`: exactly `attempts` attempts, a seed of its own."""
@@ -238,7 +253,9 @@ class StabilityScorer:
         from crystext.evaluate.validity import is_valid
         from crystext.sample.samples_csv import parsed_structures
 
-        ids = pd.read_csv(samples, usecols=["id"], dtype=str)["id"].tolist()
+        attempts = pd.read_csv(samples, usecols=["id", "conditions"], dtype=str, keep_default_na=False)
+        ids = attempts["id"].tolist()
+        stated = {rid: Attributes(**json.loads(c or "{}")) for rid, c in zip(ids, attempts["conditions"])}
         structures = {rid: s for rid, s in parsed_structures(samples) if is_valid(s)}
         valid = [rid for rid in ids if rid in structures]
         output = folder / "stability.csv"
@@ -247,7 +264,11 @@ class StabilityScorer:
         relaxed = read_rows(output).set_index("id")
         generated = [structures[rid] for rid in valid]
         formulas = [s.composition.reduced_formula for s in generated]
-        table = pd.DataFrame({"id": ids, "valid": [rid in structures for rid in ids]})
+        table = pd.DataFrame({"id": ids, "valid": [rid in structures for rid in ids],
+                              "prompted": [stated[rid] != Attributes() for rid in ids]})
+        # A prompted attempt meets its prompt if its crystal has the stated formula (and space group)
+        table["prompt_met"] = [rid in structures and not stated[rid].unmet(structures[rid]) if prompted else True
+                               for rid, prompted in zip(ids, table["prompted"])]
         table["e_above_hull"] = [float(relaxed.at[rid, "e_above_hull"]) if rid in structures else math.nan
                                  for rid in ids]
 
@@ -274,9 +295,13 @@ class StabilityScorer:
         cifs = [relaxed.at[rid, "relaxed_cif"] if rid in structures else "" for rid in ids]
         stability = stability_table(table["e_above_hull"].to_numpy(float), RelaxedStructures(cifs), self.known)
         table[["metastable", "stable", "sun"]] = stability[["metastable", "stable", "sun"]].to_numpy()
+        # A crystal that ignores its prompt earns what an invalid one does (tuning must not teach the model to write
+        # an easier composition than the one asked for); one written for a stated formula is not charged for being
+        # known: asked for a composition, the known stable crystal of it is the right answer.
         table["reward"] = [
-            self.reward.reward(e, u, n, x) if v else self.reward.invalid
-            for v, e, u, n, x in zip(table["valid"], table["e_above_hull"], fresh, table["novel"], table["excess"])]
+            self.reward.reward(e, u, n or p, x) if v and m else self.reward.invalid
+            for v, m, p, e, u, n, x in zip(table["valid"], table["prompt_met"], table["prompted"],
+                                           table["e_above_hull"], fresh, table["novel"], table["excess"])]
         rates = stability_rates(stability)
         n_valid = len(valid)
         metrics = {"valid_rate": n_valid / len(ids) if ids else math.nan,
@@ -285,6 +310,8 @@ class StabilityScorer:
                    "new_to_run": float(table["new_to_run"].sum() / n_valid) if n_valid else math.nan,
                    **({"probe_repeats": float((table["valid"] & ~table["off_probe"]).sum() / n_valid)
                        if n_valid else math.nan} if probe else {}),
+                   **({"prompt_met": float(table.loc[table["prompted"], "prompt_met"].mean())}
+                      if table["prompted"].any() else {}),
                    **{k: rates[k] for k in ("metastable_rate", "stable_rate", "sun_rate", "msun_rate",
                                              "mean_e_above_hull")},
                    "mean_excess": float(table.loc[table["valid"], "excess"].mean()) if n_valid else math.nan,
@@ -320,11 +347,16 @@ def preference_pairs(
     return pairs
 
 
-def tune(config: TuneConfig, scorer: Scorer, resume: bool = False, progress: bool = True) -> Path:
+def tune(config: TuneConfig, scorer: Scorer, resume: bool = False, progress: bool = True,
+         training: Sequence[Structure] = ()) -> Path:
     """Run the rounds `config` asks for, each resumed where a killed run left it; returns the last model directory.
 
-    Without `resume`, the output folder must be new or empty.
+    Without `resume`, the output folder must be new or empty. `training`: the crystals whose formulas prompted
+    attempts state (`TuneConfig.prompted`).
     """
+    if config.prompted and len(training) < config.prompted_formulas:
+        raise TuneError(f"prompted rounds draw {config.prompted_formulas} training crystals' formulas a round; "
+                        f"{len(training)} given")
     settings_file = config.out / "tune.json"
     # The scorer's own settings (a StabilityScorer's reward and relaxations) decide the results too.
     settings = {**config.settings(), "scorer": getattr(scorer, "settings", dict)()}
@@ -344,7 +376,7 @@ def tune(config: TuneConfig, scorer: Scorer, resume: bool = False, progress: boo
     for number in range(1, config.rounds + 1):
         folder = round_folder(config.out, number)
         if not (folder / "metrics.json").is_file():
-            run_round(config, number, model, folder, scorer, progress)
+            run_round(config, number, model, folder, scorer, progress, training)
             write_atomic(config.out / "report.html", tune_report(read_rounds(config.out)))
         model = folder / "model"
     return folder / "model"
@@ -368,13 +400,30 @@ def changed_settings(earlier: Mapping[str, Any], now: Mapping[str, Any], prefix:
     return sorted(changed)
 
 
+def round_prompts(config: TuneConfig, number: int, training: Sequence[Structure], sampler: Sampler
+                  ) -> list[Attributes] | None:
+    """What each of round `number`'s attempts states: `config.group` attempts for each formula of
+    `config.prompted_formulas` training crystals drawn for the round (seeded), as the sampler's model reads a
+    formula (the whole cell's, or reduced), then the unprompted rest; None when no attempt is prompted."""
+    if not config.prompted:
+        return None
+    rng = np.random.default_rng(config.seed * ROUND_SEED_STRIDE + number)
+    drawn = [training[i] for i in rng.choice(len(training), size=config.prompted_formulas, replace=False)]
+    asymmetric = sampler.text_format.answering(None).asymmetric_unit
+    formulas = [cell_formula(CrystalText.from_structure(s, asymmetric)) if sampler.cell_formula
+                else s.composition.reduced_formula for s in drawn]
+    prompted = [Attributes(formula=f) for f in formulas for _ in range(config.group)]
+    return prompted + [Attributes()] * (config.attempts - len(prompted))
+
+
 def run_round(config: TuneConfig, number: int, model: Path | None, folder: Path, scorer: Scorer,
-              progress: bool) -> dict[str, Any]:
+              progress: bool, training: Sequence[Structure] = ()) -> dict[str, Any]:
     """One round in `folder`, each step skipped if a killed earlier run finished it; returns its metrics."""
     folder.mkdir(parents=True, exist_ok=True)
     samples = folder / "samples.csv"
     sampler = Sampler.from_pretrained(model)
-    sampler.sample(config.round_sample_config(number), samples, resume=samples.exists(), progress=progress)
+    sampler.sample(config.round_sample_config(number), samples, round_prompts(config, number, training, sampler),
+                   resume=samples.exists(), progress=progress)
     probe = folder / "probe.csv" if config.probe else None
     if probe:
         sampler.sample(config.probe_sample_config(number), probe, resume=probe.exists(), progress=progress)
