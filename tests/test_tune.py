@@ -206,6 +206,8 @@ def test_prompted_attempts_state_training_formulas_in_groups_and_pair_within_the
     prompts = {Attributes(formula=f).in_site_order().to_prompt() for f in formulas}
     assert {p["prompt"] for p in pairs} <= prompts | {Attributes().to_prompt()}
     assert any(p["prompt"] in prompts for p in pairs)  # pairs within a formula's group, not across
+    card = (tmp_path / "run" / "round_001" / "model" / "README.md").read_text()
+    assert "64 attempts' pairs (50% of them prompted with training formulas, 4 a formula)" in card
 
 
 def test_a_rounds_log_line_shows_the_rates_its_scorer_gave() -> None:

@@ -522,8 +522,10 @@ def model_card(model: Path | None, config: TuneConfig, rounds: Mapping[str, Any]
     lines = [f"{TUNED_HEADING}\n", f"Post-trained by `crystext tune` from `{config.model or 'the shipped model'}` "
              f"(run folder `{config.out}`; its tune.json holds every setting, each round folder its samples, "
              f"scores, pairs and metrics): trl's DPO, beta {config.beta}, learning rate {config.learning_rate}, "
-             f"{config.epochs} epoch(s) a round over {config.attempts} attempts' pairs, reference: {config.reference} "
-             "model.\n", "| round | pairs | steps | DPO loss first -> last |", "|---:|---:|---:|---|"]
+             f"{config.epochs} epoch(s) a round over {config.attempts} attempts' pairs"
+             + (f" ({config.prompted:.0%} of them prompted with training formulas, {config.group} a formula)"
+                if config.prompted else "") + f", reference: {config.reference} model.\n",
+             "| round | pairs | steps | DPO loss first -> last |", "|---:|---:|---:|---|"]
     for name, r in rounds.items():
         loss = f"{r['loss_first']:.3f} -> {r['loss_last']:.3f}" if r.get("steps") else "no update"
         lines.append(f"| {name.removeprefix('round_')} | {r['pairs']} | {r.get('steps', 0)} | {loss} |")
