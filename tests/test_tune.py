@@ -339,6 +339,10 @@ def test_tune_command_runs_rounds_writes_a_report_and_names_bad_settings(model_d
     base = ["tune", "--model", str(model_dir), "--out", str(tmp_path / "run"), "--train", str(train)]
     assert main([*base, "--attempts", "0"]) == 1
     assert "crystext tune: error: --attempts must be at least 1, got 0" in capsys.readouterr().err
+    assert main([*base, "--prompt-group", "0"]) == 1
+    assert "crystext tune: error: --prompt-group must be at least 1, got 0" in capsys.readouterr().err
+    assert main([*base, "--update-batch", "0"]) == 1
+    assert "crystext tune: error: --update-batch must be at least 1, got 0" in capsys.readouterr().err
     assert main([*base, "--invalid", "-1"]) == 1
     assert "--invalid (-1.0) must be below every valid crystal's reward (-2)" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # refused before anything was written

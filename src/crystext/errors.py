@@ -21,8 +21,9 @@ class OutputExistsError(CrystextError, FileExistsError):
 
 
 def option_flags(names: Iterable[str], **flags: str) -> dict[str, str]:
-    """Settings fields and the command-line flags that set them: `--field-name`, unless given in `flags`."""
-    return {name: flags.get(name, "--" + name.replace("_", "-")) for name in names}
+    """Settings fields and the command-line flags that set them: `--field-name` for each of `names`, and the fields
+    of `flags` by the flags given there."""
+    return {**{name: "--" + name.replace("_", "-") for name in names}, **flags}
 
 
 def flag_message(err: Exception, flags: Mapping[str, str]) -> str:
