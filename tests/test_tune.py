@@ -175,22 +175,22 @@ def test_prompted_attempts_state_training_formulas_in_groups_and_pair_within_the
     from crystext.sample import Sampler
     from crystext.tune.rounds import round_prompts
 
-    training = [r.structure for r in read_structures(shared_data / "mp_20" / "val.csv").records[:30]]
+    training = read_structures(shared_data / "mp_20" / "val.csv").records[:30]
     config = replace(tiny_tune(tmp_path / "run", model_dir, rounds=1), prompted=0.5, group=4)
     sampler = Sampler.from_pretrained(model_dir)
     first = round_prompts(config, 1, training, sampler)
     assert len(first) == 64 and first[32:] == [Attributes()] * 32
     formulas = [a.formula for a in first[:32:4]]
     assert all(first[i].formula == formulas[i // 4] for i in range(32)) and len(set(formulas)) >= 6
-    reduced = {s.composition.reduced_formula for s in training}
+    reduced = {r.structure.composition.reduced_formula for r in training}
     assert set(formulas) <= reduced  # this model reads a formula as reduced
     assert round_prompts(config, 2, training, sampler) != first  # each round draws its own crystals
     sampler.cell_formula = True  # one that reads it as the whole cell's: Ti2Zn2O6 for two TiZnO3 units
     cells = [a.formula for a in round_prompts(config, 1, training, sampler)[:32:4]]
     assert [Composition(f).reduced_formula for f in cells] == [Composition(f).reduced_formula for f in formulas]
     sizes: dict[str, set[int]] = {}
-    for s in training:
-        sizes.setdefault(s.composition.reduced_formula, set()).add(len(s))
+    for r in training:
+        sizes.setdefault(r.structure.composition.reduced_formula, set()).add(len(r.structure))
     assert all(Composition(f).num_atoms in sizes[Composition(f).reduced_formula] for f in cells)
     assert any(Composition(f).num_atoms > Composition(Composition(f).reduced_formula).num_atoms for f in cells)
     assert round_prompts(replace(config, prompted=0.0), 1, training, sampler) is None
@@ -208,6 +208,57 @@ def test_prompted_attempts_state_training_formulas_in_groups_and_pair_within_the
     assert any(p["prompt"] in prompts for p in pairs)  # pairs within a formula's group, not across
     card = (tmp_path / "run" / "round_001" / "model" / "README.md").read_text()
     assert "64 attempts' pairs (50% of them prompted with training formulas, 4 a formula)" in card
+
+
+def test_updates_mix_in_training_crystals_drawn_per_round_and_made_by_the_models_recipe(model_dir,
+                                                                                        shared_data) -> None:
+    from crystext.model import DEFAULT_MODEL_DIR, load_model, model_info
+    from crystext.train import recipe_config
+    from crystext.tune.rounds import data_batches
+
+    shipped_info = model_info(DEFAULT_MODEL_DIR)
+    recipe = recipe_config(shipped_info, batch_size=8, seed=3)  # the shipped model's training, read off its folder
+    assert recipe.cell_formula and recipe.element_weight == 20.0 and recipe.infill_fraction == pytest.approx(1 / 3)
+    assert recipe.text_format.asymmetric_when_grouped and not recipe.translate and recipe.batch_size == 8
+    training = read_structures(shared_data / "mp_20" / "val.csv").records[:40]
+    ids = {r.id for r in training}
+    config = replace(tiny_tune(Path("unused"), model_dir, rounds=1), data_weight=1.0)  # 8 a step, 3 epochs
+    tokenizer, info = load_model(model_dir)[1:]
+    first = data_batches(config, 1, training, tokenizer, info, pairs=5)  # one step an epoch: 24 crystals
+    drawn = [e.id for e in first.examples]
+    assert len(drawn) == len(set(drawn)) == 24 and set(drawn) <= ids
+    assert [e.id for e in data_batches(config, 1, training, tokenizer, info, pairs=5).examples] == drawn
+    assert [e.id for e in data_batches(config, 2, training, tokenizer, info, pairs=5).examples] != drawn
+    assert len(data_batches(config, 1, training, tokenizer, info, pairs=40).examples) == 40  # no more than given
+    assert next(first)["input_ids"].shape[0] == 8 and "loss_weights" not in next(first)  # its recipe: weights 1
+    shipped = data_batches(config, 1, training, load_model(DEFAULT_MODEL_DIR)[1], shipped_info, pairs=5)
+    weights = next(shipped)["loss_weights"]  # the shipped recipe weighs the tokens that decide the composition
+    assert weights.max() == 20.0 and set(weights.unique().tolist()) == {0.0, 1.0, 20.0}
+
+
+def test_mixing_in_training_crystals_keeps_the_tuned_model_closer_to_them(model_dir, shared_data, tmp_path) -> None:
+    from crystext.model import load_model
+    from crystext.train import recipe_config, to_examples, validation_batches, validation_loss
+
+    training = read_structures(shared_data / "mp_20" / "val.csv").records[:40]
+    with pytest.raises(TuneError, match="data weight 2.0 mixes training crystals into each update; none given"):
+        tune(replace(tiny_tune(tmp_path / "none", model_dir, rounds=1), data_weight=2.0), FewerSites(),
+             progress=False)
+    losses = {}
+    for weight in (0.0, 2.0):
+        out = tune(replace(tiny_tune(tmp_path / f"w{weight}", model_dir, rounds=1), data_weight=weight),
+                   FewerSites(), progress=False, training=training)
+        model, tokenizer, info = load_model(out)
+        recipe = recipe_config(info, batch_size=8, seed=0)
+        batches = validation_batches(to_examples(read_structures(shared_data / "mp_20" / "val.csv"))[0][:40],
+                                     tokenizer, recipe)
+        losses[weight] = validation_loss(model, batches, torch.device("cpu"))
+        update = read_rounds(tmp_path / f"w{weight}")[0]["update"]
+        assert ("data_loss_last" in update) == bool(weight)
+    # The same pairs and seed: the update that also read training crystals left them likelier.
+    assert losses[2.0] < losses[0.0] - 0.05
+    card = (tmp_path / "w2.0" / "round_001" / "model" / "README.md").read_text()
+    assert "training crystals mixed in at weight 2.0" in card
 
 
 def test_a_rounds_log_line_shows_the_rates_its_scorer_gave() -> None:
@@ -343,6 +394,8 @@ def test_tune_command_runs_rounds_writes_a_report_and_names_bad_settings(model_d
     assert "crystext tune: error: --prompt-group must be at least 1, got 0" in capsys.readouterr().err
     assert main([*base, "--update-batch", "0"]) == 1
     assert "crystext tune: error: --update-batch must be at least 1, got 0" in capsys.readouterr().err
+    assert main([*base, "--data-weight", "-0.5"]) == 1
+    assert "crystext tune: error: --data-weight must be >= 0, got -0.5" in capsys.readouterr().err
     assert main([*base, "--invalid", "-1"]) == 1
     assert "--invalid (-1.0) must be below every valid crystal's reward (-2)" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # refused before anything was written

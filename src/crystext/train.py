@@ -464,6 +464,19 @@ def earlier_recipe(model: str) -> dict[str, bool]:
             "asymmetric_when_grouped": model_format(info).asymmetric_when_grouped}
 
 
+#: The settings that decide what a training example looks like (`make_pair`, `Batches`): a model's training mix.
+RECIPE_FIELDS = ("infill_fraction", "attribute_rate", "unconditional_rate", "relabel_rate", "element_weight",
+                 "cell_formula", "translate", "permute", "completion_only", "max_length")
+
+
+def recipe_config(info: dict[str, Any], batch_size: int, seed: int) -> TrainConfig:
+    """The example settings of the run that wrote a model (its recorded `run_info`), at another batch size and seed:
+    what makes examples as that model's own training did (a setting it lacks keeps today's default)."""
+    recipe = {name: info[name] for name in RECIPE_FIELDS if name in info}
+    return TrainConfig(out=Path(), data_dir=Path(), batch_size=batch_size, seed=seed, text_format=model_format(info),
+                       **recipe)
+
+
 def load_examples(config: TrainConfig) -> tuple[list[Example], list[Example]]:
     """The training and held-out examples of `config`'s data, saying how many structures were skipped and why."""
     kept, held = training_set(config.data_dir, config.splits, config.holdout, config.seed, max_atoms=config.max_atoms)

@@ -16,9 +16,9 @@ __all__ = ["HELP", "add_arguments", "run"]
 HELP = "post-train a model toward stable crystals: rounds of sample, relax and score, then DPO"
 #: Settings fields and the flags that set them, to name the flag when a setting is refused.
 _FLAGS = option_flags(("rounds", "attempts", "probe", "prompted", "min_margin", "pair_size_bin", "beta",
-                       "learning_rate", "epochs", "sft_weight", "temperature", "top_p", "max_atoms", "min_distance",
-                       "seed", "hull_cap", "repeat_penalty", "repeat_scope", "known_penalty", "balance_weight",
-                       "invalid"),
+                       "learning_rate", "epochs", "sft_weight", "data_weight", "temperature", "top_p", "max_atoms",
+                       "min_distance", "seed", "hull_cap", "repeat_penalty", "repeat_scope", "known_penalty",
+                       "balance_weight", "invalid"),
                       batch_size="--update-batch", group="--prompt-group")
 
 
@@ -59,7 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="pull toward the round's starting model (higher: smaller steps)")
     update.add_argument("--learning-rate", type=float, default=TuneConfig.learning_rate)
     update.add_argument("--epochs", type=int, default=TuneConfig.epochs, help="passes over a round's pairs")
-    update.add_argument("--update-batch", type=int, default=TuneConfig.batch_size, help="pairs per optimizer step")
+    update.add_argument("--update-batch", type=int, default=TuneConfig.batch_size,
+                        help="pairs per optimizer step (and --train crystals, with --data-weight)")
     update.add_argument("--min-margin", type=float, default=TuneConfig.min_margin,
                         help="smallest reward gap of a pair (eV/atom scale)")
     update.add_argument("--pair-size-bin", type=int, default=TuneConfig.pair_size_bin,
@@ -69,6 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="DPO's reference: each round's starting model (drift adds up over rounds), or the run's")
     update.add_argument("--sft-weight", type=float, default=TuneConfig.sft_weight,
                         help="weight of the chosen crystals' likelihood beside the DPO loss (0: DPO only)")
+    update.add_argument("--data-weight", type=float, default=TuneConfig.data_weight,
+                        help="weight of --train crystals' likelihood beside the DPO loss, as the model's training "
+                        "wrote them: keeps the model writing the variety it learnt (0: DPO only)")
     reward = parser.add_argument_group("reward: minus the relaxed energy above hull, less penalties")
     reward.add_argument("--hull-cap", type=float, default=RewardConfig.hull_cap,
                         help="eV/atom above hull beyond which a crystal is no worse")
@@ -103,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
                             probe=args.probe, prompted=args.prompted, group=args.prompt_group, sample=sample,
                             min_margin=args.min_margin, beta=args.beta, learning_rate=args.learning_rate,
                             epochs=args.epochs, batch_size=args.update_batch, sft_weight=args.sft_weight,
+                            data_weight=args.data_weight,
                             pair_size_bin=args.pair_size_bin, reference=args.reference,
                             seed=args.seed)
     except ValueError as err:
@@ -113,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         raise TuneError(f"--model {args.model}: no such model directory")
     training = stability_cli.training_structures(args.train)
     scorer = StabilityScorer(stability_cli.hull_reference(args), training, stability, reward)
-    model = tune(config, scorer, resume=args.resume, training=[r.structure for r in training])
+    model = tune(config, scorer, resume=args.resume, training=training.records)
     print(f"tuned model: {model}; rounds' metrics in {args.out}/round_*/metrics.json, plots in "
           f"{args.out}/report.html", file=sys.stderr)
     return 0

@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -35,11 +35,19 @@ from crystext.sample import SampleConfig, Sampler
 from crystext.stability import HullReference, StabilityConfig, read_rows, relax_and_place
 from crystext.textformat import ELEMENT_SYMBOLS, CrystalText, element_line_symbol
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from crystext.data import Record
+    from crystext.train import Batches
+
 #: The heading of the part of a model card that `crystext tune` writes (an earlier one is replaced, not repeated).
 TUNED_HEADING = "## Post-training (crystext tune)"
 #: A round's sampling seed is seed * ROUND_SEED_STRIDE + its number (its probe's: ROUND_SEED_STRIDE // 2 more), so
 #: rounds and probes never repeat each other's draws.
 ROUND_SEED_STRIDE = 1000
+#: The random stream (beside a round's seed) that draws the training crystals its update mixes in.
+DATA_STREAM = 1
 
 
 class TuneError(CrystextError):
@@ -152,6 +160,10 @@ class TuneConfig:
     epochs: int = 1
     batch_size: int = 8
     sft_weight: float = 0.0  # weight of the chosen crystals' own likelihood beside the DPO loss (RPO); 0: DPO only
+    # Weight of real training crystals' likelihood beside the DPO loss (RLHF's "pretraining mix"): each update step
+    # also reads `batch_size` crystals drawn from the training set for the round, made into examples as the model's
+    # own training made them, so DPO moves it toward stable crystals without narrowing what it writes; 0: none
+    data_weight: float = 0.0
     # DPO's reference: "round", the round's starting model (iterative DPO: drift adds up over rounds), or "start",
     # the run's starting model (every round stays within DPO's pull of it)
     reference: str = "start"
@@ -170,7 +182,7 @@ class TuneConfig:
         for name in ("rounds", "attempts", "group", "epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("min_margin", "beta", "learning_rate", "sft_weight"):
+        for name in ("min_margin", "beta", "learning_rate", "sft_weight", "data_weight"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0) or (name in ("beta", "learning_rate") and value == 0):
                 raise ValueError(f"{name} must be {'positive' if name in ('beta', 'learning_rate') else '>= 0'}, "
@@ -348,15 +360,17 @@ def preference_pairs(
 
 
 def tune(config: TuneConfig, scorer: Scorer, resume: bool = False, progress: bool = True,
-         training: Sequence[Structure] = ()) -> Path:
+         training: Sequence[Record] = ()) -> Path:
     """Run the rounds `config` asks for, each resumed where a killed run left it; returns the last model directory.
 
     Without `resume`, the output folder must be new or empty. `training`: the crystals whose formulas prompted
-    attempts state (`TuneConfig.prompted`).
+    attempts state (`TuneConfig.prompted`) and that updates mix in (`TuneConfig.data_weight`).
     """
     if config.prompted and len(training) < config.prompted_formulas:
         raise TuneError(f"prompted rounds draw {config.prompted_formulas} training crystals' formulas a round; "
                         f"{len(training)} given")
+    if config.data_weight and not training:
+        raise TuneError(f"data weight {config.data_weight} mixes training crystals into each update; none given")
     settings_file = config.out / "tune.json"
     # The scorer's own settings (a StabilityScorer's reward and relaxations) decide the results too.
     settings = {**config.settings(), "scorer": getattr(scorer, "settings", dict)()}
@@ -400,7 +414,7 @@ def changed_settings(earlier: Mapping[str, Any], now: Mapping[str, Any], prefix:
     return sorted(changed)
 
 
-def round_prompts(config: TuneConfig, number: int, training: Sequence[Structure], sampler: Sampler
+def round_prompts(config: TuneConfig, number: int, training: Sequence[Record], sampler: Sampler
                   ) -> list[Attributes] | None:
     """What each of round `number`'s attempts states: `config.group` attempts for each formula of
     `config.prompted_formulas` training crystals drawn for the round (seeded), as the sampler's model reads a
@@ -408,7 +422,7 @@ def round_prompts(config: TuneConfig, number: int, training: Sequence[Structure]
     if not config.prompted:
         return None
     rng = np.random.default_rng(config.seed * ROUND_SEED_STRIDE + number)
-    drawn = [training[i] for i in rng.choice(len(training), size=config.prompted_formulas, replace=False)]
+    drawn = [training[i].structure for i in rng.choice(len(training), size=config.prompted_formulas, replace=False)]
     asymmetric = sampler.text_format.answering(None).asymmetric_unit
     formulas = [cell_formula(CrystalText.from_structure(s, asymmetric)) if sampler.cell_formula
                 else s.composition.reduced_formula for s in drawn]
@@ -417,7 +431,7 @@ def round_prompts(config: TuneConfig, number: int, training: Sequence[Structure]
 
 
 def run_round(config: TuneConfig, number: int, model: Path | None, folder: Path, scorer: Scorer,
-              progress: bool, training: Sequence[Structure] = ()) -> dict[str, Any]:
+              progress: bool, training: Sequence[Record] = ()) -> dict[str, Any]:
     """One round in `folder`, each step skipped if a killed earlier run finished it; returns its metrics."""
     folder.mkdir(parents=True, exist_ok=True)
     samples = folder / "samples.csv"
@@ -442,7 +456,7 @@ def run_round(config: TuneConfig, number: int, model: Path | None, folder: Path,
         within.append("size_bin")
     pairs = preference_pairs(rewarded, config.min_margin, within)
     write_atomic(folder / "pairs.jsonl", "".join(json.dumps(p) + "\n" for p in pairs))
-    update = update_model(config, number, model, pairs, folder / "model")
+    update = update_model(config, number, model, pairs, folder / "model", training)
     metrics = {"round": number, "attempts": len(table), "pairs": len(pairs),
                "reward_mean": float(table["reward"].mean()), **scored, "update": update}
     write_atomic(folder / "metrics.json", json.dumps(metrics, indent=2) + "\n")
@@ -451,9 +465,10 @@ def run_round(config: TuneConfig, number: int, model: Path | None, folder: Path,
 
 
 def update_model(config: TuneConfig, number: int, model: Path | None, pairs: Sequence[dict[str, Any]],
-                 out: Path) -> dict[str, Any]:
+                 out: Path, training: Sequence[Record] = ()) -> dict[str, Any]:
     """trl's DPO on the round's pairs, from the model at the round's start and against the `config.reference`
-    model (the round's start, or the run's); the result goes to `out`.
+    model (the round's start, or the run's), with `training` crystals mixed in at `config.data_weight`; the result
+    goes to `out`.
 
     The prompt is read after the model's begin-of-sequence token and the crystal ends with its end token, as in
     `crystext train`. No pairs (every reward within `min_margin`): the model is saved unchanged.
@@ -462,10 +477,11 @@ def update_model(config: TuneConfig, number: int, model: Path | None, pairs: Seq
     from datasets import Dataset as HFDataset
     from transformers import PrinterCallback
     from transformers.utils import logging as hf_logging
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOConfig
 
     from crystext.model import load_model, save_model
     from crystext.train import replacing_dir
+    from crystext.tune.mix import MixedDPOTrainer
 
     policy, tokenizer, info = load_model(model, trainable=True)
     summary: dict[str, Any] = {"pairs": len(pairs)}
@@ -492,8 +508,9 @@ def update_model(config: TuneConfig, number: int, model: Path | None, pairs: Seq
         hf_logging.set_verbosity_error()
         datasets.disable_progress_bars()  # the trainer's dataset preparation: instant, and not what a round is about
         try:
-            trainer = DPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=data,
-                                 processing_class=tokenizer)
+            mix = data_batches(config, number, training, tokenizer, info, len(pairs)) if config.data_weight else None
+            trainer = MixedDPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=data,
+                                      processing_class=tokenizer, data=mix, data_weight=config.data_weight)
             trainer.remove_callback(PrinterCallback)  # its per-step dicts; the round's line says what matters
             trainer.train()
         finally:
@@ -504,12 +521,30 @@ def update_model(config: TuneConfig, number: int, model: Path | None, pairs: Seq
         summary.update(steps=trainer.state.global_step, loss_first=logs[0]["loss"], loss_last=logs[-1]["loss"],
                        reward_accuracy_last=logs[-1].get("rewards/accuracies"),
                        reward_margin_last=logs[-1].get("rewards/margins"))
+        if config.data_weight:
+            summary.update(data_loss_first=logs[0]["data_loss"], data_loss_last=logs[-1]["data_loss"])
         policy = trainer.model
     info = {**info, "tuned": {**info.get("tuned", {}), f"round_{number}": summary}}
     with replacing_dir(out) as staging:
         save_model(policy, tokenizer, staging, info)
         (staging / "README.md").write_text(model_card(model, config, info["tuned"]))
     return summary
+
+
+def data_batches(config: TuneConfig, number: int, training: Sequence[Record], tokenizer: PreTrainedTokenizerBase,
+                 info: Mapping[str, Any], pairs: int) -> Batches:
+    """The training crystals mixed into round `number`'s update (`TuneConfig.data_weight`): `batch_size` a step,
+    drawn for the round (seeded; each once while the set lasts) and made into examples by the recipe of the run that
+    trained the model (its prompts, infill share and loss weights), so the mix is the model's own training data."""
+    from crystext.data import Dataset
+    from crystext.train import Batches, recipe_config, to_examples
+
+    steps = math.ceil(pairs / config.batch_size) * config.epochs
+    rng = np.random.default_rng([config.seed * ROUND_SEED_STRIDE + number, DATA_STREAM])
+    count = min(len(training), steps * config.batch_size)
+    drawn = Dataset([training[i] for i in rng.choice(len(training), size=count, replace=False)])
+    recipe = recipe_config(dict(info), config.batch_size, config.seed * ROUND_SEED_STRIDE + number)
+    return Batches(to_examples(drawn, recipe.text_format)[0], tokenizer, recipe)
 
 
 def model_card(model: Path | None, config: TuneConfig, rounds: Mapping[str, Any]) -> str:
@@ -524,7 +559,9 @@ def model_card(model: Path | None, config: TuneConfig, rounds: Mapping[str, Any]
              f"scores, pairs and metrics): trl's DPO, beta {config.beta}, learning rate {config.learning_rate}, "
              f"{config.epochs} epoch(s) a round over {config.attempts} attempts' pairs"
              + (f" ({config.prompted:.0%} of them prompted with training formulas, {config.group} a formula)"
-                if config.prompted else "") + f", reference: {config.reference} model.\n",
+                if config.prompted else "")
+             + (f", training crystals mixed in at weight {config.data_weight}" if config.data_weight else "")
+             + f", reference: {config.reference} model.\n",
              "| round | pairs | steps | DPO loss first -> last |", "|---:|---:|---:|---|"]
     for name, r in rounds.items():
         loss = f"{r['loss_first']:.3f} -> {r['loss_last']:.3f}" if r.get("steps") else "no update"
