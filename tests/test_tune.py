@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -36,6 +37,21 @@ def test_reward_of_a_valid_crystal_is_minus_its_capped_energy_less_its_penalties
     assert reward.lowest_valid == pytest.approx(-(1.0 + 0.5 + 0.25 + 0.1 * 2 * 2))
     with pytest.raises(ValueError, match=r"invalid \(-2.0\) must be below every valid crystal's reward \(-2.4\)"):
         RewardConfig(hull_cap=1.0, repeat_penalty=0.5, known_penalty=0.5, balance_weight=0.1, invalid=-2.0)
+
+
+def test_crowding_is_the_log_ratio_of_neighbour_shares_among_the_models_crystals_and_the_training_ones() -> None:
+    from crystext.tune.rounds import MAX_EXCESS, crowding
+
+    model = np.array([[0.0], [0.1], [0.2], [1.0], [5.0], [5.1]])
+    training = np.array([[0.0], [1.0], [1.1], [1.2]])
+    # near 0.0: 3 of 6 model rows within 0.4 against 1 of 4 training rows; 1.0: 1 of 6 against 3 of 4 (less crowded
+    # than training: 0); 5.0: 2 of 6, no training row near, counted as one of 4
+    assert crowding(model, training, cutoff=0.4) == pytest.approx([math.log(2)] * 3 + [0.0] + [math.log(4 / 3)] * 2)
+    many = np.zeros((50, 1))
+    assert crowding(many, np.array([[3.0]] * 100), cutoff=0.4) == pytest.approx([MAX_EXCESS] * 50)
+    reward = RewardConfig(crowding_weight=0.5, invalid=-3.5)
+    assert reward.reward(0.05, unique=True, novel=True, crowded=1.0) == pytest.approx(-0.55)
+    assert reward.lowest_valid == pytest.approx(-(1.0 + 0.5 + 0.5 + 0.5 * MAX_EXCESS))
 
 
 def test_over_representation_is_the_log_share_ratio_of_a_crystals_most_overrepresented_value() -> None:
@@ -255,6 +271,8 @@ def test_mixing_in_training_crystals_keeps_the_tuned_model_closer_to_them(model_
         losses[weight] = validation_loss(model, batches, torch.device("cpu"))
         update = read_rounds(tmp_path / f"w{weight}")[0]["update"]
         assert ("data_loss_last" in update) == bool(weight)
+        # the DPO loss alone: log 2 at the first step, where the model is still its reference, data term or not
+        assert update["loss_first"] == pytest.approx(math.log(2), abs=1e-4)
     # The same pairs and seed: the update that also read training crystals left them likelier.
     assert losses[2.0] < losses[0.0] - 0.05
     card = (tmp_path / "w2.0" / "round_001" / "model" / "README.md").read_text()
@@ -358,6 +376,22 @@ def test_stability_scorer_rewards_stable_new_crystals_over_repeats_known_and_inv
     assert table.at["s1", "reward"] == pytest.approx(
         -min(max(e["s1"], 0), 1.0) - rewards.known_penalty - rewards.repeat_penalty)
     assert table.at["s0", "reward"] == pytest.approx(-min(max(e["s0"], 0), 1.0))
+
+    # Crowding: the round's and the probe's crystals (first, second, first, and second again) against a training set
+    # of 40 test crystals, in structure-fingerprint space; each valid crystal pays crowding_weight times its own.
+    from crystext.tune.rounds import crowding, structure_fingerprints
+
+    training = test.records[1:41]
+    crowded = StabilityScorer(shipped_reference(), training, scorer.stability,
+                              RewardConfig(crowding_weight=0.5, invalid=-3.5))
+    table, metrics = crowded(samples, tmp_path, [], probe)  # the relaxations are resumed from stability.csv
+    table = table.set_index("id")
+    expected = crowding(structure_fingerprints([first, second, first, second])[0],
+                        structure_fingerprints([r.structure for r in training])[0])
+    assert table["crowding"].tolist() == pytest.approx([*expected[:3], 0.0])
+    assert expected[0] == expected[2] > 0.5  # two of four crystals one structure: crowded beyond the training set
+    assert table.at["s0", "reward"] == pytest.approx(-min(max(e["s0"], 0), 1.0) - 0.5 * expected[0])
+    assert metrics["mean_crowding"] == pytest.approx(expected[:3].mean())
 
 
 def test_a_prompted_crystal_must_have_its_formula_and_is_not_charged_for_being_known(shared_data, tmp_path) -> None:

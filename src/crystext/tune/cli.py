@@ -18,7 +18,7 @@ HELP = "post-train a model toward stable crystals: rounds of sample, relax and s
 _FLAGS = option_flags(("rounds", "attempts", "probe", "prompted", "min_margin", "pair_size_bin", "beta",
                        "learning_rate", "epochs", "sft_weight", "data_weight", "temperature", "top_p", "max_atoms",
                        "min_distance", "seed", "hull_cap", "repeat_penalty", "repeat_scope", "known_penalty",
-                       "balance_weight", "invalid"),
+                       "balance_weight", "crowding_weight", "invalid"),
                       batch_size="--update-batch", group="--prompt-group")
 
 
@@ -86,6 +86,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     reward.add_argument("--balance-weight", type=float, default=RewardConfig.balance_weight,
                         help="for a crystal whose cell size or elements the round over-represents against --train: "
                         "this times the log share ratio (0: off)")
+    reward.add_argument("--crowding-weight", type=float, default=RewardConfig.crowding_weight,
+                        help="for a crystal whose neighbourhood in structure-fingerprint space (COV-R's cut-off) the "
+                        "round and probe crowd more than --train crystals do: this times the log density ratio "
+                        "(0: off)")
     reward.add_argument("--invalid", type=float, default=RewardConfig.invalid,
                         help="the reward of an attempt with no valid crystal (below every valid one)")
     stability_cli.add_relax_arguments(parser)
@@ -99,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         reward = RewardConfig(hull_cap=args.hull_cap, repeat_penalty=args.repeat_penalty,
                               repeat_scope=args.repeat_scope, known_penalty=args.known_penalty,
-                              balance_weight=args.balance_weight, invalid=args.invalid)
+                              balance_weight=args.balance_weight, crowding_weight=args.crowding_weight,
+                              invalid=args.invalid)
         sample = SampleConfig(temperature=args.temperature, top_p=args.top_p, max_atoms=args.max_atoms,
                               batch_size=args.sample_batch, min_distance=args.min_distance or None,
                               constrained=not args.no_constraint)

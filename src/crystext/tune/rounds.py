@@ -16,6 +16,7 @@ import math
 import shutil
 import sys
 import tempfile
+import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -26,7 +27,7 @@ import numpy as np
 import pandas as pd
 from pymatgen.core import Structure
 
-from crystext.constants import METASTABLE_E_HULL
+from crystext.constants import COVERAGE_CUTOFFS, METASTABLE_E_HULL
 from crystext.errors import CrystextError
 from crystext.files import write_atomic
 from crystext.prompts import Attributes, cell_formula
@@ -61,6 +62,11 @@ BALANCE_FEATURES = ("sites", "elements")
 MAX_EXCESS = 2.0
 #: What a crystal's repeat penalty compares it with: the earlier crystals of its round, or of its whole run.
 REPEAT_SCOPES = ("round", "run")
+#: Crowding (`RewardConfig.crowding_weight`) counts the crystals within MP-20's COV-R structure cut-off of a crystal,
+#: the coverage tuning must keep, among the training crystals of a seeded draw of this many (CrystalNN takes about
+#: 0.1 s a crystal, once a run).
+CROWDING_CUTOFF = COVERAGE_CUTOFFS["mp_20"][0]
+CROWDING_REFERENCE = 1000
 
 
 @dataclass(frozen=True)
@@ -87,11 +93,18 @@ class RewardConfig:
     # the crystals diverse but steered the model to kinds it writes badly (benchmarks/results/tune_balanced.md);
     # anchoring to the starting model and pairing like with like kept the diversity instead (tune_anchored.md).
     balance_weight: float = 0.0
+    # Times the crystal's `crowding` (0 to MAX_EXCESS): how much more the model's crystals crowd its neighbourhood in
+    # structure-fingerprint space than the training crystals do. Every tuned model lost COV-R with its local
+    # environments narrowing (one prototype written with many compositions) while cell sizes and elements held
+    # (benchmarks/results/tune_prompted.md); this charges exactly that. 0: off
+    crowding_weight: float = 0.0
     invalid: float = -2.5
 
     def __post_init__(self) -> None:
-        if not min(self.hull_cap, self.repeat_penalty, self.known_penalty, self.balance_weight) >= 0:
-            raise ValueError("hull_cap, repeat_penalty, known_penalty and balance_weight must be >= 0")
+        if not min(self.hull_cap, self.repeat_penalty, self.known_penalty, self.balance_weight,
+                   self.crowding_weight) >= 0:
+            raise ValueError("hull_cap, repeat_penalty, known_penalty, balance_weight and crowding_weight must be "
+                             ">= 0")
         if self.repeat_scope not in REPEAT_SCOPES:
             raise ValueError(f"repeat_scope must be one of {', '.join(REPEAT_SCOPES)}, got {self.repeat_scope!r}")
         if not self.invalid < self.lowest_valid:
@@ -102,15 +115,42 @@ class RewardConfig:
     def lowest_valid(self) -> float:
         """The least a valid, relaxed crystal can earn."""
         return -(self.hull_cap + self.repeat_penalty + self.known_penalty
-                 + self.balance_weight * MAX_EXCESS * len(BALANCE_FEATURES))
+                 + (self.balance_weight * len(BALANCE_FEATURES) + self.crowding_weight) * MAX_EXCESS)
 
-    def reward(self, e_above_hull: float, unique: bool, novel: bool, excess: float = 0.0) -> float:
-        """The reward of a valid crystal (`excess`: its features' summed `over_representation`); NaN energy (no
-        relaxation) earns `invalid`."""
+    def reward(self, e_above_hull: float, unique: bool, novel: bool, excess: float = 0.0,
+               crowded: float = 0.0) -> float:
+        """The reward of a valid crystal (`excess`: its features' summed `over_representation`; `crowded`: its
+        `crowding`); NaN energy (no relaxation) earns `invalid`."""
         if not math.isfinite(e_above_hull):
             return self.invalid
         return (-min(max(e_above_hull, 0.0), self.hull_cap) - (0 if unique else self.repeat_penalty)
-                - (0 if novel else self.known_penalty) - self.balance_weight * excess)
+                - (0 if novel else self.known_penalty) - self.balance_weight * excess
+                - self.crowding_weight * crowded)
+
+
+def crowding(model: np.ndarray, training: np.ndarray, cutoff: float = CROWDING_CUTOFF) -> np.ndarray:
+    """Per row of `model` (structure fingerprints of the model's crystals): the log ratio of the share of `model`'s
+    rows within `cutoff` of it (itself included) to the share of `training`'s (at least one row's share), from 0 (no
+    more crowded than the training set there) to MAX_EXCESS."""
+    from scipy.spatial.distance import cdist
+
+    near_model = (cdist(model, model) <= cutoff).mean(axis=1)
+    near_training = np.maximum((cdist(model, training) <= cutoff).mean(axis=1), 1 / len(training))
+    return np.clip(np.log(near_model / near_training), 0.0, MAX_EXCESS)
+
+
+def structure_fingerprints(structures: Sequence[Structure]) -> tuple[np.ndarray, list[bool]]:
+    """The structure fingerprints (COV-R's) of the crystals it could compute, and whether it could, per crystal."""
+    from crystext.evaluate.fingerprints import PAPER_FINGERPRINT_TIME_LIMIT, FingerprintFailure, structure_fingerprint
+
+    fingerprints, found = [], []
+    for structure in structures:
+        try:
+            fingerprints.append(structure_fingerprint(structure, PAPER_FINGERPRINT_TIME_LIMIT))
+            found.append(True)
+        except FingerprintFailure:
+            found.append(False)
+    return np.asarray(fingerprints).reshape(len(fingerprints), -1), found
 
 
 def feature_values(structure: Structure) -> dict[str, list[object]]:
@@ -242,8 +282,20 @@ class StabilityScorer:
         values = [feature_values(s) for s in structures]
         self.training_shares = {f: feature_shares([v[f] for v in values]) for f in BALANCE_FEATURES}
         self.n_training = len(structures)
+        self.training_structures = structures
+        self._training_fingerprints: np.ndarray | None = None
         self.stability = stability or StabilityConfig(progress=False)
         self.reward = reward or RewardConfig()
+
+    @property
+    def training_fingerprints(self) -> np.ndarray:
+        """Structure fingerprints of CROWDING_REFERENCE training crystals (a seeded draw), computed when first asked."""
+        if self._training_fingerprints is None:
+            rng = np.random.default_rng(0)
+            count = min(CROWDING_REFERENCE, self.n_training)
+            drawn = rng.choice(self.n_training, size=count, replace=False)
+            self._training_fingerprints = structure_fingerprints([self.training_structures[i] for i in drawn])[0]
+        return self._training_fingerprints
 
     def settings(self) -> dict[str, Any]:
         """What decides its rewards, as JSON: the reward, the potential and budget, the hull, the training set size."""
@@ -304,6 +356,14 @@ class StabilityScorer:
             excess = over_representation([v[feature] for v in values], self.training_shares[feature], self.n_training)
             table[f"excess_{feature}"] = table["id"].map(dict(zip(valid, excess))).fillna(0.0)
         table["excess"] = table[[f"excess_{f}" for f in BALANCE_FEATURES]].sum(axis=1)
+        table["crowding"] = 0.0
+        if self.reward.crowding_weight and generated:
+            # the model's neighbourhoods are counted among the round's crystals and its probe's
+            others = [s for _, s in parsed_structures(probe) if is_valid(s)] if probe else []
+            fingerprints, found = structure_fingerprints(generated + others)
+            crowded = iter(crowding(fingerprints, self.training_fingerprints))
+            by_id = {rid: next(crowded) for rid, ok in zip(valid, found) if ok}
+            table["crowding"] = table["id"].map(by_id).fillna(0.0)
         cifs = [relaxed.at[rid, "relaxed_cif"] if rid in structures else "" for rid in ids]
         stability = stability_table(table["e_above_hull"].to_numpy(float), RelaxedStructures(cifs), self.known)
         table[["metastable", "stable", "sun"]] = stability[["metastable", "stable", "sun"]].to_numpy()
@@ -311,9 +371,10 @@ class StabilityScorer:
         # an easier composition than the one asked for); one written for a stated formula is not charged for being
         # known: asked for a composition, the known stable crystal of it is the right answer.
         table["reward"] = [
-            self.reward.reward(e, u, n or p, x) if v and m else self.reward.invalid
-            for v, m, p, e, u, n, x in zip(table["valid"], table["prompt_met"], table["prompted"],
-                                           table["e_above_hull"], fresh, table["novel"], table["excess"])]
+            self.reward.reward(e, u, n or p, x, c) if v and m else self.reward.invalid
+            for v, m, p, e, u, n, x, c in zip(table["valid"], table["prompt_met"], table["prompted"],
+                                              table["e_above_hull"], fresh, table["novel"], table["excess"],
+                                              table["crowding"])]
         rates = stability_rates(stability)
         n_valid = len(valid)
         metrics = {"valid_rate": n_valid / len(ids) if ids else math.nan,
@@ -327,6 +388,8 @@ class StabilityScorer:
                    **{k: rates[k] for k in ("metastable_rate", "stable_rate", "sun_rate", "msun_rate",
                                              "mean_e_above_hull")},
                    "mean_excess": float(table.loc[table["valid"], "excess"].mean()) if n_valid else math.nan,
+                   **({"mean_crowding": float(table.loc[table["valid"], "crowding"].mean()) if n_valid else math.nan}
+                      if self.reward.crowding_weight else {}),
                    "mean_sites": float(np.mean([len(s) for s in generated])) if n_valid else math.nan,
                    "metastable_threshold_ev_per_atom": METASTABLE_E_HULL}
         return table, metrics
@@ -504,21 +567,26 @@ def update_model(config: TuneConfig, number: int, model: Path | None, pairs: Seq
             # accelerate state that a later `train` in the same process cannot change)
             bf16=_cuda(),
         )
+        mix = data_batches(config, number, training, tokenizer, info, len(pairs)) if config.data_weight else None
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
         datasets.disable_progress_bars()  # the trainer's dataset preparation: instant, and not what a round is about
         try:
-            mix = data_batches(config, number, training, tokenizer, info, len(pairs)) if config.data_weight else None
-            trainer = MixedDPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=data,
-                                      processing_class=tokenizer, data=mix, data_weight=config.data_weight)
-            trainer.remove_callback(PrinterCallback)  # its per-step dicts; the round's line says what matters
-            trainer.train()
+            with warnings.catch_warnings():
+                # trl asks transformers about gradient checkpointing by names transformers now calls deprecated
+                warnings.filterwarnings("ignore", ".*checkpointing.*deprecated", FutureWarning)
+                trainer = MixedDPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=data,
+                                          processing_class=tokenizer, data=mix, data_weight=config.data_weight)
+                trainer.remove_callback(PrinterCallback)  # its per-step dicts; the round's line says what matters
+                trainer.train()
         finally:
             hf_logging.set_verbosity(verbosity)
             datasets.enable_progress_bars()
             shutil.rmtree(scratch, ignore_errors=True)
         logs = [entry for entry in trainer.state.log_history if "loss" in entry]
-        summary.update(steps=trainer.state.global_step, loss_first=logs[0]["loss"], loss_last=logs[-1]["loss"],
+        # The DPO loss alone (the logged loss holds the data term too), and the data term's own loss
+        dpo = [entry["loss"] - config.data_weight * entry.get("data_loss", 0.0) for entry in logs]
+        summary.update(steps=trainer.state.global_step, loss_first=dpo[0], loss_last=dpo[-1],
                        reward_accuracy_last=logs[-1].get("rewards/accuracies"),
                        reward_margin_last=logs[-1].get("rewards/margins"))
         if config.data_weight:
