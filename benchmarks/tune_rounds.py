@@ -22,9 +22,10 @@ COLUMNS = (("attempts", "attempts"), ("valid_rate", "valid"), ("metastable_rate"
            ("new_to_run", "new to the run (of valid)"), ("novelty", "novel (of valid)"),
            ("mean_e_above_hull", "mean E_hull"), ("reward_mean", "mean reward"),
            ("pairs", "pairs"))
-#: Columns only some runs have: with a probe (`crystext tune --probe`), with prompted attempts (`--prompted`).
+#: Columns only some runs have: with a probe (`crystext tune --probe`), with prompted attempts (`--prompted`), with
+#: a crowding term (`--crowding-weight`).
 OPTIONAL_COLUMNS = (("probe_repeats", "written by the probe too (of valid)"),
-                    ("prompt_met", "prompted: formula written"))
+                    ("prompt_met", "prompted: formula written"), ("mean_crowding", "mean crowding (of valid)"))
 
 
 def main() -> int:

@@ -139,12 +139,15 @@ def crowding(model: np.ndarray, training: np.ndarray, cutoff: float = CROWDING_C
     return np.clip(np.log(near_model / near_training), 0.0, MAX_EXCESS)
 
 
-def structure_fingerprints(structures: Sequence[Structure]) -> tuple[np.ndarray, list[bool]]:
+def structure_fingerprints(structures: Sequence[Structure], desc: str = "fingerprints", progress: bool = False
+                           ) -> tuple[np.ndarray, list[bool]]:
     """The structure fingerprints (COV-R's) of the crystals it could compute, and whether it could, per crystal."""
+    from tqdm.auto import tqdm
+
     from crystext.evaluate.fingerprints import PAPER_FINGERPRINT_TIME_LIMIT, FingerprintFailure, structure_fingerprint
 
     fingerprints, found = [], []
-    for structure in structures:
+    for structure in tqdm(structures, desc=desc, disable=not progress):
         try:
             fingerprints.append(structure_fingerprint(structure, PAPER_FINGERPRINT_TIME_LIMIT))
             found.append(True)
@@ -294,7 +297,8 @@ class StabilityScorer:
             rng = np.random.default_rng(0)
             count = min(CROWDING_REFERENCE, self.n_training)
             drawn = rng.choice(self.n_training, size=count, replace=False)
-            self._training_fingerprints = structure_fingerprints([self.training_structures[i] for i in drawn])[0]
+            self._training_fingerprints = structure_fingerprints([self.training_structures[i] for i in drawn],
+                                                                 "training fingerprints", self.stability.progress)[0]
         return self._training_fingerprints
 
     def settings(self) -> dict[str, Any]:
@@ -360,7 +364,7 @@ class StabilityScorer:
         if self.reward.crowding_weight and generated:
             # the model's neighbourhoods are counted among the round's crystals and its probe's
             others = [s for _, s in parsed_structures(probe) if is_valid(s)] if probe else []
-            fingerprints, found = structure_fingerprints(generated + others)
+            fingerprints, found = structure_fingerprints(generated + others, "crowding", self.stability.progress)
             crowded = iter(crowding(fingerprints, self.training_fingerprints))
             by_id = {rid: next(crowded) for rid, ok in zip(valid, found) if ok}
             table["crowding"] = table["id"].map(by_id).fillna(0.0)
@@ -556,25 +560,25 @@ def update_model(config: TuneConfig, number: int, model: Path | None, pairs: Seq
         data = HFDataset.from_list([{"prompt": bos + p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]}
                                     for p in pairs])
         loss = ["sigmoid", "sft"] if config.sft_weight else ["sigmoid"]
-        scratch = tempfile.mkdtemp(prefix="crystext-dpo-")  # the trainer's output folder; it saves nothing there
-        args = DPOConfig(
-            output_dir=scratch, per_device_train_batch_size=config.batch_size,
-            num_train_epochs=config.epochs, learning_rate=config.learning_rate, beta=config.beta,
-            loss_type=loss, loss_weights=[1.0, config.sft_weight] if config.sft_weight else None,
-            seed=config.seed * ROUND_SEED_STRIDE + number, report_to="none", save_strategy="no",
-            logging_steps=1, disable_tqdm=True, use_cpu=not _cuda(), dataset_num_proc=None,
-            # bf16 on a GPU only, as `crystext train` (trl's default is bf16 everywhere: autocast on a CPU, and an
-            # accelerate state that a later `train` in the same process cannot change)
-            bf16=_cuda(),
-        )
         mix = data_batches(config, number, training, tokenizer, info, len(pairs)) if config.data_weight else None
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
         datasets.disable_progress_bars()  # the trainer's dataset preparation: instant, and not what a round is about
+        scratch = tempfile.mkdtemp(prefix="crystext-dpo-")  # the trainer's output folder; it saves nothing there
         try:
             with warnings.catch_warnings():
                 # trl asks transformers about gradient checkpointing by names transformers now calls deprecated
                 warnings.filterwarnings("ignore", ".*checkpointing.*deprecated", FutureWarning)
+                args = DPOConfig(
+                    output_dir=scratch, per_device_train_batch_size=config.batch_size,
+                    num_train_epochs=config.epochs, learning_rate=config.learning_rate, beta=config.beta,
+                    loss_type=loss, loss_weights=[1.0, config.sft_weight] if config.sft_weight else None,
+                    seed=config.seed * ROUND_SEED_STRIDE + number, report_to="none", save_strategy="no",
+                    logging_steps=1, disable_tqdm=True, use_cpu=not _cuda(), dataset_num_proc=None,
+                    # bf16 on a GPU only, as `crystext train` (trl's default is bf16 everywhere: autocast on a CPU,
+                    # and an accelerate state that a later `train` in the same process cannot change)
+                    bf16=_cuda(),
+                )
                 trainer = MixedDPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=data,
                                           processing_class=tokenizer, data=mix, data_weight=config.data_weight)
                 trainer.remove_callback(PrinterCallback)  # its per-step dicts; the round's line says what matters
