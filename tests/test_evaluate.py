@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from pymatgen.core import Composition
 
-from crystext.data import DatasetError
+from crystext.data import Dataset, DatasetError, Record, read_structures
 from crystext.evaluate import (
     EvaluateConfig,
     EvaluateError,
@@ -20,7 +20,7 @@ from crystext.evaluate import (
     evaluate,
 )
 from crystext.evaluate.cli import add_arguments, run
-from crystext.evaluate.profiles import profile_file
+from crystext.evaluate.profiles import profile_dataset, profile_file
 from crystext.evaluate.validity import compositional_validity
 from crystext.textformat import decode, encode
 
@@ -151,6 +151,25 @@ def test_reference_fingerprints_are_cached_by_content_and_settings(
     profile_file(small, FingerprintSettings(time_limit=30.0), progress=False)
     assert len(list((tmp_path / "cache" / "fingerprints").glob("*.npz"))) == 2  # the settings are part of the key
     assert not list((tmp_path / "cache" / "fingerprints").glob(".*"))  # no partial files left
+
+
+def test_a_set_held_in_memory_is_cached_by_its_records_when_asked(
+    reference: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CRYSTEXT_CACHE_DIR", str(tmp_path / "cache"))
+    records = read_structures(_head(reference, 3, tmp_path)).records
+    first = profile_dataset(Dataset(records), jobs=1, progress=False, cache=True)
+    assert not first.from_cache and first.column("fp_ok").all()
+    again = profile_dataset(Dataset(list(records)), jobs=1, progress=False, cache=True)
+    assert again.from_cache
+    np.testing.assert_array_equal(again.struct_fp, first.struct_fp)
+    moved = records[0].structure.copy()
+    moved.translate_sites([0], [0.01, 0.0, 0.0])
+    changed = profile_dataset(Dataset([Record(records[0].id, moved), *records[1:]]), jobs=1,
+                              progress=False, cache=True)
+    assert not changed.from_cache  # a structure is part of the key, not only its id
+    assert not profile_dataset(Dataset(records), jobs=1, progress=False).from_cache  # no cache unless asked
+    assert len(list((tmp_path / "cache" / "fingerprints").glob("*.npz"))) == 2
 
 
 def test_novelty_uniqueness_stability_and_sun(test_rows: pd.DataFrame, reference: Path, tmp_path: Path) -> None:

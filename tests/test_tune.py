@@ -49,9 +49,13 @@ def test_crowding_is_the_log_ratio_of_neighbour_shares_among_the_models_crystals
     assert crowding(model, training, cutoff=0.4) == pytest.approx([math.log(2)] * 3 + [0.0] + [math.log(4 / 3)] * 2)
     many = np.zeros((50, 1))
     assert crowding(many, np.array([[3.0]] * 100), cutoff=0.4) == pytest.approx([MAX_EXCESS] * 50)
-    reward = RewardConfig(crowding_weight=0.5, invalid=-3.5)
+    reward = RewardConfig(crowding_weight=0.5)
     assert reward.reward(0.05, unique=True, novel=True, crowded=1.0) == pytest.approx(-0.55)
     assert reward.lowest_valid == pytest.approx(-(1.0 + 0.5 + 0.5 + 0.5 * MAX_EXCESS))
+    # unless given, an invalid attempt earns half an eV/atom less than the least a valid crystal can
+    assert reward.invalid == pytest.approx(reward.lowest_valid - 0.5) and RewardConfig().invalid == -2.5
+    with pytest.raises(ValueError, match="crowding_cutoff must be positive, got 0"):
+        RewardConfig(crowding_cutoff=0)
 
 
 def test_over_representation_is_the_log_share_ratio_of_a_crystals_most_overrepresented_value() -> None:
@@ -379,15 +383,15 @@ def test_stability_scorer_rewards_stable_new_crystals_over_repeats_known_and_inv
 
     # Crowding: the round's and the probe's crystals (first, second, first, and second again) against a training set
     # of 40 test crystals, in structure-fingerprint space; each valid crystal pays crowding_weight times its own.
-    from crystext.tune.rounds import crowding, structure_fingerprints
+    from crystext.tune.rounds import CROWDING_CUTOFF, crowding, structure_fingerprints
 
     training = test.records[1:41]
     crowded = StabilityScorer(shipped_reference(), training, scorer.stability,
-                              RewardConfig(crowding_weight=0.5, invalid=-3.5))
+                              RewardConfig(crowding_weight=0.5))
     table, metrics = crowded(samples, tmp_path, [], probe)  # the relaxations are resumed from stability.csv
     table = table.set_index("id")
     expected = crowding(structure_fingerprints([first, second, first, second])[0],
-                        structure_fingerprints([r.structure for r in training])[0])
+                        structure_fingerprints([r.structure for r in training])[0], CROWDING_CUTOFF)
     assert table["crowding"].tolist() == pytest.approx([*expected[:3], 0.0])
     assert expected[0] == expected[2] > 0.5  # two of four crystals one structure: crowded beyond the training set
     assert table.at["s0", "reward"] == pytest.approx(-min(max(e["s0"], 0), 1.0) - 0.5 * expected[0])
@@ -430,6 +434,8 @@ def test_tune_command_runs_rounds_writes_a_report_and_names_bad_settings(model_d
     assert "crystext tune: error: --update-batch must be at least 1, got 0" in capsys.readouterr().err
     assert main([*base, "--data-weight", "-0.5"]) == 1
     assert "crystext tune: error: --data-weight must be >= 0, got -0.5" in capsys.readouterr().err
+    assert main([*base, "--crowding-cutoff", "0"]) == 1
+    assert "crystext tune: error: --crowding-cutoff must be positive, got 0.0" in capsys.readouterr().err
     assert main([*base, "--invalid", "-1"]) == 1
     assert "--invalid (-1.0) must be below every valid crystal's reward (-2)" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # refused before anything was written

@@ -14,7 +14,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
@@ -469,7 +469,7 @@ RECIPE_FIELDS = ("infill_fraction", "attribute_rate", "unconditional_rate", "rel
                  "cell_formula", "translate", "permute", "completion_only", "max_length")
 
 
-def recipe_config(info: dict[str, Any], batch_size: int, seed: int) -> TrainConfig:
+def recipe_config(info: Mapping[str, Any], batch_size: int, seed: int) -> TrainConfig:
     """The example settings of the run that wrote a model (its recorded `run_info`), at another batch size and seed:
     what makes examples as that model's own training did (a setting it lacks keeps today's default)."""
     recipe = {name: info[name] for name in RECIPE_FIELDS if name in info}

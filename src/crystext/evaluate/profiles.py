@@ -233,10 +233,13 @@ def profile_dataset(
     jobs: int | None = None,
     progress: bool = True,
     desc: str = "profiling",
+    cache: bool = False,
 ) -> Profiles:
     """Profile every record of a dataset in parallel; its skipped records become unparsed rows at the end.
 
     `fingerprint_invalid=False` skips the fingerprints of invalid structures (the paper never uses them).
+    `cache=True` keeps the profiles on disk keyed by the records' ids and structures (for a set built in memory,
+    such as a seeded draw of a training set, that is profiled again in every run).
     """
     ids: list[str] = []
     errors: list[str] = []
@@ -253,7 +256,11 @@ def profile_dataset(
         ids.append(rid)
         arrays.append(None)
         errors.append(reason)
-    tasks = [_Task(*a, fingerprint_invalid, settings) for a in arrays if a is not None]
+    target = _dataset_cache_path(ids, errors, arrays, settings) if cache else None
+    cached = _read_cache(target)
+    if cached is not None:
+        return cached
+    tasks = [_Task(*a, fingerprint_invalid or cache, settings) for a in arrays if a is not None]
     results = iter(_run(tasks, jobs or default_jobs(), progress, desc))
     rows = []
     struct_fp = np.full((len(ids), STRUCTURE_FP_SIZE), np.nan)
@@ -265,7 +272,10 @@ def profile_dataset(
             if row.get("fp_ok"):
                 struct_fp[i], comp_fp[i] = row.pop("struct_fp"), row.pop("comp_fp")
         rows.append({name: row[name] for name in COLUMNS})
-    return _assemble(rows, struct_fp, comp_fp, arrays, dataset.source)
+    profiles = _assemble(rows, struct_fp, comp_fp, arrays, dataset.source)
+    if target is not None:
+        profiles.to_npz(target)
+    return profiles
 
 
 def _run(tasks: Sequence[_Task], jobs: int, progress: bool, desc: str) -> list[dict[str, Any]]:
@@ -311,10 +321,35 @@ def _assemble(
 
 def cache_path(path: Path, settings: FingerprintSettings, read_options: dict[str, Any]) -> Path:
     """Where the profiles of `path` under these settings are cached."""
-    key = {
-        "content": file_digest(path), "settings": asdict(settings), "read": read_options,
-        "versions": package_versions(VERSIONED_PACKAGES), "format": PROFILE_FORMAT,
-    }
+    return _cache_file({"content": file_digest(path), "read": read_options}, settings)
+
+
+def _dataset_cache_path(ids: Sequence[str], errors: Sequence[str],
+                        arrays: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray] | None],
+                        settings: FingerprintSettings) -> Path:
+    """Where the profiles of a set held in memory are cached: keyed by every record's id, structure or error."""
+    content = hashlib.sha256()
+    for rid, error, arr in zip(ids, errors, arrays):
+        content.update(json.dumps([rid, error]).encode())
+        for part in arr or ():
+            content.update(np.ascontiguousarray(part).tobytes())
+    return _cache_file({"records": content.hexdigest()}, settings)
+
+
+def _read_cache(target: Path | None) -> Profiles | None:
+    """The cached profiles at `target`; None when there are none, or the file is damaged (cut short, empty,
+    overwritten: it is then rebuilt)."""
+    if target is None or not target.is_file():
+        return None
+    try:
+        return Profiles.from_npz(target)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error):
+        return None
+
+
+def _cache_file(content: dict[str, Any], settings: FingerprintSettings) -> Path:
+    key = {**content, "settings": asdict(settings), "versions": package_versions(VERSIONED_PACKAGES),
+           "format": PROFILE_FORMAT}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
     return cache_dir("fingerprints") / f"{digest}.npz"
 
@@ -338,12 +373,9 @@ def profile_file(
     path = Path(path)
     read_options = {"max_atoms": max_atoms, "structure_column": structure_column, "reader": READER_VERSION}
     target = cache_path(path, settings, read_options) if cache else None
-    if target is not None and target.is_file():
-        try:
-            return Profiles.from_npz(target)
-        # a damaged cache file (cut short, empty, overwritten) is rebuilt below
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error):
-            pass
+    cached = _read_cache(target)
+    if cached is not None:
+        return cached
     dataset = read_structures(path, structure_column=structure_column, max_atoms=max_atoms, progress=progress)
     profiles = profile_dataset(
         dataset, settings, fingerprint_invalid=fingerprint_invalid or cache, jobs=jobs, progress=progress,

@@ -6,10 +6,19 @@ import argparse
 import sys
 from pathlib import Path
 
+from crystext.constants import COVERAGE_CUTOFFS
 from crystext.errors import flag_message, option_flags
 from crystext.sample import SampleConfig
 from crystext.stability import cli as stability_cli
-from crystext.tune.rounds import REPEAT_SCOPES, RewardConfig, StabilityScorer, TuneConfig, TuneError, tune
+from crystext.tune.rounds import (
+    INVALID_MARGIN,
+    REPEAT_SCOPES,
+    RewardConfig,
+    StabilityScorer,
+    TuneConfig,
+    TuneError,
+    tune,
+)
 
 __all__ = ["HELP", "add_arguments", "run"]
 
@@ -18,8 +27,10 @@ HELP = "post-train a model toward stable crystals: rounds of sample, relax and s
 _FLAGS = option_flags(("rounds", "attempts", "probe", "prompted", "min_margin", "pair_size_bin", "beta",
                        "learning_rate", "epochs", "sft_weight", "data_weight", "temperature", "top_p", "max_atoms",
                        "min_distance", "seed", "hull_cap", "repeat_penalty", "repeat_scope", "known_penalty",
-                       "balance_weight", "crowding_weight", "invalid"),
+                       "balance_weight", "crowding_weight", "crowding_cutoff", "invalid"),
                       batch_size="--update-batch", group="--prompt-group")
+
+_CUTOFFS = ", ".join(f"{name} {cutoffs[0]:g}" for name, cutoffs in COVERAGE_CUTOFFS.items())
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -90,8 +101,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="for a crystal whose neighbourhood in structure-fingerprint space (COV-R's cut-off) the "
                         "round and probe crowd more than --train crystals do: this times the log density ratio "
                         "(0: off)")
-    reward.add_argument("--invalid", type=float, default=RewardConfig.invalid,
-                        help="the reward of an attempt with no valid crystal (below every valid one)")
+    reward.add_argument("--crowding-cutoff", type=float, default=RewardConfig.crowding_cutoff,
+                        help="the structure-fingerprint distance within which crystals crowd one another: COV-R's "
+                        f"cut-off for the data set ({_CUTOFFS})")
+    reward.add_argument("--invalid", type=float,
+                        help="the reward of an attempt with no valid crystal, below every valid one (default: "
+                        f"{INVALID_MARGIN:g} below the least a valid crystal can earn under the weights given)")
     stability_cli.add_relax_arguments(parser)
     stability_cli.add_hull_arguments(parser)
 
@@ -104,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         reward = RewardConfig(hull_cap=args.hull_cap, repeat_penalty=args.repeat_penalty,
                               repeat_scope=args.repeat_scope, known_penalty=args.known_penalty,
                               balance_weight=args.balance_weight, crowding_weight=args.crowding_weight,
-                              invalid=args.invalid)
+                              crowding_cutoff=args.crowding_cutoff, invalid=args.invalid)
         sample = SampleConfig(temperature=args.temperature, top_p=args.top_p, max_atoms=args.max_atoms,
                               batch_size=args.sample_batch, min_distance=args.min_distance or None,
                               constrained=not args.no_constraint)

@@ -62,11 +62,13 @@ BALANCE_FEATURES = ("sites", "elements")
 MAX_EXCESS = 2.0
 #: What a crystal's repeat penalty compares it with: the earlier crystals of its round, or of its whole run.
 REPEAT_SCOPES = ("round", "run")
-#: Crowding (`RewardConfig.crowding_weight`) counts the crystals within MP-20's COV-R structure cut-off of a crystal,
-#: the coverage tuning must keep, among the training crystals of a seeded draw of this many (CrystalNN takes about
-#: 0.1 s a crystal, once a run).
+#: Crowding (`RewardConfig.crowding_weight`) counts the crystals within COV-R's structure cut-off of a crystal (MP-20's
+#: unless told otherwise), the coverage tuning must keep, among the training crystals of a seeded draw of this many
+#: (CrystalNN takes about 0.1 s a crystal; the draw's fingerprints are cached on disk).
 CROWDING_CUTOFF = COVERAGE_CUTOFFS["mp_20"][0]
 CROWDING_REFERENCE = 1000
+#: Unless told otherwise, an attempt with no valid crystal earns this much less than the least a valid one can.
+INVALID_MARGIN = 0.5
 
 
 @dataclass(frozen=True)
@@ -98,13 +100,18 @@ class RewardConfig:
     # environments narrowing (one prototype written with many compositions) while cell sizes and elements held
     # (benchmarks/results/tune_prompted.md); this charges exactly that. 0: off
     crowding_weight: float = 0.0
-    invalid: float = -2.5
+    crowding_cutoff: float = CROWDING_CUTOFF  # structure-fingerprint distance: COV-R's cut-off for the data set
+    invalid: float | None = None  # None: INVALID_MARGIN below `lowest_valid` (-2.5 with the default weights)
 
     def __post_init__(self) -> None:
         if not min(self.hull_cap, self.repeat_penalty, self.known_penalty, self.balance_weight,
                    self.crowding_weight) >= 0:
             raise ValueError("hull_cap, repeat_penalty, known_penalty, balance_weight and crowding_weight must be "
                              ">= 0")
+        if not self.crowding_cutoff > 0:
+            raise ValueError(f"crowding_cutoff must be positive, got {self.crowding_cutoff}")
+        if self.invalid is None:
+            object.__setattr__(self, "invalid", self.lowest_valid - INVALID_MARGIN)
         if self.repeat_scope not in REPEAT_SCOPES:
             raise ValueError(f"repeat_scope must be one of {', '.join(REPEAT_SCOPES)}, got {self.repeat_scope!r}")
         if not self.invalid < self.lowest_valid:
@@ -128,7 +135,7 @@ class RewardConfig:
                 - self.crowding_weight * crowded)
 
 
-def crowding(model: np.ndarray, training: np.ndarray, cutoff: float = CROWDING_CUTOFF) -> np.ndarray:
+def crowding(model: np.ndarray, training: np.ndarray, cutoff: float) -> np.ndarray:
     """Per row of `model` (structure fingerprints of the model's crystals): the log ratio of the share of `model`'s
     rows within `cutoff` of it (itself included) to the share of `training`'s (at least one row's share), from 0 (no
     more crowded than the training set there) to MAX_EXCESS."""
@@ -139,21 +146,17 @@ def crowding(model: np.ndarray, training: np.ndarray, cutoff: float = CROWDING_C
     return np.clip(np.log(near_model / near_training), 0.0, MAX_EXCESS)
 
 
-def structure_fingerprints(structures: Sequence[Structure], desc: str = "fingerprints", progress: bool = False
-                           ) -> tuple[np.ndarray, list[bool]]:
-    """The structure fingerprints (COV-R's) of the crystals it could compute, and whether it could, per crystal."""
-    from tqdm.auto import tqdm
+def structure_fingerprints(structures: Sequence[Structure], desc: str = "fingerprints", jobs: int = 1,
+                           progress: bool = False, cache: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The structure fingerprints (COV-R's, profiled as `crystext evaluate` profiles) of the crystals it could compute,
+    and whether it could, per crystal; `cache`: keep them on disk (for a set that every run profiles again)."""
+    from crystext.data import Dataset, Record
+    from crystext.evaluate.profiles import profile_dataset
 
-    from crystext.evaluate.fingerprints import PAPER_FINGERPRINT_TIME_LIMIT, FingerprintFailure, structure_fingerprint
-
-    fingerprints, found = [], []
-    for structure in tqdm(structures, desc=desc, disable=not progress):
-        try:
-            fingerprints.append(structure_fingerprint(structure, PAPER_FINGERPRINT_TIME_LIMIT))
-            found.append(True)
-        except FingerprintFailure:
-            found.append(False)
-    return np.asarray(fingerprints).reshape(len(fingerprints), -1), found
+    profiles = profile_dataset(Dataset([Record(str(i), s) for i, s in enumerate(structures)]), jobs=jobs,
+                               progress=progress, desc=desc, cache=cache)
+    found = profiles.column("fp_ok")
+    return profiles.struct_fp[found], found
 
 
 def feature_values(structure: Structure) -> dict[str, list[object]]:
@@ -297,8 +300,9 @@ class StabilityScorer:
             rng = np.random.default_rng(0)
             count = min(CROWDING_REFERENCE, self.n_training)
             drawn = rng.choice(self.n_training, size=count, replace=False)
-            self._training_fingerprints = structure_fingerprints([self.training_structures[i] for i in drawn],
-                                                                 "training fingerprints", self.stability.progress)[0]
+            self._training_fingerprints = structure_fingerprints(
+                [self.training_structures[i] for i in drawn], "training fingerprints", self.stability.workers,
+                self.stability.progress, cache=True)[0]
         return self._training_fingerprints
 
     def settings(self) -> dict[str, Any]:
@@ -340,20 +344,21 @@ class StabilityScorer:
         table["e_above_hull"] = [float(relaxed.at[rid, "e_above_hull"]) if rid in structures else math.nan
                                  for rid in ids]
 
-        def written(paths: Sequence[Path]) -> KnownStructures:
-            return KnownStructures.from_structures([s for path in paths for _, s in parsed_structures(path)
-                                                    if is_valid(s)])
+        def written(paths: Sequence[Path]) -> list[Structure]:
+            return [s for path in paths for _, s in parsed_structures(path) if is_valid(s)]
 
         def per_attempt(flags: Sequence[bool]) -> pd.Series:  # one flag per valid crystal -> per attempt
             return table["id"].map(dict(zip(valid, flags))).eq(True)
 
         table["unique"] = per_attempt(unique_flags(generated, formulas))
         table["novel"] = per_attempt(novel_flags(generated, formulas, self.known))
-        table["new_to_run"] = per_attempt(novel_flags(generated, formulas, written(earlier)))
+        table["new_to_run"] = per_attempt(novel_flags(generated, formulas,
+                                                      KnownStructures.from_structures(written(earlier))))
         # The reward's "unique": not a repeat within the scope the reward asks for, nor of a probe attempt
         fresh = table["unique"] & (table["new_to_run"] if self.reward.repeat_scope == "run" else True)
+        probed = written([probe]) if probe else []
         if probe:
-            table["off_probe"] = per_attempt(novel_flags(generated, formulas, written([probe])))
+            table["off_probe"] = per_attempt(novel_flags(generated, formulas, KnownStructures.from_structures(probed)))
             fresh &= table["off_probe"]
         values = [feature_values(s) for s in generated]
         for feature in BALANCE_FEATURES:
@@ -363,9 +368,9 @@ class StabilityScorer:
         table["crowding"] = 0.0
         if self.reward.crowding_weight and generated:
             # the model's neighbourhoods are counted among the round's crystals and its probe's
-            others = [s for _, s in parsed_structures(probe) if is_valid(s)] if probe else []
-            fingerprints, found = structure_fingerprints(generated + others, "crowding", self.stability.progress)
-            crowded = iter(crowding(fingerprints, self.training_fingerprints))
+            fingerprints, found = structure_fingerprints(generated + probed, "crowding", self.stability.workers,
+                                                         self.stability.progress)
+            crowded = iter(crowding(fingerprints, self.training_fingerprints, self.reward.crowding_cutoff))
             by_id = {rid: next(crowded) for rid, ok in zip(valid, found) if ok}
             table["crowding"] = table["id"].map(by_id).fillna(0.0)
         cifs = [relaxed.at[rid, "relaxed_cif"] if rid in structures else "" for rid in ids]
@@ -615,7 +620,7 @@ def data_batches(config: TuneConfig, number: int, training: Sequence[Record], to
     rng = np.random.default_rng([config.seed * ROUND_SEED_STRIDE + number, DATA_STREAM])
     count = min(len(training), steps * config.batch_size)
     drawn = Dataset([training[i] for i in rng.choice(len(training), size=count, replace=False)])
-    recipe = recipe_config(dict(info), config.batch_size, config.seed * ROUND_SEED_STRIDE + number)
+    recipe = recipe_config(info, config.batch_size, config.seed * ROUND_SEED_STRIDE + number)
     return Batches(to_examples(drawn, recipe.text_format)[0], tokenizer, recipe)
 
 
