@@ -8,7 +8,8 @@ MODEL: a model directory (default: the shipped model). The attempts are seeded a
 (seed 0, batch 128), so for the shipped model they are that run's first N. Relaxed with the steps budget
 (or the paper's, --budget paper: also 30 s of wall-clock time a structure) on the shipped offline hull; novelty
 against MP-20 train + val. A second --backend or --budget on the same --work relaxes the same attempts again (the
-check that a gain is not one potential's artefact, nor the budget's). Resumable: samples and
+check that a gain is not one potential's artefact, nor the budget's; give each its own --name, as the result is
+named by it). Resumable: samples and
 relaxations continue where a killed run stopped. Writes benchmarks/results/tune_eval_NAME.json/.md.
 """
 

@@ -172,6 +172,15 @@ def test_a_set_held_in_memory_is_cached_by_its_records_when_asked(
     assert len(list((tmp_path / "cache" / "fingerprints").glob("*.npz"))) == 2
 
 
+def test_a_disordered_crystal_is_an_unparsed_row_that_names_its_site() -> None:
+    from pymatgen.core import Lattice, Structure
+
+    alloy = Structure(Lattice.cubic(3.0), [{"Fe": 0.5, "Co": 0.5}], [[0, 0, 0]])
+    profiles = profile_dataset(Dataset([Record("alloy", alloy)]), jobs=1, progress=False)
+    assert not profiles.column("parsed")[0]
+    assert profiles.column("parse_error")[0] == "site Fe0.5 Co0.5 is disordered"
+
+
 def test_novelty_uniqueness_stability_and_sun(test_rows: pd.DataFrame, reference: Path, tmp_path: Path) -> None:
     train = [tmp_path / "train.csv", tmp_path / "val.csv"]  # a model's training set in two files
     test_rows.iloc[:6].to_csv(train[0], index=False)

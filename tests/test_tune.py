@@ -322,6 +322,11 @@ def test_settings_compare_at_any_depth_and_a_setting_an_older_run_lacks_is_no_ch
     older["scorer"]["reward"]["repeat_penalty"] = 1.0
     older["scorer"]["backend"] = "sevennet"
     assert changed_settings(older, now) == ["scorer.backend", "scorer.reward.repeat_penalty"]
+    # a setting the older run lacks ran as its default: now set otherwise, it is a change
+    now["scorer"]["reward"]["repeat_scope"] = "run"
+    defaults = {"scorer": {"reward": {"repeat_scope": "round"}}}
+    assert changed_settings(older, now, defaults) == ["scorer.backend", "scorer.reward.repeat_penalty",
+                                                      "scorer.reward.repeat_scope"]
 
 
 def test_stability_scorer_rewards_stable_new_crystals_over_repeats_known_and_invalid(shared_data, tmp_path) -> None:

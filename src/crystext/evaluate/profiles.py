@@ -3,8 +3,8 @@
 Every metric is computed from these profiles. The CrystalNN fingerprint is the slow part
 (benchmarks/results/evaluate_speed.md), so profiling runs in worker processes over all cores with a progress bar, and a
 reference or training file is profiled once and cached under $CRYSTEXT_CACHE_DIR/fingerprints/,
-keyed by the file's content hash and every setting that changes a profile. A cached set keeps
-its structures as arrays, so a warm run never parses the reference file again.
+keyed by the file's content hash and every setting that changes a profile (a set built in memory, when asked, by its
+records). A cached set keeps its structures as arrays, so a warm run never parses the reference file again.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import sys
 import time
 import zipfile
 import zlib
@@ -218,6 +219,8 @@ def _as_arrays(structure: Structure) -> tuple[np.ndarray, np.ndarray, np.ndarray
     """(lattice matrix, atomic numbers, fractional coordinates); ValueError for a site that is not an element."""
     numbers = []
     for site in structure:
+        if not site.is_ordered:
+            raise ValueError(f"site {site.species} is disordered")
         z = getattr(site.specie, "Z", 0)
         if not z:
             raise ValueError(f"site species {site.specie} is not an element")
@@ -239,7 +242,8 @@ def profile_dataset(
 
     `fingerprint_invalid=False` skips the fingerprints of invalid structures (the paper never uses them).
     `cache=True` keeps the profiles on disk keyed by the records' ids and structures (for a set built in memory,
-    such as a seeded draw of a training set, that is profiled again in every run).
+    such as a seeded draw of a training set, that is profiled again in every run); a cached set has the fingerprints
+    of every structure, and the `source` of the dataset that first wrote it.
     """
     ids: list[str] = []
     errors: list[str] = []
@@ -289,7 +293,9 @@ def _run(tasks: Sequence[_Task], jobs: int, progress: bool, desc: str) -> list[d
                 results.append(_profile_one(task))
                 bar.update()
             return results
-        with multiprocessing.get_context().Pool(jobs, initializer=warm_up) as pool:
+        # forked workers of a process that has run torch can hang in its thread pools: spawn them there
+        context = multiprocessing.get_context("spawn" if "torch" in sys.modules else None)
+        with context.Pool(jobs, initializer=warm_up) as pool:
             results = []
             for result in pool.imap(_profile_one, tasks, chunksize=4):
                 results.append(result)
@@ -332,7 +338,7 @@ def _dataset_cache_path(ids: Sequence[str], errors: Sequence[str],
     for rid, error, arr in zip(ids, errors, arrays):
         content.update(json.dumps([rid, error]).encode())
         for part in arr or ():
-            content.update(np.ascontiguousarray(part).tobytes())
+            content.update(f"{part.dtype}{part.shape}".encode() + np.ascontiguousarray(part).tobytes())
     return _cache_file({"records": content.hexdigest()}, settings)
 
 

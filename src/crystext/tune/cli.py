@@ -103,7 +103,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(0: off)")
     reward.add_argument("--crowding-cutoff", type=float, default=RewardConfig.crowding_cutoff,
                         help="the structure-fingerprint distance within which crystals crowd one another: COV-R's "
-                        f"cut-off for the data set ({_CUTOFFS})")
+                        f"cut-off for the data set (default: mp_20's; {_CUTOFFS})")
     reward.add_argument("--invalid", type=float,
                         help="the reward of an attempt with no valid crystal, below every valid one (default: "
                         f"{INVALID_MARGIN:g} below the least a valid crystal can earn under the weights given)")

@@ -101,7 +101,9 @@ class RewardConfig:
     # (benchmarks/results/tune_prompted.md); this charges exactly that. 0: off
     crowding_weight: float = 0.0
     crowding_cutoff: float = CROWDING_CUTOFF  # structure-fingerprint distance: COV-R's cut-off for the data set
-    invalid: float | None = None  # None: INVALID_MARGIN below `lowest_valid` (-2.5 with the default weights)
+    # None: INVALID_MARGIN below `lowest_valid` (-2.5 with the default weights), resolved when made, so
+    # `dataclasses.replace` of other weights keeps this number: build a new RewardConfig instead
+    invalid: float | None = None
 
     def __post_init__(self) -> None:
         if not min(self.hull_cap, self.repeat_penalty, self.known_penalty, self.balance_weight,
@@ -146,7 +148,7 @@ def crowding(model: np.ndarray, training: np.ndarray, cutoff: float) -> np.ndarr
     return np.clip(np.log(near_model / near_training), 0.0, MAX_EXCESS)
 
 
-def structure_fingerprints(structures: Sequence[Structure], desc: str = "fingerprints", jobs: int = 1,
+def structure_fingerprints(structures: Sequence[Structure], desc: str = "fingerprints", *, jobs: int = 1,
                            progress: bool = False, cache: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """The structure fingerprints (COV-R's, profiled as `crystext evaluate` profiles) of the crystals it could compute,
     and whether it could, per crystal; `cache`: keep them on disk (for a set that every run profiles again)."""
@@ -301,8 +303,8 @@ class StabilityScorer:
             count = min(CROWDING_REFERENCE, self.n_training)
             drawn = rng.choice(self.n_training, size=count, replace=False)
             self._training_fingerprints = structure_fingerprints(
-                [self.training_structures[i] for i in drawn], "training fingerprints", self.stability.workers,
-                self.stability.progress, cache=True)[0]
+                [self.training_structures[i] for i in drawn], "training fingerprints", jobs=self.stability.workers,
+                progress=self.stability.progress, cache=True)[0]
         return self._training_fingerprints
 
     def settings(self) -> dict[str, Any]:
@@ -368,8 +370,8 @@ class StabilityScorer:
         table["crowding"] = 0.0
         if self.reward.crowding_weight and generated:
             # the model's neighbourhoods are counted among the round's crystals and its probe's
-            fingerprints, found = structure_fingerprints(generated + probed, "crowding", self.stability.workers,
-                                                         self.stability.progress)
+            fingerprints, found = structure_fingerprints(generated + probed, "crowding", jobs=self.stability.workers,
+                                                         progress=self.stability.progress)
             crowded = iter(crowding(fingerprints, self.training_fingerprints, self.reward.crowding_cutoff))
             by_id = {rid: next(crowded) for rid, ok in zip(valid, found) if ok}
             table["crowding"] = table["id"].map(by_id).fillna(0.0)
@@ -450,7 +452,9 @@ def tune(config: TuneConfig, scorer: Scorer, resume: bool = False, progress: boo
         if not resume:
             raise TuneError(f"{config.out} holds a tuning run: pass --resume to continue it, or choose another --out")
         earlier = json.loads(settings_file.read_text())
-        changed = changed_settings(earlier, {k: v for k, v in settings.items() if k != "rounds"})
+        # a setting its tune.json lacks came with a later crystext and ran as that setting's default
+        defaults = {**TuneConfig(out=config.out).settings(), "scorer": {"reward": asdict(RewardConfig())}}
+        changed = changed_settings(earlier, {k: v for k, v in settings.items() if k != "rounds"}, defaults)
         if changed:
             raise TuneError(f"{config.out} was started with other settings ({', '.join(changed)}); "
                             "resume it with the same ones, or choose another --out")
@@ -473,14 +477,17 @@ def round_folder(out: Path, number: int) -> Path:
     return out / f"round_{number:03d}"
 
 
-def changed_settings(earlier: Mapping[str, Any], now: Mapping[str, Any], prefix: str = "") -> list[str]:
+def changed_settings(earlier: Mapping[str, Any], now: Mapping[str, Any], defaults: Mapping[str, Any] | None = None,
+                     prefix: str = "") -> list[str]:
     """The settings (dotted names, at any depth) whose values differ between a run's tune.json and now; a setting the
-    tune.json lacks came with a later crystext, whose default keeps the old behaviour, so it is not a change."""
+    tune.json lacks came with a later crystext, whose default keeps the old behaviour, so it is compared with its
+    default in `defaults` (the same nesting), and is no change where `defaults` lacks it too."""
+    defaults = defaults if isinstance(defaults, Mapping) else {}
     changed = []
     for key, value in now.items():
-        old = earlier.get(key, value)
+        old = earlier.get(key, defaults.get(key, value))
         if isinstance(old, Mapping) and isinstance(value, Mapping):
-            changed += changed_settings(old, value, f"{prefix}{key}.")
+            changed += changed_settings(old, value, defaults.get(key), f"{prefix}{key}.")
         elif old != value:
             changed.append(f"{prefix}{key}")
     return sorted(changed)
