@@ -86,3 +86,25 @@ def test_guidance_draws_from_the_guided_log_probabilities(sampler, monkeypatch) 
         alone = decode(sampler.model, [prompt], guided,
                        GrammarLogitsProcessor(sampler.tokenizer, [grammar], vocab(sampler)), negative)[0]
         assert torch.equal(together[row], alone)
+
+
+def test_the_growing_cache_holds_what_a_dynamic_cache_holds_through_steps_and_dropped_rows(sampler) -> None:
+    from transformers import DynamicLayer
+
+    from crystext.sample.decode import _growing_cache, _GrowingLayer
+
+    assert all(isinstance(layer, _GrowingLayer) for layer in _growing_cache(sampler.model).layers)
+    generator = torch.Generator().manual_seed(0)
+    grown, plain = _GrowingLayer(), DynamicLayer()
+    rows = 6
+    for step, length in enumerate([5, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]):  # a prompt, then a token a step
+        keys, values = (torch.randn(rows, 2, length, 4, generator=generator) for _ in range(2))
+        got, want = grown.update(keys, values), plain.update(keys, values)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+        if step in (3, 7):  # rows end and leave the batch
+            rows -= 2
+            keep = torch.arange(rows) + (step == 7)  # the first rows, then the middle two
+            grown.batch_select_indices(keep)
+            plain.batch_select_indices(keep)
+    assert grown.get_seq_length() == plain.get_seq_length() == 16
+    assert grown._room_keys.shape[-2] > 16  # written into reserved room, not concatenated
